@@ -1,0 +1,1 @@
+"""iiotsim: notebook-facing library."""

@@ -1,0 +1,108 @@
+"""A clock that only moves when told to, shared by platform, devices and simulator.
+
+:class:`ManualClock` satisfies both ``iiot_server.clock.Clock`` (async ``sleep``) and
+``iiot_device.clock.Clock`` (thread ``wait``), so one instance can drive the embedded
+platform, real SDK clients and a simulation through days of token lifetime in seconds.
+
+Example::
+
+    clock = ManualClock()
+    with Platform(clock=clock) as platform:
+        ...
+        clock.advance(3600)  # one hour passes for everyone at once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from datetime import UTC, datetime, timedelta
+
+_EVENT_POLL_SECONDS = 0.005  # how often a thread wait re-checks an event it cannot hook
+
+
+class ManualClock:
+    """A clock whose time moves only through :meth:`advance` or :meth:`set`."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        if start is not None and start.tzinfo is None:
+            raise ValueError("start must be timezone-aware (UTC)")
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        self._cond = threading.Condition()
+        self._async_waiters: list[tuple[datetime, asyncio.AbstractEventLoop, asyncio.Future[None]]]
+        self._async_waiters = []
+        self._thread_deadlines: list[datetime] = []
+
+    def now(self) -> datetime:
+        with self._cond:
+            return self._now
+
+    def advance(self, seconds: float) -> datetime:
+        """Move time forward by ``seconds`` and wake every wait that has run out."""
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        with self._cond:
+            return self._move_to(self._now + timedelta(seconds=seconds))
+
+    def set(self, when: datetime) -> datetime:
+        """Move time forward to ``when`` (never backwards)."""
+        with self._cond:
+            if when < self._now:
+                raise ValueError(f"time cannot go back from {self._now} to {when}")
+            return self._move_to(when)
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest time some wait is waiting for, or None if nothing waits."""
+        with self._cond:
+            deadlines = [d for d, _, f in self._async_waiters if not f.done()]
+            deadlines += self._thread_deadlines
+            return min(deadlines, default=None)
+
+    def _move_to(self, when: datetime) -> datetime:
+        self._now = when
+        due = [w for w in self._async_waiters if w[0] <= when]
+        self._async_waiters = [w for w in self._async_waiters if w[0] > when]
+        for _, loop, fut in due:
+            # A closed loop has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, fut)
+        self._cond.notify_all()
+        return when
+
+    # iiot_server.clock.Clock
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            entry = (self._now + timedelta(seconds=seconds), loop, fut)
+            self._async_waiters.append(entry)
+        try:
+            await fut
+        finally:
+            with self._cond:
+                if entry in self._async_waiters:
+                    self._async_waiters.remove(entry)
+
+    # iiot_device.clock.Clock
+    def wait(self, seconds: float, event: threading.Event | None = None) -> bool:
+        with self._cond:
+            deadline = self._now + timedelta(seconds=max(0.0, seconds))
+            self._thread_deadlines.append(deadline)
+            try:
+                while True:
+                    if event is not None and event.is_set():
+                        return True
+                    if self._now >= deadline:
+                        return False
+                    self._cond.wait(timeout=_EVENT_POLL_SECONDS if event is not None else None)
+            finally:
+                self._thread_deadlines.remove(deadline)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

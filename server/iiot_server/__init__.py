@@ -1,0 +1,1 @@
+"""iiotsim platform server."""

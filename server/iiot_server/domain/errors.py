@@ -1,0 +1,90 @@
+"""The one exception hierarchy of the platform's rules.
+
+Each error names its problem ``type`` slug (RFC 9457 style) and, where there is one, the
+offending input ``field``; the HTTP layer maps the classes to status codes once
+(``iiot_server.api.problems``), the broker layer to CONNACK/refusals.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A platform rule refused something. Never a bug: always the caller's input or state."""
+
+    problem_type: str = "/problems/validation"
+    title: str = "Request refused"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.detail} (field: {self.field})" if self.field else self.detail
+
+
+class ValidationError(DomainError):
+    """Input that breaks a rule (bad Device ID, impossible token options, ...)."""
+
+    problem_type = "/problems/validation"
+    title = "Invalid input"
+
+
+class NotFound(DomainError):
+    problem_type = "/problems/notFound"
+    title = "Not found"
+
+
+class Unauthorized(DomainError):
+    """Missing, unknown, expired or revoked secret."""
+
+    problem_type = "/problems/unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(DomainError):
+    """A valid secret that may not do this."""
+
+    problem_type = "/problems/forbidden"
+    title = "Forbidden"
+
+
+class Conflict(DomainError):
+    problem_type = "/problems/conflict"
+    title = "Conflict"
+
+
+class InvalidTransition(Conflict):
+    """A state machine was asked for a move its current state does not allow."""
+
+    problem_type = "/problems/invalidTransition"
+    title = "Invalid state transition"
+
+
+class ProvisioningOperationCancelled(DomainError):
+    problem_type = "/problems/deviceProvisioning/provisioningOperationCancelled"
+    title = "Provisioning Operation was cancelled"
+
+
+class ProvisioningOperationExpired(DomainError):
+    problem_type = "/problems/deviceProvisioning/provisioningOperationExpired"
+    title = "Provisioning Operation has expired"
+
+
+class RegistrationTokenExpired(DomainError):
+    problem_type = "/problems/registrationTokenExpired"
+    title = "Registration Token has expired"
+
+
+class RegistrationTokenRevoked(DomainError):
+    problem_type = "/problems/registrationTokenRevoked"
+    title = "Registration Token was revoked"
+
+
+class TooManyRequests(DomainError):
+    problem_type = "/problems/tooManyRequests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: float, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after = retry_after

@@ -1,0 +1,1 @@
+"""iiot_server.store."""
