@@ -1,0 +1,444 @@
+"""Provisioning Tokens and Provisioning Operations: the technician's and the device's
+sides of zero-touch provisioning."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, RowMapping, and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..clock import Clock
+from ..domain import operations as ops
+from ..domain.device_id import validate_device_id
+from ..domain.errors import Conflict, NotFound, Unauthorized, ValidationError
+from ..domain.operations import OperationState, ProvisioningOperation
+from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode, ProvisioningTokenOptions
+from ..domain.verification import (
+    RateLimiter,
+    format_verification_code,
+    new_verification_code,
+    normalize_verification_code,
+)
+from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
+from ..settings import Settings
+from ..store.database import from_epoch, from_epoch_required, to_epoch
+from ..store.schema import provisioning_operations, provisioning_tokens
+from .registration import IssuedToken, RegistrationService
+
+MAX_BULK = 10_000
+
+
+@dataclass(frozen=True)
+class ProvisioningToken:
+    """A Provisioning Token as listed (never with its secret)."""
+
+    id: str
+    name: str
+    options: ProvisioningTokenOptions
+    created_at: datetime
+    revoked_at: datetime | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CreatedProvisioningToken:
+    token: ProvisioningToken
+    secret: str
+
+
+@dataclass(frozen=True)
+class OperationView:
+    """An operation as a technician sees it, with the modes its token allows."""
+
+    operation: ProvisioningOperation
+    token: ProvisioningToken
+
+
+class ProvisioningService:
+    """Create and check Provisioning Tokens; run operations from init to completion."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        settings: Settings,
+        registration: RegistrationService,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._settings = settings
+        self._registration = registration
+        self._by_hash: dict[str, ProvisioningToken] = {}
+        self.code_lookups = RateLimiter(
+            capacity=settings.code_lookup_burst, rate=settings.code_lookups_per_second
+        )
+
+    # Provisioning Tokens -------------------------------------------------------------
+
+    async def create_token(
+        self, name: str, options: ProvisioningTokenOptions, *, batch_id: str | None = None
+    ) -> CreatedProvisioningToken:
+        return (await self._insert_tokens(name, [options], batch_id))[0]
+
+    async def create_tokens_bulk(
+        self, name: str, options: ProvisioningTokenOptions, device_ids: list[str]
+    ) -> list[CreatedProvisioningToken]:
+        """Per-device tokens for a factory run: each token's default Device ID is one of
+        ``device_ids``; the other options are shared."""
+        if not 1 <= len(device_ids) <= MAX_BULK:
+            raise ValidationError(f"give 1-{MAX_BULK} Device IDs", field="deviceIds")
+        if len(set(device_ids)) != len(device_ids):
+            raise ValidationError("Device IDs must be unique", field="deviceIds")
+        per_device = []
+        for index, device_id in enumerate(device_ids):
+            validate_device_id(device_id, field=f"deviceIds[{index}]")
+            item = dataclasses.replace(options, device_id=device_id)
+            item.validate()
+            per_device.append(item)
+        return await self._insert_tokens(name, per_device, new_id())
+
+    async def _insert_tokens(
+        self, name: str, options: list[ProvisioningTokenOptions], batch_id: str | None
+    ) -> list[CreatedProvisioningToken]:
+        if not name or len(name) > 200:
+            raise ValidationError("name must be 1-200 characters", field="name")
+        now = self._clock.now()
+        created = []
+        rows = []
+        for opts in options:
+            opts.validate()
+            secret = new_secret(SecretKind.PROVISIONING_TOKEN)
+            token = ProvisioningToken(new_id(), name, opts, now, None, batch_id)
+            created.append(CreatedProvisioningToken(token, secret))
+            rows.append(
+                {
+                    "id": token.id,
+                    "name": name,
+                    "secret_hash": hash_secret(secret),
+                    "max_registration_token_lifetime": opts.max_registration_token_lifetime,
+                    "registration_token_lifetime_override": (
+                        opts.registration_token_lifetime_override.value
+                    ),
+                    "allow_infinite_lifetime": opts.allow_infinite_lifetime,
+                    "device_id": opts.device_id,
+                    "device_id_override": opts.device_id_override.value,
+                    "batch_id": batch_id,
+                    "created_at": to_epoch(now),
+                }
+            )
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(provisioning_tokens), rows)
+        return created
+
+    async def list_tokens(self) -> list[ProvisioningToken]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(provisioning_tokens).order_by(provisioning_tokens.c.created_at)
+            )
+            return [_token(r._mapping) for r in rows]
+
+    async def get_token(self, token_id: str) -> ProvisioningToken:
+        async with self._engine.connect() as conn:
+            return await _get_token(conn, token_id)
+
+    async def revoke_token(self, token_id: str) -> ProvisioningToken:
+        """Revoke a token: it can start and complete no more operations."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(provisioning_tokens)
+                .where(
+                    provisioning_tokens.c.id == token_id, provisioning_tokens.c.revoked_at.is_(None)
+                )
+                .values(revoked_at=to_epoch(self._clock.now()))
+            )
+            token = await _get_token(conn, token_id)
+        self._by_hash = {h: t for h, t in self._by_hash.items() if t.id != token_id}
+        return token
+
+    async def authenticate(self, secret: str) -> ProvisioningToken:
+        """The token behind a presented PT secret, or :class:`Unauthorized`."""
+        if not has_kind(secret, SecretKind.PROVISIONING_TOKEN):
+            raise Unauthorized("expected a Provisioning Token (pt_…)")
+        digest = hash_secret(secret)
+        token = self._by_hash.get(digest)
+        if token is None:
+            async with self._engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(provisioning_tokens).where(
+                            provisioning_tokens.c.secret_hash == digest
+                        )
+                    )
+                ).first()
+            if row is None:
+                raise Unauthorized("unknown Provisioning Token")
+            token = _token(row._mapping)
+            if token.revoked_at is None:
+                self._by_hash[digest] = token
+        if token.revoked_at is not None:
+            raise Unauthorized("this Provisioning Token was revoked")
+        return token
+
+    # Operations, device side ---------------------------------------------------------
+
+    async def init_operation(
+        self, token: ProvisioningToken, device_id: str | None, attributes: object
+    ) -> ProvisioningOperation:
+        """Start an operation; its verification code is unique among open operations."""
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            for _ in range(20):
+                code = new_verification_code()
+                clash = (
+                    await conn.execute(
+                        select(provisioning_operations.c.id).where(
+                            provisioning_operations.c.verification_code == code,
+                            _open_at(to_epoch(now)),
+                        )
+                    )
+                ).first()
+                if clash is None:
+                    break
+            else:  # pragma: no cover - 20 collisions in 2.6e10 codes
+                raise Conflict("could not allocate a unique verification code; retry")
+            operation = ops.initiate_operation(
+                token.options,
+                operation_id=new_id(),
+                provisioning_token_id=token.id,
+                verification_code=code,
+                now=now,
+                device_id=device_id,
+                attributes=attributes,
+                lifetime=self._settings.operation_lifetime,
+            )
+            await conn.execute(insert(provisioning_operations).values(**_op_row(operation)))
+        return operation
+
+    async def get_operation_for_token(
+        self, token: ProvisioningToken, operation_id: str
+    ) -> ProvisioningOperation:
+        async with self._engine.connect() as conn:
+            op = await _get_op(conn, operation_id, token_id=token.id)
+        return ops.effective(op, self._clock.now())
+
+    async def complete_operation(
+        self, token: ProvisioningToken, operation_id: str
+    ) -> IssuedToken | None:
+        """The Registration Token of an approved operation; None while it is pending."""
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            op = await _get_op(conn, operation_id, token_id=token.id)
+            completed = ops.complete(op, now)
+            if completed is None:
+                return None
+            await conn.execute(
+                update(provisioning_operations)
+                .where(provisioning_operations.c.id == op.id)
+                .values(state=completed.state.value, completed_at=to_epoch(now))
+            )
+            assert completed.device_id is not None  # settled at approval
+            issued = await self._registration.issue_for_operation(
+                conn,
+                device_id=completed.device_id,
+                provisioning_token_id=token.id,
+                operation_id=op.id,
+                lifetime=completed.registration_token_lifetime,
+                now=now,
+            )
+        self._registration.announce_reprovisioned(issued)
+        return issued
+
+    # Operations, technician side -----------------------------------------------------
+
+    async def list_operations(
+        self,
+        *,
+        state: OperationState | None = None,
+        verification_code: str | None = None,
+        requester: str = "anonymous",
+        limit: int = 500,
+    ) -> list[OperationView]:
+        """Operations, newest first, as they stand now (expired ones show as cancelled)."""
+        now = self._clock.now()
+        t = to_epoch(now)
+        c = provisioning_operations.c
+        query = select(provisioning_operations, provisioning_tokens).join(
+            provisioning_tokens, provisioning_tokens.c.id == c.provisioning_token_id
+        )
+        if verification_code is not None:
+            self.code_lookups.check(requester, now)
+            code = format_verification_code(normalize_verification_code(verification_code))
+            query = query.where(c.verification_code == code)
+        if state is OperationState.PENDING or state is OperationState.APPROVED:
+            query = query.where(c.state == state.value, c.expires_at > t)
+        elif state is OperationState.COMPLETED:
+            query = query.where(c.state == state.value)
+        elif state is OperationState.CANCELLED:
+            query = query.where(
+                or_(c.state == state.value, and_(c.state != "completed", c.expires_at <= t))
+            )
+        query = query.order_by(c.created_at.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            OperationView(
+                ops.effective(_op(r._mapping), now),
+                _token(r._mapping),
+            )
+            for r in rows
+        ]
+
+    async def get_operation(self, operation_id: str) -> OperationView:
+        async with self._engine.connect() as conn:
+            op = await _get_op(conn, operation_id)
+            token = await _get_token(conn, op.provisioning_token_id)
+        return OperationView(ops.effective(op, self._clock.now()), token)
+
+    async def approve_operation(
+        self,
+        operation_id: str,
+        *,
+        device_id: str | None = None,
+        registration_token_lifetime: float | None = None,
+        infinite_lifetime: bool = False,
+    ) -> OperationView:
+        """Approve; any other open operation for the same Device ID is cancelled."""
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            op = await _get_op(conn, operation_id)
+            token = await _get_token(conn, op.provisioning_token_id)
+            if token.revoked_at is not None:
+                raise Conflict(
+                    "the Provisioning Token of this operation was revoked",
+                    field="provisioningOperationId",
+                )
+            approved = ops.approve(
+                op,
+                token.options,
+                now,
+                device_id=device_id,
+                registration_token_lifetime=registration_token_lifetime,
+                infinite_lifetime=infinite_lifetime,
+            )
+            await conn.execute(
+                update(provisioning_operations)
+                .where(provisioning_operations.c.id == op.id)
+                .values(**_op_row(approved))
+            )
+            rows = await conn.execute(
+                select(provisioning_operations).where(
+                    provisioning_operations.c.device_id == approved.device_id,
+                    provisioning_operations.c.id != approved.id,
+                    _open_at(to_epoch(now)),
+                )
+            )
+            others = [_op(r._mapping) for r in rows]
+            for cancelled in ops.superseded_by(approved, others, now):
+                await conn.execute(
+                    update(provisioning_operations)
+                    .where(provisioning_operations.c.id == cancelled.id)
+                    .values(**_op_row(cancelled))
+                )
+        return OperationView(approved, token)
+
+    async def cancel_operation(self, operation_id: str) -> OperationView:
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            op = await _get_op(conn, operation_id)
+            token = await _get_token(conn, op.provisioning_token_id)
+            cancelled = ops.cancel(op, now)
+            await conn.execute(
+                update(provisioning_operations)
+                .where(provisioning_operations.c.id == op.id)
+                .values(**_op_row(cancelled))
+            )
+        return OperationView(cancelled, token)
+
+
+def _open_at(t: float) -> ColumnElement[bool]:
+    c = provisioning_operations.c
+    return and_(c.state.in_(("pending", "approved")), c.expires_at > t)
+
+
+async def _get_op(
+    conn: AsyncConnection, operation_id: str, *, token_id: str | None = None
+) -> ProvisioningOperation:
+    query = select(provisioning_operations).where(provisioning_operations.c.id == operation_id)
+    if token_id is not None:  # a device sees only operations started with its own token
+        query = query.where(provisioning_operations.c.provisioning_token_id == token_id)
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(
+            f"no Provisioning Operation {operation_id!r}", field="provisioningOperationId"
+        )
+    return _op(row._mapping)
+
+
+async def _get_token(conn: AsyncConnection, token_id: str) -> ProvisioningToken:
+    row = (
+        await conn.execute(select(provisioning_tokens).where(provisioning_tokens.c.id == token_id))
+    ).first()
+    if row is None:
+        raise NotFound(f"no Provisioning Token {token_id!r}", field="id")
+    return _token(row._mapping)
+
+
+def _token(m: RowMapping) -> ProvisioningToken:
+    c = provisioning_tokens.c
+    return ProvisioningToken(
+        id=m[c.id],
+        name=m[c.name],
+        options=ProvisioningTokenOptions(
+            max_registration_token_lifetime=m[c.max_registration_token_lifetime],
+            registration_token_lifetime_override=LifetimeOverrideMode(
+                m[c.registration_token_lifetime_override]
+            ),
+            allow_infinite_lifetime=m[c.allow_infinite_lifetime],
+            device_id=m[c.device_id],
+            device_id_override=DeviceIdOverrideMode(m[c.device_id_override]),
+        ),
+        created_at=from_epoch_required(m[c.created_at]),
+        revoked_at=from_epoch(m[c.revoked_at]),
+        batch_id=m[c.batch_id],
+    )
+
+
+def _op(m: RowMapping) -> ProvisioningOperation:
+    c = provisioning_operations.c
+    reason = m[c.cancel_reason]
+    return ProvisioningOperation(
+        id=m[c.id],
+        provisioning_token_id=m[c.provisioning_token_id],
+        verification_code=m[c.verification_code],
+        created_at=from_epoch_required(m[c.created_at]),
+        expires_at=from_epoch_required(m[c.expires_at]),
+        device_id=m[c.device_id],
+        attributes=dict(m[c.attributes] or {}),
+        state=OperationState(m[c.state]),
+        approved_at=from_epoch(m[c.approved_at]),
+        completed_at=from_epoch(m[c.completed_at]),
+        cancelled_at=from_epoch(m[c.cancelled_at]),
+        cancel_reason=ops.CancelReason(reason) if reason else None,
+        registration_token_lifetime=m[c.registration_token_lifetime],
+    )
+
+
+def _op_row(op: ProvisioningOperation) -> dict[str, object]:
+    return {
+        "id": op.id,
+        "provisioning_token_id": op.provisioning_token_id,
+        "verification_code": op.verification_code,
+        "device_id": op.device_id,
+        "attributes": op.attributes,
+        "state": op.state.value,
+        "created_at": to_epoch(op.created_at),
+        "expires_at": to_epoch(op.expires_at),
+        "approved_at": op.approved_at and to_epoch(op.approved_at),
+        "completed_at": op.completed_at and to_epoch(op.completed_at),
+        "cancelled_at": op.cancelled_at and to_epoch(op.cancelled_at),
+        "cancel_reason": op.cancel_reason.value if op.cancel_reason else None,
+        "registration_token_lifetime": op.registration_token_lifetime,
+    }

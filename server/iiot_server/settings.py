@@ -1,0 +1,53 @@
+"""Server configuration: one typed object, from arguments or the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from .domain.operations import DEFAULT_OPERATION_LIFETIME
+from .domain.tokens import DEFAULT_REFRESH_GRACE_PERIOD
+
+DEFAULT_DATA_DIR = Path("iiot-data")
+
+
+def sqlite_url(directory: Path) -> str:
+    """The database URL of the embedded SQLite file in ``directory``."""
+    return f"sqlite+aiosqlite:///{(directory / 'iiot.db').as_posix()}"
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """Everything the platform needs to know to run.
+
+    >>> Settings(database_url="sqlite+aiosqlite:///:memory:").workspace_id
+    'default'
+    """
+
+    database_url: str = sqlite_url(DEFAULT_DATA_DIR)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workspace_id: str = "default"
+    admin_key: str | None = None
+    """Bootstrap admin API key; None: generate one at first start (printed once)."""
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    max_mqtt_message_size: int = 256 * 1024
+    operation_lifetime: float = DEFAULT_OPERATION_LIFETIME
+    refresh_grace_period: float = DEFAULT_REFRESH_GRACE_PERIOD
+    poll_interval: float = 2.0
+    """Seconds a device should wait between completion polls."""
+    code_lookups_per_second: float = 1.0
+    code_lookup_burst: float = 20.0
+
+    @classmethod
+    def from_environment(cls, **overrides: object) -> Settings:
+        """Settings with ``IIOT_ADMIN_KEY`` and ``IIOT_DATABASE_URL`` read from the environment."""
+        values: dict[str, object] = {}
+        if key := os.environ.get("IIOT_ADMIN_KEY"):
+            values["admin_key"] = key
+        if url := os.environ.get("IIOT_DATABASE_URL"):
+            values["database_url"] = url
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return msgspec.convert(values, cls)

@@ -1,0 +1,111 @@
+"""Tables. Times are stored as UTC epoch seconds (float): portable across SQLite and
+PostgreSQL, cheap to index and compare; the store converts at its edge."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+provisioning_tokens = Table(
+    "provisioning_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("max_registration_token_lifetime", Float),
+    Column("registration_token_lifetime_override", String(20), nullable=False),
+    Column("allow_infinite_lifetime", Boolean, nullable=False),
+    Column("device_id", String(90)),
+    Column("device_id_override", String(40), nullable=False),
+    Column("batch_id", String(36), index=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+provisioning_operations = Table(
+    "provisioning_operations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "provisioning_token_id", String(36), ForeignKey("provisioning_tokens.id"), nullable=False
+    ),
+    Column("verification_code", String(9), nullable=False),
+    Column("device_id", String(90)),
+    Column("attributes", JSON, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("approved_at", Float),
+    Column("completed_at", Float),
+    Column("cancelled_at", Float),
+    Column("cancel_reason", String(20)),
+    Column("registration_token_lifetime", Float),
+    Index("ix_operations_state_expiry", "state", "expires_at"),
+    Index("ix_operations_code", "verification_code"),
+    Index("ix_operations_device", "device_id"),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(90), primary_key=True),
+    Column("provisioning_token_id", String(36), nullable=False),
+    Column("provisioning_operation_id", String(36), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("provisioned_at", Float, nullable=False),
+    Column("registered_at", Float),
+    Column("connected", Boolean, nullable=False, default=False),
+    Column("last_connected_at", Float),
+    Column("last_disconnected_at", Float),
+    Column("connection_takeovers", Integer, nullable=False, default=0),
+    Column("last_takeover_at", Float),
+)
+
+registration_tokens = Table(
+    "registration_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("device_id", String(90), nullable=False, index=True),
+    Column("provisioning_token_id", String(36), nullable=False),
+    Column("provisioning_operation_id", String(36), nullable=False),
+    Column("parent_id", String(36), index=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("issued_at", Float, nullable=False),
+    Column("lifetime", Float),  # seconds; NULL = infinite
+    Column("expires_at", Float),
+    Column("superseded_at", Float),
+    Column("revoked_at", Float),
+)
+
+mqtt_credentials = Table(
+    "mqtt_credentials",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("device_id", String(90), nullable=False, index=True),
+    Column("registration_token_id", String(36), nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("issued_at", Float, nullable=False),
+)
