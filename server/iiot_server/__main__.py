@@ -1,0 +1,53 @@
+"""``python -m iiot_server``: run the platform server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from .runner import ServerRunner
+from .settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iiot_server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy async URL (default: SQLite in ./iiot-data/; "
+        "e.g. postgresql+asyncpg://user:pw@host/db)",
+    )
+    args = parser.parse_args(argv)
+    settings = Settings.from_environment(
+        host=args.host, port=args.port, database_url=args.database_url
+    )
+
+    def show_admin_key(secret: str) -> None:
+        print(f"Admin API key (shown once, keep it): {secret}", flush=True)
+
+    runner = ServerRunner(settings, on_admin_key=show_admin_key)
+    try:
+        runner.start()
+    except (RuntimeError, OSError) as exc:
+        print(f"iiot_server: {exc}", file=sys.stderr)
+        return 1
+    print(f"iiotsim platform listening on {runner.http_url} (OpenAPI: {runner.http_url}/schema)")
+    if settings.admin_key:
+        print("Admin API key: from IIOT_ADMIN_KEY")
+    print("Press Ctrl+C to stop.", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    runner.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The technician/admin API under ``/api/v1`` (``Authorization: Bearer <api key>``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Any
+
+from litestar import Controller, Response, delete, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from ..domain.errors import ValidationError
+from ..domain.operations import OperationState
+from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
+from ..services import Services
+from ..services.api_keys import ApiKey
+from .auth import provide_admin, provide_technician
+from .models import (
+    ApiKeyOut,
+    ApproveRequest,
+    BulkProvisioningTokensRequest,
+    CreateApiKeyRequest,
+    CreatedApiKeyOut,
+    CreatedProvisioningTokenOut,
+    CreateProvisioningTokenRequest,
+    DeviceOut,
+    OperationOut,
+    ProvisioningTokenOut,
+    RevokeDeviceOut,
+    TokenOptionsFields,
+)
+
+ADMIN = {"principal": Provide(provide_admin)}
+TECHNICIAN = {"principal": Provide(provide_technician)}
+
+
+def _options(data: TokenOptionsFields, *, device_id: str | None) -> ProvisioningTokenOptions:
+    mode = data.device_id_override
+    if mode is None:
+        mode = DeviceIdOverrideMode.DISABLED if device_id else DeviceIdOverrideMode.ENFORCED_AT_INIT
+    return ProvisioningTokenOptions.validated(
+        max_registration_token_lifetime=data.max_registration_token_lifetime,
+        registration_token_lifetime_override=data.registration_token_lifetime_override,
+        allow_infinite_lifetime=data.allow_infinite_lifetime,
+        device_id=device_id,
+        device_id_override=mode,
+    )
+
+
+class ProvisioningTokensController(Controller):
+    path = "/api/v1/provisioning-tokens"
+    tags = ["provisioning tokens"]
+    dependencies = ADMIN
+
+    @post("/", status_code=201)
+    async def create(
+        self, data: CreateProvisioningTokenRequest, principal: ApiKey, services: Services
+    ) -> CreatedProvisioningTokenOut:
+        """Create a Provisioning Token; its secret is in the response, once."""
+        created = await services.provisioning.create_token(
+            data.name, _options(data, device_id=data.device_id)
+        )
+        out = ProvisioningTokenOut.of(created.token)
+        return CreatedProvisioningTokenOut(
+            **{f: getattr(out, f) for f in out.__struct_fields__},
+            provisioning_token=created.secret,
+        )
+
+    @post("/bulk", status_code=201)
+    async def bulk(
+        self,
+        data: BulkProvisioningTokensRequest,
+        principal: ApiKey,
+        services: Services,
+        output: Annotated[str, Parameter(query="format", pattern="^(json|csv)$")] = "json",
+    ) -> Response[Any]:
+        """Per-device tokens for a factory run; ``?format=csv`` answers CSV
+        (``deviceId,provisioningTokenId,provisioningToken``)."""
+        if data.device_ids is not None:
+            device_ids = data.device_ids
+        elif data.count is not None:
+            prefix = data.device_id_prefix or "device-"
+            device_ids = [f"{prefix}{i:05d}" for i in range(1, data.count + 1)]
+        else:
+            raise ValidationError(
+                "give deviceIds, or count (and deviceIdPrefix)", field="deviceIds"
+            )
+        template = _options(data, device_id=device_ids[0] if device_ids else None)
+        created = await services.provisioning.create_tokens_bulk(data.name, template, device_ids)
+        if output == "csv":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(["deviceId", "provisioningTokenId", "provisioningToken"])
+            for c in created:
+                writer.writerow([c.token.options.device_id, c.token.id, c.secret])
+            return Response(buffer.getvalue(), status_code=201, media_type="text/csv")
+        items = []
+        for c in created:
+            out = ProvisioningTokenOut.of(c.token)
+            items.append(
+                CreatedProvisioningTokenOut(
+                    **{f: getattr(out, f) for f in out.__struct_fields__},
+                    provisioning_token=c.secret,
+                )
+            )
+        return Response(items, status_code=201)
+
+    @get("/")
+    async def list_tokens(
+        self, principal: ApiKey, services: Services
+    ) -> list[ProvisioningTokenOut]:
+        return [ProvisioningTokenOut.of(t) for t in await services.provisioning.list_tokens()]
+
+    @get("/{token_id:str}")
+    async def get_token(
+        self, token_id: str, principal: ApiKey, services: Services
+    ) -> ProvisioningTokenOut:
+        return ProvisioningTokenOut.of(await services.provisioning.get_token(token_id))
+
+    @post("/{token_id:str}/revoke", status_code=200)
+    async def revoke(
+        self, token_id: str, principal: ApiKey, services: Services
+    ) -> ProvisioningTokenOut:
+        """Revoke: the token starts no more operations, its pending ones cannot be approved."""
+        return ProvisioningTokenOut.of(await services.provisioning.revoke_token(token_id))
+
+
+class ProvisioningOperationsController(Controller):
+    path = "/api/v1/provisioning-operations"
+    tags = ["provisioning operations"]
+    dependencies = TECHNICIAN
+
+    @get("/")
+    async def list_operations(
+        self,
+        principal: ApiKey,
+        services: Services,
+        operation_state: Annotated[str | None, Parameter(query="state")] = None,
+        verification_code: Annotated[str | None, Parameter(query="verificationCode")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
+    ) -> list[OperationOut]:
+        """Operations, newest first; filter by ``state`` and ``verificationCode``
+        (code lookups are rate-limited per API key)."""
+        try:
+            state = OperationState(operation_state) if operation_state else None
+        except ValueError:
+            allowed = ", ".join(s.value for s in OperationState)
+            raise ValidationError(f"state must be one of {allowed}", field="state") from None
+        views = await services.provisioning.list_operations(
+            state=state, verification_code=verification_code, requester=principal.id, limit=limit
+        )
+        return [OperationOut.of(v) for v in views]
+
+    @get("/{operation_id:str}")
+    async def get_operation(
+        self, operation_id: str, principal: ApiKey, services: Services
+    ) -> OperationOut:
+        return OperationOut.of(await services.provisioning.get_operation(operation_id))
+
+    @post("/{operation_id:str}/approve", status_code=200)
+    async def approve(
+        self,
+        operation_id: str,
+        principal: ApiKey,
+        services: Services,
+        data: ApproveRequest | None = None,
+    ) -> OperationOut:
+        """Approve; ``deviceId`` and ``registrationTokenLifetime`` only where the token's
+        modes allow them. Other open operations for the same Device ID are cancelled."""
+        data = data or ApproveRequest()
+        view = await services.provisioning.approve_operation(
+            operation_id,
+            device_id=data.device_id,
+            registration_token_lifetime=data.registration_token_lifetime,
+            infinite_lifetime=data.infinite_lifetime,
+        )
+        return OperationOut.of(view)
+
+    @post("/{operation_id:str}/cancel", status_code=200)
+    async def cancel(
+        self, operation_id: str, principal: ApiKey, services: Services
+    ) -> OperationOut:
+        return OperationOut.of(await services.provisioning.cancel_operation(operation_id))
+
+
+class DevicesController(Controller):
+    path = "/api/v1/devices"
+    tags = ["devices"]
+    dependencies = TECHNICIAN
+
+    @get("/")
+    async def list_devices(
+        self,
+        principal: ApiKey,
+        services: Services,
+        after: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+    ) -> list[DeviceOut]:
+        """Devices by Device ID; page with ``after`` (the last Device ID seen)."""
+        return [DeviceOut.of(d) for d in await services.devices.list(limit=limit, after=after)]
+
+    @get("/{device_id:str}")
+    async def get_device(self, device_id: str, principal: ApiKey, services: Services) -> DeviceOut:
+        return DeviceOut.of(await services.devices.get(device_id))
+
+    @delete("/{device_id:str}", status_code=204, dependencies=ADMIN)
+    async def delete_device(self, device_id: str, principal: ApiKey, services: Services) -> None:
+        """Forget the device; its tokens stop working and its MQTT session ends."""
+        await services.registration.delete_device(device_id)
+
+    @post("/{device_id:str}/revoke", status_code=200, dependencies=ADMIN)
+    async def revoke(
+        self, device_id: str, principal: ApiKey, services: Services
+    ) -> RevokeDeviceOut:
+        """Revoke every Registration Token of the device; it must provision again."""
+        count = await services.registration.revoke_device(device_id)
+        return RevokeDeviceOut(device_id=device_id, revoked_tokens=count)
+
+
+class ApiKeysController(Controller):
+    path = "/api/v1/api-keys"
+    tags = ["api keys"]
+    dependencies = ADMIN
+
+    @post("/", status_code=201)
+    async def create(
+        self, data: CreateApiKeyRequest, principal: ApiKey, services: Services
+    ) -> CreatedApiKeyOut:
+        created = await services.api_keys.create(data.name, data.role)
+        out = ApiKeyOut.of(created.key)
+        return CreatedApiKeyOut(
+            **{f: getattr(out, f) for f in out.__struct_fields__}, api_key=created.secret
+        )
+
+    @get("/")
+    async def list_keys(self, principal: ApiKey, services: Services) -> list[ApiKeyOut]:
+        return [ApiKeyOut.of(k) for k in await services.api_keys.list()]
+
+    @post("/{key_id:str}/revoke", status_code=200)
+    async def revoke(self, key_id: str, principal: ApiKey, services: Services) -> ApiKeyOut:
+        return ApiKeyOut.of(await services.api_keys.revoke(key_id))
+
+
+CONTROLLERS = [
+    ProvisioningTokensController,
+    ProvisioningOperationsController,
+    DevicesController,
+    ApiKeysController,
+]

@@ -1,0 +1,95 @@
+"""The device-facing API (Provisioning Token or Registration Token in
+``Authorization: DeviceToken <token>``), wire-compatible with Spotflow's device API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post, put
+from litestar.di import Provide
+
+from ..services import Services
+from ..services.provisioning import ProvisioningToken
+from .auth import provide_provisioning_token, registration_token_secret
+from .models import (
+    CompleteOperationRequest,
+    InitOperationRequest,
+    InitOperationResponse,
+    OperationStatusResponse,
+    RefreshRequest,
+    RegisterResponse,
+    RegistrationTokenResponse,
+)
+
+
+class DeviceProvisioningController(Controller):
+    """A device with its Provisioning Token starts and completes an operation."""
+
+    path = "/provisioning-operations"
+    tags = ["device"]
+    dependencies = {"pt": Provide(provide_provisioning_token)}
+
+    @post("/init", status_code=200)
+    async def init(
+        self, data: InitOperationRequest, pt: ProvisioningToken, services: Services
+    ) -> InitOperationResponse:
+        """Start a Provisioning Operation; show its verification code to the technician."""
+        op = await services.provisioning.init_operation(pt, data.device_id, data.attributes)
+        return InitOperationResponse(
+            provisioning_operation_id=op.id,
+            verification_code=op.verification_code,
+            expiration_time=op.expires_at,
+            poll_interval=services.settings.poll_interval,
+        )
+
+    @put("/complete", status_code=200)
+    async def complete(
+        self, data: CompleteOperationRequest, pt: ProvisioningToken, services: Services
+    ) -> Response[Any]:
+        """202 while pending (poll again after ``Retry-After``); 200 with the Registration
+        Token once approved; 410 once cancelled or expired."""
+        issued = await services.provisioning.complete_operation(pt, data.provisioning_operation_id)
+        if issued is None:
+            retry = str(max(1, round(services.settings.poll_interval)))
+            return Response(b"", status_code=202, headers={"Retry-After": retry})
+        return Response(RegistrationTokenResponse.of(issued), status_code=200)
+
+    @get("/{operation_id:str}")
+    async def status(
+        self, operation_id: str, pt: ProvisioningToken, services: Services
+    ) -> OperationStatusResponse:
+        """The operation's state, so a rebooted device can resume its pending operation."""
+        op = await services.provisioning.get_operation_for_token(pt, operation_id)
+        return OperationStatusResponse(
+            provisioning_operation_id=op.id,
+            verification_code=op.verification_code,
+            expiration_time=op.expires_at,
+            state=op.state,
+        )
+
+
+class DeviceRegistrationController(Controller):
+    """A provisioned device registers and refreshes its Registration Token."""
+
+    path = "/devices"
+    tags = ["device"]
+
+    @put("/register", status_code=200)
+    async def register(
+        self, request: Request[Any, Any, Any], services: Services
+    ) -> RegisterResponse:
+        """MQTT connection details for the Registration Token in the header."""
+        secret = registration_token_secret(request)
+        return RegisterResponse.of(await services.registration.register(secret))
+
+    @put(
+        "/registration-tokens/refresh",
+        status_code=201,
+        dependencies={"pt": Provide(provide_provisioning_token)},
+    )
+    async def refresh(
+        self, data: RefreshRequest, pt: ProvisioningToken, services: Services
+    ) -> RegistrationTokenResponse:
+        """A new Registration Token (the Provisioning Token authenticates the call)."""
+        issued = await services.registration.refresh(pt.id, data.registration_token)
+        return RegistrationTokenResponse.of(issued)

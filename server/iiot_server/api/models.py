@@ -1,0 +1,278 @@
+"""Wire models: msgspec Structs, camelCase on the wire, apart from storage models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from ..domain.operations import OperationState
+from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
+from ..security import Role
+from ..services.api_keys import ApiKey
+from ..services.devices import Device
+from ..services.provisioning import OperationView, ProvisioningToken
+from ..services.registration import IssuedToken, Registration
+
+Seconds = Annotated[float, msgspec.Meta(ge=1, le=100 * 365 * 86400, description="seconds")]
+
+
+class Wire(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=False):
+    """Base of all wire models."""
+
+
+# Device API ------------------------------------------------------------------------
+
+
+class InitOperationRequest(Wire):
+    device_id: str | None = None
+    attributes: dict[str, str] | None = None
+
+
+class InitOperationResponse(Wire):
+    provisioning_operation_id: str
+    verification_code: str
+    expiration_time: datetime
+    poll_interval: float
+
+
+class CompleteOperationRequest(Wire):
+    provisioning_operation_id: str
+
+
+class OperationStatusResponse(Wire):
+    provisioning_operation_id: str
+    verification_code: str
+    expiration_time: datetime
+    state: OperationState
+
+
+class RegistrationTokenResponse(Wire):
+    registration_token: str
+    expiration_time: datetime | None
+    lifetime: float | None
+    device_id: str
+
+    @classmethod
+    def of(cls, issued: IssuedToken) -> RegistrationTokenResponse:
+        return cls(
+            registration_token=issued.secret,
+            expiration_time=issued.token.expires_at,
+            lifetime=issued.token.lifetime,
+            device_id=issued.token.device_id,
+        )
+
+
+class RefreshRequest(Wire):
+    registration_token: str
+
+
+class RegisterResponse(Wire):
+    workspace_id: str
+    device_id: str
+    mqtt_host: str
+    mqtt_port: int
+    mqtt_client_id: str
+    mqtt_username: str
+    mqtt_password: str
+    registration_token_expiration_time: datetime | None
+    registration_token_lifetime: float | None
+    refresh_after: float | None
+    max_mqtt_message_size: int
+
+    @classmethod
+    def of(cls, r: Registration) -> RegisterResponse:
+        return cls(
+            workspace_id=r.workspace_id,
+            device_id=r.device_id,
+            mqtt_host=r.mqtt_host,
+            mqtt_port=r.mqtt_port,
+            mqtt_client_id=r.device_id,
+            mqtt_username=r.mqtt_username,
+            mqtt_password=r.mqtt_password,
+            registration_token_expiration_time=r.expires_at,
+            registration_token_lifetime=r.remaining_lifetime,
+            refresh_after=r.refresh_after,
+            max_mqtt_message_size=r.max_mqtt_message_size,
+        )
+
+
+# Admin API ---------------------------------------------------------------------------
+
+
+class TokenOptionsFields(Wire):
+    device_id: str | None = None
+    device_id_override: DeviceIdOverrideMode | None = None
+    max_registration_token_lifetime: Seconds | None = None
+    registration_token_lifetime_override: LifetimeOverrideMode = LifetimeOverrideMode.DISABLED
+    allow_infinite_lifetime: bool = False
+
+
+class CreateProvisioningTokenRequest(TokenOptionsFields, kw_only=True):
+    """``deviceIdOverride`` defaults to ``disabled`` when a ``deviceId`` is given, else to
+    ``enforced_at_init`` (the device names itself)."""
+
+    name: str
+
+
+class BulkProvisioningTokensRequest(TokenOptionsFields, kw_only=True):
+    """Per-device tokens for a factory run: give ``deviceIds``, or ``count`` and
+    ``deviceIdPrefix`` (IDs ``{prefix}{00001..count}``)."""
+
+    name: str
+    device_ids: list[str] | None = None
+    count: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    device_id_prefix: str | None = None
+
+
+class ProvisioningTokenOut(Wire):
+    id: str
+    name: str
+    device_id: str | None
+    device_id_override: DeviceIdOverrideMode
+    max_registration_token_lifetime: float | None
+    registration_token_lifetime_override: LifetimeOverrideMode
+    allow_infinite_lifetime: bool
+    created_at: datetime
+    revoked_at: datetime | None
+    batch_id: str | None
+
+    @classmethod
+    def of(cls, t: ProvisioningToken) -> ProvisioningTokenOut:
+        o = t.options
+        return cls(
+            id=t.id,
+            name=t.name,
+            device_id=o.device_id,
+            device_id_override=o.device_id_override,
+            max_registration_token_lifetime=o.max_registration_token_lifetime,
+            registration_token_lifetime_override=o.registration_token_lifetime_override,
+            allow_infinite_lifetime=o.allow_infinite_lifetime,
+            created_at=t.created_at,
+            revoked_at=t.revoked_at,
+            batch_id=t.batch_id,
+        )
+
+
+class CreatedProvisioningTokenOut(ProvisioningTokenOut):
+    provisioning_token: str
+    """The secret: shown once, never again."""
+
+
+class ApproveRequest(Wire):
+    device_id: str | None = None
+    registration_token_lifetime: Seconds | None = None
+    infinite_lifetime: bool = False
+
+
+class OperationOut(Wire):
+    id: str
+    provisioning_token_id: str
+    verification_code: str
+    device_id: str | None
+    attributes: dict[str, str]
+    state: OperationState
+    cancel_reason: str | None
+    created_at: datetime
+    expires_at: datetime
+    approved_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    registration_token_lifetime: float | None
+    device_id_override: DeviceIdOverrideMode
+    registration_token_lifetime_override: LifetimeOverrideMode
+    max_registration_token_lifetime: float | None
+    allow_infinite_lifetime: bool
+
+    @classmethod
+    def of(cls, v: OperationView) -> OperationOut:
+        op, o = v.operation, v.token.options
+        return cls(
+            id=op.id,
+            provisioning_token_id=op.provisioning_token_id,
+            verification_code=op.verification_code,
+            device_id=op.device_id,
+            attributes=op.attributes,
+            state=op.state,
+            cancel_reason=op.cancel_reason.value if op.cancel_reason else None,
+            created_at=op.created_at,
+            expires_at=op.expires_at,
+            approved_at=op.approved_at,
+            completed_at=op.completed_at,
+            cancelled_at=op.cancelled_at,
+            registration_token_lifetime=op.registration_token_lifetime,
+            device_id_override=o.device_id_override,
+            registration_token_lifetime_override=o.registration_token_lifetime_override,
+            max_registration_token_lifetime=o.max_registration_token_lifetime,
+            allow_infinite_lifetime=o.allow_infinite_lifetime,
+        )
+
+
+class DeviceOut(Wire):
+    device_id: str
+    provisioning_token_id: str
+    provisioning_operation_id: str
+    created_at: datetime
+    provisioned_at: datetime
+    registered_at: datetime | None
+    registration_token_status: str | None
+    registration_token_expires_at: datetime | None
+    connected: bool
+    last_connected_at: datetime | None
+    last_disconnected_at: datetime | None
+    connection_takeovers: int
+    last_takeover_at: datetime | None
+
+    @classmethod
+    def of(cls, d: Device) -> DeviceOut:
+        status = d.registration_token_status
+        return cls(
+            device_id=d.device_id,
+            provisioning_token_id=d.provisioning_token_id,
+            provisioning_operation_id=d.provisioning_operation_id,
+            created_at=d.created_at,
+            provisioned_at=d.provisioned_at,
+            registered_at=d.registered_at,
+            registration_token_status=status.value if status else None,
+            registration_token_expires_at=d.registration_token_expires_at,
+            connected=d.connected,
+            last_connected_at=d.last_connected_at,
+            last_disconnected_at=d.last_disconnected_at,
+            connection_takeovers=d.connection_takeovers,
+            last_takeover_at=d.last_takeover_at,
+        )
+
+
+class RevokeDeviceOut(Wire):
+    device_id: str
+    revoked_tokens: int
+
+
+class CreateApiKeyRequest(Wire):
+    name: str
+    role: Role
+
+
+class ApiKeyOut(Wire):
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, k: ApiKey) -> ApiKeyOut:
+        return cls(
+            id=k.id, name=k.name, role=k.role, created_at=k.created_at, revoked_at=k.revoked_at
+        )
+
+
+class CreatedApiKeyOut(ApiKeyOut):
+    api_key: str
+    """The secret: shown once, never again."""
+
+
+class Health(Wire):
+    status: Literal["ok"] = "ok"
+    time: datetime | None = None

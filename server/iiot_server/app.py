@@ -1,0 +1,84 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
+from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
+from .api.models import Health
+from .api.problems import EXCEPTION_HANDLERS
+from .clock import Clock, SystemClock
+from .services import Services
+from .settings import Settings
+
+Hook = Callable[[Services], Awaitable[None]]
+
+
+@get("/health", tags=["health"])
+async def health(services: Services) -> Health:
+    """200 when the platform is ready."""
+    return Health(time=services.clock.now())
+
+
+def create_app(
+    settings: Settings,
+    clock: Clock | None = None,
+    *,
+    on_ready: list[Hook] | None = None,
+    on_shutdown: list[Hook] | None = None,
+    on_admin_key: Callable[[str], None] | None = None,
+) -> Litestar:
+    """Build the platform's HTTP application.
+
+    ``on_ready`` hooks run once the services are open (the broker starts there, in the
+    same event loop); ``on_shutdown`` hooks run before they close. ``on_admin_key`` is
+    called with a newly created bootstrap admin key (to print it once).
+    """
+    clock = clock or SystemClock()
+    holder: dict[str, Services] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        services = await Services.open(settings, clock)
+        holder["services"] = services
+        try:
+            created = await services.api_keys.ensure_bootstrap_admin(settings.admin_key)
+            if created is not None and on_admin_key is not None:
+                on_admin_key(created)
+            for hook in on_ready or []:
+                await hook(services)
+            yield
+        finally:
+            for hook in on_shutdown or []:
+                await hook(services)
+            await services.close()
+
+    def provide_services() -> Services:
+        return holder["services"]
+
+    return Litestar(
+        route_handlers=[
+            health,
+            DeviceProvisioningController,
+            DeviceRegistrationController,
+            *ADMIN_CONTROLLERS,
+        ],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="iiotsim platform",
+            version="0.1.0",
+            description="Zero-touch IIoT device provisioning: tokens, operations, devices.",
+        ),
+        debug=False,
+    )
+
+
+__all__ = ["create_app"]
