@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
 from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
@@ -21,7 +21,7 @@ Hook = Callable[[Services], Awaitable[None]]
 
 
 @get("/health", tags=["health"])
-async def health(services: Services) -> Health:
+async def health(services: NamedDependency[Services]) -> Health:
     """200 when the platform is ready."""
     return Health(time=services.clock.now())
 

@@ -7,8 +7,8 @@ import io
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ..domain.errors import ValidationError
 from ..domain.operations import OperationState
@@ -35,7 +35,9 @@ ADMIN = {"principal": Provide(provide_admin)}
 TECHNICIAN = {"principal": Provide(provide_technician)}
 
 
-def _options(data: TokenOptionsFields, *, device_id: str | None) -> ProvisioningTokenOptions:
+def _options(
+    data: JSONBody[TokenOptionsFields], *, device_id: str | None
+) -> ProvisioningTokenOptions:
     mode = data.device_id_override
     if mode is None:
         mode = DeviceIdOverrideMode.DISABLED if device_id else DeviceIdOverrideMode.ENFORCED_AT_INIT
@@ -55,7 +57,10 @@ class ProvisioningTokensController(Controller):
 
     @post("/", status_code=201)
     async def create(
-        self, data: CreateProvisioningTokenRequest, principal: ApiKey, services: Services
+        self,
+        data: JSONBody[CreateProvisioningTokenRequest],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
     ) -> CreatedProvisioningTokenOut:
         """Create a Provisioning Token; its secret is in the response, once."""
         created = await services.provisioning.create_token(
@@ -70,10 +75,10 @@ class ProvisioningTokensController(Controller):
     @post("/bulk", status_code=201)
     async def bulk(
         self,
-        data: BulkProvisioningTokensRequest,
-        principal: ApiKey,
-        services: Services,
-        output: Annotated[str, Parameter(query="format", pattern="^(json|csv)$")] = "json",
+        data: JSONBody[BulkProvisioningTokensRequest],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+        output: Annotated[str, QueryParameter(name="format", pattern="^(json|csv)$")] = "json",
     ) -> Response[Any]:
         """Per-device tokens for a factory run; ``?format=csv`` answers CSV
         (``deviceId,provisioningTokenId,provisioningToken``)."""
@@ -108,19 +113,25 @@ class ProvisioningTokensController(Controller):
 
     @get("/")
     async def list_tokens(
-        self, principal: ApiKey, services: Services
+        self, principal: NamedDependency[ApiKey], services: NamedDependency[Services]
     ) -> list[ProvisioningTokenOut]:
         return [ProvisioningTokenOut.of(t) for t in await services.provisioning.list_tokens()]
 
     @get("/{token_id:str}")
     async def get_token(
-        self, token_id: str, principal: ApiKey, services: Services
+        self,
+        token_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
     ) -> ProvisioningTokenOut:
         return ProvisioningTokenOut.of(await services.provisioning.get_token(token_id))
 
     @post("/{token_id:str}/revoke", status_code=200)
     async def revoke(
-        self, token_id: str, principal: ApiKey, services: Services
+        self,
+        token_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
     ) -> ProvisioningTokenOut:
         """Revoke: the token starts no more operations, its pending ones cannot be approved."""
         return ProvisioningTokenOut.of(await services.provisioning.revoke_token(token_id))
@@ -134,11 +145,11 @@ class ProvisioningOperationsController(Controller):
     @get("/")
     async def list_operations(
         self,
-        principal: ApiKey,
-        services: Services,
-        operation_state: Annotated[str | None, Parameter(query="state")] = None,
-        verification_code: Annotated[str | None, Parameter(query="verificationCode")] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 500,
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+        operation_state: Annotated[str | None, QueryParameter(name="state")] = None,
+        verification_code: Annotated[str | None, QueryParameter(name="verificationCode")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> list[OperationOut]:
         """Operations, newest first; filter by ``state`` and ``verificationCode``
         (code lookups are rate-limited per API key)."""
@@ -154,17 +165,20 @@ class ProvisioningOperationsController(Controller):
 
     @get("/{operation_id:str}")
     async def get_operation(
-        self, operation_id: str, principal: ApiKey, services: Services
+        self,
+        operation_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
     ) -> OperationOut:
         return OperationOut.of(await services.provisioning.get_operation(operation_id))
 
     @post("/{operation_id:str}/approve", status_code=200)
     async def approve(
         self,
-        operation_id: str,
-        principal: ApiKey,
-        services: Services,
-        data: ApproveRequest | None = None,
+        operation_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+        data: JSONBody[ApproveRequest | None] = None,
     ) -> OperationOut:
         """Approve; ``deviceId`` and ``registrationTokenLifetime`` only where the token's
         modes allow them. Other open operations for the same Device ID are cancelled."""
@@ -179,7 +193,10 @@ class ProvisioningOperationsController(Controller):
 
     @post("/{operation_id:str}/cancel", status_code=200)
     async def cancel(
-        self, operation_id: str, principal: ApiKey, services: Services
+        self,
+        operation_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
     ) -> OperationOut:
         return OperationOut.of(await services.provisioning.cancel_operation(operation_id))
 
@@ -192,26 +209,39 @@ class DevicesController(Controller):
     @get("/")
     async def list_devices(
         self,
-        principal: ApiKey,
-        services: Services,
-        after: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+        after: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
     ) -> list[DeviceOut]:
         """Devices by Device ID; page with ``after`` (the last Device ID seen)."""
         return [DeviceOut.of(d) for d in await services.devices.list(limit=limit, after=after)]
 
     @get("/{device_id:str}")
-    async def get_device(self, device_id: str, principal: ApiKey, services: Services) -> DeviceOut:
+    async def get_device(
+        self,
+        device_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> DeviceOut:
         return DeviceOut.of(await services.devices.get(device_id))
 
     @delete("/{device_id:str}", status_code=204, dependencies=ADMIN)
-    async def delete_device(self, device_id: str, principal: ApiKey, services: Services) -> None:
+    async def delete_device(
+        self,
+        device_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> None:
         """Forget the device; its tokens stop working and its MQTT session ends."""
         await services.registration.delete_device(device_id)
 
     @post("/{device_id:str}/revoke", status_code=200, dependencies=ADMIN)
     async def revoke(
-        self, device_id: str, principal: ApiKey, services: Services
+        self,
+        device_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
     ) -> RevokeDeviceOut:
         """Revoke every Registration Token of the device; it must provision again."""
         count = await services.registration.revoke_device(device_id)
@@ -225,7 +255,10 @@ class ApiKeysController(Controller):
 
     @post("/", status_code=201)
     async def create(
-        self, data: CreateApiKeyRequest, principal: ApiKey, services: Services
+        self,
+        data: JSONBody[CreateApiKeyRequest],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
     ) -> CreatedApiKeyOut:
         created = await services.api_keys.create(data.name, data.role)
         out = ApiKeyOut.of(created.key)
@@ -234,11 +267,18 @@ class ApiKeysController(Controller):
         )
 
     @get("/")
-    async def list_keys(self, principal: ApiKey, services: Services) -> list[ApiKeyOut]:
+    async def list_keys(
+        self, principal: NamedDependency[ApiKey], services: NamedDependency[Services]
+    ) -> list[ApiKeyOut]:
         return [ApiKeyOut.of(k) for k in await services.api_keys.list()]
 
     @post("/{key_id:str}/revoke", status_code=200)
-    async def revoke(self, key_id: str, principal: ApiKey, services: Services) -> ApiKeyOut:
+    async def revoke(
+        self,
+        key_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> ApiKeyOut:
         return ApiKeyOut.of(await services.api_keys.revoke(key_id))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.di import NamedDependency
 
 from ..domain.errors import Unauthorized
 from ..security import Role
@@ -23,17 +24,21 @@ def _credential(request: Request[Any, Any, Any], scheme: str) -> str:
     return value.strip()
 
 
-async def provide_technician(request: Request[Any, Any, Any], services: Services) -> ApiKey:
+async def provide_technician(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> ApiKey:
     """Any live API key (technicians and admins)."""
     return await services.api_keys.authenticate(_credential(request, "Bearer"))
 
 
-async def provide_admin(request: Request[Any, Any, Any], services: Services) -> ApiKey:
+async def provide_admin(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> ApiKey:
     return await services.api_keys.authenticate(_credential(request, "Bearer"), required=Role.ADMIN)
 
 
 async def provide_provisioning_token(
-    request: Request[Any, Any, Any], services: Services
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> ProvisioningToken:
     return await services.provisioning.authenticate(_credential(request, "DeviceToken"))
 

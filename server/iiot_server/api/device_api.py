@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 
 from ..services import Services
 from ..services.provisioning import ProvisioningToken
@@ -31,7 +32,10 @@ class DeviceProvisioningController(Controller):
 
     @post("/init", status_code=200)
     async def init(
-        self, data: InitOperationRequest, pt: ProvisioningToken, services: Services
+        self,
+        data: JSONBody[InitOperationRequest],
+        pt: NamedDependency[ProvisioningToken],
+        services: NamedDependency[Services],
     ) -> InitOperationResponse:
         """Start a Provisioning Operation; show its verification code to the technician."""
         op = await services.provisioning.init_operation(pt, data.device_id, data.attributes)
@@ -44,7 +48,10 @@ class DeviceProvisioningController(Controller):
 
     @put("/complete", status_code=200)
     async def complete(
-        self, data: CompleteOperationRequest, pt: ProvisioningToken, services: Services
+        self,
+        data: JSONBody[CompleteOperationRequest],
+        pt: NamedDependency[ProvisioningToken],
+        services: NamedDependency[Services],
     ) -> Response[Any]:
         """202 while pending (poll again after ``Retry-After``); 200 with the Registration
         Token once approved; 410 once cancelled or expired."""
@@ -56,7 +63,10 @@ class DeviceProvisioningController(Controller):
 
     @get("/{operation_id:str}")
     async def status(
-        self, operation_id: str, pt: ProvisioningToken, services: Services
+        self,
+        operation_id: FromPath[str],
+        pt: NamedDependency[ProvisioningToken],
+        services: NamedDependency[Services],
     ) -> OperationStatusResponse:
         """The operation's state, so a rebooted device can resume its pending operation."""
         op = await services.provisioning.get_operation_for_token(pt, operation_id)
@@ -76,7 +86,7 @@ class DeviceRegistrationController(Controller):
 
     @put("/register", status_code=200)
     async def register(
-        self, request: Request[Any, Any, Any], services: Services
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services]
     ) -> RegisterResponse:
         """MQTT connection details for the Registration Token in the header."""
         secret = registration_token_secret(request)
@@ -88,7 +98,10 @@ class DeviceRegistrationController(Controller):
         dependencies={"pt": Provide(provide_provisioning_token)},
     )
     async def refresh(
-        self, data: RefreshRequest, pt: ProvisioningToken, services: Services
+        self,
+        data: JSONBody[RefreshRequest],
+        pt: NamedDependency[ProvisioningToken],
+        services: NamedDependency[Services],
     ) -> RegistrationTokenResponse:
         """A new Registration Token (the Provisioning Token authenticates the call)."""
         issued = await services.registration.refresh(pt.id, data.registration_token)

@@ -1,0 +1,260 @@
+"""A typed client for the platform's technician/admin API.
+
+Returns the server's own wire Structs (``iiot_server.api.models``: snake_case attributes,
+camelCase on the wire), so client and server cannot drift apart. :func:`to_frame` turns a
+list of them into a pandas DataFrame.
+
+Example (in a notebook)::
+
+    with Platform() as platform:
+        admin = platform.admin
+        pt = admin.create_provisioning_token("line 1")
+        ...
+        admin.approve_operation("WDJB-MJHT")     # by verification code or id
+        to_frame(admin.list_devices())
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+import pandas as pd
+from iiot_server.api.models import (
+    ApiKeyOut,
+    CreatedApiKeyOut,
+    CreatedProvisioningTokenOut,
+    DeviceOut,
+    OperationOut,
+    ProvisioningTokenOut,
+    RevokeDeviceOut,
+)
+
+from .errors import PlatformError
+
+T = TypeVar("T")
+_CODE = re.compile(r"^[B-DF-HJ-NP-TV-XZ]{4}-?[B-DF-HJ-NP-TV-XZ]{4}$", re.IGNORECASE)
+
+
+def to_frame(items: Sequence[msgspec.Struct]) -> pd.DataFrame:
+    """A DataFrame with one row per Struct and one column per field."""
+    return pd.DataFrame([msgspec.structs.asdict(item) for item in items])
+
+
+class AdminClient:
+    """Technician/admin API calls with an API key. Every call raises
+    :class:`~iiotsim.errors.PlatformError` with the platform's problem on refusal."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        kind: type[T] | None = None,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> T:
+        body = None if json is None else {k: v for k, v in json.items() if v is not None}
+        query = None if params is None else {k: v for k, v in params.items() if v is not None}
+        response = self._http.request(method, path, json=body, params=query)
+        if response.status_code >= 400:
+            try:
+                p = response.json()
+            except ValueError:
+                p = {}
+            raise PlatformError(
+                response.status_code,
+                p.get("type", "/problems/error"),
+                p.get("title", response.reason_phrase),
+                p.get("detail"),
+                p.get("field"),
+            )
+        if kind is None:
+            return None  # type: ignore[return-value]
+        return msgspec.json.decode(response.content, type=kind)
+
+    # Health ------------------------------------------------------------------------
+
+    def health(self) -> bool:
+        """True when the platform answers ``/health``."""
+        return self._http.get("/health").status_code == 200
+
+    # Provisioning Tokens ---------------------------------------------------------------
+
+    def create_provisioning_token(
+        self,
+        name: str,
+        *,
+        device_id: str | None = None,
+        device_id_override: str | None = None,
+        max_registration_token_lifetime: float | None = None,
+        registration_token_lifetime_override: str = "disabled",
+        allow_infinite_lifetime: bool = False,
+    ) -> CreatedProvisioningTokenOut:
+        """Create a Provisioning Token; ``.provisioning_token`` holds its secret (once).
+
+        Without ``device_id`` the device names itself at init (``enforced_at_init``).
+        """
+        return self._call(
+            "POST",
+            "/api/v1/provisioning-tokens",
+            CreatedProvisioningTokenOut,
+            json={
+                "name": name,
+                "deviceId": device_id,
+                "deviceIdOverride": device_id_override,
+                "maxRegistrationTokenLifetime": max_registration_token_lifetime,
+                "registrationTokenLifetimeOverride": registration_token_lifetime_override,
+                "allowInfiniteLifetime": allow_infinite_lifetime,
+            },
+        )
+
+    def create_provisioning_tokens_bulk(
+        self,
+        name: str,
+        *,
+        device_ids: Sequence[str] | None = None,
+        count: int | None = None,
+        device_id_prefix: str | None = None,
+        max_registration_token_lifetime: float | None = None,
+        registration_token_lifetime_override: str = "disabled",
+        allow_infinite_lifetime: bool = False,
+    ) -> list[CreatedProvisioningTokenOut]:
+        """Per-device tokens for a factory run (save with ``to_frame(...).to_csv(...)``)."""
+        return self._call(
+            "POST",
+            "/api/v1/provisioning-tokens/bulk",
+            list[CreatedProvisioningTokenOut],
+            json={
+                "name": name,
+                "deviceIds": list(device_ids) if device_ids is not None else None,
+                "count": count,
+                "deviceIdPrefix": device_id_prefix,
+                "maxRegistrationTokenLifetime": max_registration_token_lifetime,
+                "registrationTokenLifetimeOverride": registration_token_lifetime_override,
+                "allowInfiniteLifetime": allow_infinite_lifetime,
+            },
+        )
+
+    def list_provisioning_tokens(self) -> list[ProvisioningTokenOut]:
+        return self._call("GET", "/api/v1/provisioning-tokens", list[ProvisioningTokenOut])
+
+    def get_provisioning_token(self, token_id: str) -> ProvisioningTokenOut:
+        return self._call("GET", f"/api/v1/provisioning-tokens/{token_id}", ProvisioningTokenOut)
+
+    def revoke_provisioning_token(self, token_id: str) -> ProvisioningTokenOut:
+        return self._call(
+            "POST", f"/api/v1/provisioning-tokens/{token_id}/revoke", ProvisioningTokenOut
+        )
+
+    # Provisioning Operations -----------------------------------------------------------
+
+    def list_operations(
+        self, state: str | None = None, verification_code: str | None = None
+    ) -> list[OperationOut]:
+        """Operations, newest first (``state``: pending / approved / completed / cancelled)."""
+        return self._call(
+            "GET",
+            "/api/v1/provisioning-operations",
+            list[OperationOut],
+            params={"state": state, "verificationCode": verification_code},
+        )
+
+    def get_operation(self, operation_id: str) -> OperationOut:
+        return self._call("GET", f"/api/v1/provisioning-operations/{operation_id}", OperationOut)
+
+    def resolve_operation_id(self, code_or_id: str) -> str:
+        """The id of the open operation showing this verification code (ids pass through)."""
+        if not _CODE.match(code_or_id.strip()):
+            return code_or_id
+        open_ops = [
+            op
+            for op in self.list_operations(verification_code=code_or_id.strip())
+            if op.state in ("pending", "approved")
+        ]
+        if not open_ops:
+            raise PlatformError(
+                404,
+                "/problems/notFound",
+                "Not found",
+                f"no open operation shows code {code_or_id}",
+                "verificationCode",
+            )
+        return open_ops[0].id
+
+    def approve_operation(
+        self,
+        code_or_id: str,
+        *,
+        device_id: str | None = None,
+        registration_token_lifetime: float | None = None,
+        infinite_lifetime: bool = False,
+    ) -> OperationOut:
+        """Approve by verification code (``'WDJB-MJHT'``) or operation id."""
+        operation_id = self.resolve_operation_id(code_or_id)
+        return self._call(
+            "POST",
+            f"/api/v1/provisioning-operations/{operation_id}/approve",
+            OperationOut,
+            json={
+                "deviceId": device_id,
+                "registrationTokenLifetime": registration_token_lifetime,
+                "infiniteLifetime": infinite_lifetime or None,
+            },
+        )
+
+    def cancel_operation(self, code_or_id: str) -> OperationOut:
+        operation_id = self.resolve_operation_id(code_or_id)
+        return self._call(
+            "POST", f"/api/v1/provisioning-operations/{operation_id}/cancel", OperationOut
+        )
+
+    # Devices ---------------------------------------------------------------------------
+
+    def list_devices(self, *, after: str | None = None, limit: int = 1000) -> list[DeviceOut]:
+        return self._call(
+            "GET", "/api/v1/devices", list[DeviceOut], params={"after": after, "limit": limit}
+        )
+
+    def get_device(self, device_id: str) -> DeviceOut:
+        return self._call("GET", f"/api/v1/devices/{device_id}", DeviceOut)
+
+    def delete_device(self, device_id: str) -> None:
+        self._call("DELETE", f"/api/v1/devices/{device_id}")
+
+    def revoke_device(self, device_id: str) -> RevokeDeviceOut:
+        """Revoke every Registration Token of the device: it must provision again."""
+        return self._call("POST", f"/api/v1/devices/{device_id}/revoke", RevokeDeviceOut)
+
+    # API keys --------------------------------------------------------------------------
+
+    def create_api_key(self, name: str, role: str = "technician") -> CreatedApiKeyOut:
+        return self._call(
+            "POST", "/api/v1/api-keys", CreatedApiKeyOut, json={"name": name, "role": role}
+        )
+
+    def list_api_keys(self) -> list[ApiKeyOut]:
+        return self._call("GET", "/api/v1/api-keys", list[ApiKeyOut])
+
+    def revoke_api_key(self, key_id: str) -> ApiKeyOut:
+        return self._call("POST", f"/api/v1/api-keys/{key_id}/revoke", ApiKeyOut)

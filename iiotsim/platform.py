@@ -1,0 +1,122 @@
+"""The embedded platform: HTTP API (and, once attached, the MQTT broker) in one background
+thread, SQLite in a temporary or given directory.
+
+Example::
+
+    from iiotsim import Platform
+
+    with Platform() as platform:
+        print(platform.http_url, platform.admin_key)
+        pt = platform.admin.create_provisioning_token("demo")
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from iiot_server.clock import Clock
+from iiot_server.runner import ServerRunner
+from iiot_server.services import Services
+from iiot_server.settings import Settings, sqlite_url
+
+from .admin import AdminClient
+
+
+class Platform:
+    """A running platform for notebooks, tests and hybrid runs (a context manager).
+
+    ``data_dir=None`` keeps the database in a temporary directory removed on exit; a
+    given directory keeps it, so a second ``Platform(data_dir=...)`` sees the same data.
+    ``clock`` (e.g. :class:`iiotsim.clock.ManualClock`) drives every expiry.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        clock: Clock | None = None,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        database_url: str | None = None,
+        admin_key: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self._temp_dir: str | None = None
+        if data_dir is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="iiotsim-")
+            data_dir = self._temp_dir
+        self.data_dir = Path(data_dir)
+        self.admin_key = admin_key or f"ak_{secrets.token_urlsafe(32)}"
+        base = settings or Settings()
+        self.settings = Settings(
+            **{
+                **{f: getattr(base, f) for f in base.__struct_fields__},
+                "host": host,
+                "port": http_port,
+                "database_url": database_url or sqlite_url(self.data_dir),
+                "admin_key": self.admin_key,
+            }
+        )
+        self.clock = clock
+        self._runner: ServerRunner | None = None
+        self._admin: AdminClient | None = None
+
+    def start(self) -> Platform:
+        """Start the servers; returns once they answer."""
+        self._runner = ServerRunner(self.settings, self.clock).start()
+        self._admin = AdminClient(self._runner.http_url, self.admin_key)
+        return self
+
+    def stop(self) -> None:
+        """Stop the servers and remove a temporary data directory; idempotent."""
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    def _require(self) -> ServerRunner:
+        if self._runner is None:
+            raise RuntimeError("the platform is not running: use `with Platform() as p:`")
+        return self._runner
+
+    @property
+    def http_url(self) -> str:
+        return self._require().http_url
+
+    @property
+    def admin(self) -> AdminClient:
+        """The admin client (an admin API key)."""
+        self._require()
+        assert self._admin is not None
+        return self._admin
+
+    @property
+    def runner(self) -> ServerRunner:
+        return self._require()
+
+    @property
+    def services(self) -> Services:
+        """The platform's services, for code that runs on the server's loop."""
+        services = self._require().services
+        assert services is not None
+        return services
+
+    def __enter__(self) -> Platform:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,35 @@
+"""Shared fixtures: a real embedded platform on free loopback ports, driven by a
+ManualClock so tests move through token lifetimes without sleeping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from iiotsim.clock import ManualClock
+from iiotsim.platform import Platform
+
+START = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def platform(clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
+    """A running platform (HTTP API) with SQLite under ``tmp_path/data``."""
+    with Platform(data_dir=tmp_path / "data", clock=clock) as running:
+        yield running
+
+
+@pytest.fixture
+def http(platform: Platform) -> Iterator[httpx.Client]:
+    """A plain HTTP client for the device-facing API (no credentials)."""
+    with httpx.Client(base_url=platform.http_url, timeout=30) as client:
+        yield client
