@@ -39,6 +39,7 @@ _HTTP_TYPES = {
     429: "/problems/tooManyRequests",
 }
 _JSON_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]*)`")
 
 
 def problem(
@@ -85,9 +86,11 @@ def validation_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict
             continue
         message = str(item.get("message", ""))
         key = item.get("key")
-        match = _JSON_PATH.search(message)
-        if match and match.group(1):
-            fields.append(match.group(1))
+        at = _JSON_PATH.search(message)
+        missing = _MISSING.search(message)
+        path = [p for p in (at.group(1) if at else "", missing.group(1) if missing else "") if p]
+        if path:
+            fields.append(".".join(path))
         elif key and key != "data":
             fields.append(str(key))
         details.append(message)
