@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--database-url",
         default=None,
         help="SQLAlchemy async URL (default: SQLite in ./iiot-data/; "
-        "e.g. postgresql+asyncpg://user:pw@host/db)",
+        "e.g. postgresql+psycopg://user:pw@host/db)",
     )
     args = parser.parse_args(argv)
     settings = Settings.from_environment(

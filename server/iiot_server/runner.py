@@ -47,7 +47,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class ServerRunner:
     """The platform server on ``settings.host:settings.port`` (0 = a free port).
 
-    >>> with ServerRunner(Settings(port=0, database_url="sqlite+aiosqlite:///:memory:")) as r:
+    >>> with ServerRunner(Settings(port=0, database_url="sqlite:///:memory:")) as r:
     ...     r.http_url.startswith("http://127.0.0.1:")
     True
     """

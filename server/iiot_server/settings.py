@@ -15,13 +15,13 @@ DEFAULT_DATA_DIR = Path("iiot-data")
 
 def sqlite_url(directory: Path) -> str:
     """The database URL of the embedded SQLite file in ``directory``."""
-    return f"sqlite+aiosqlite:///{(directory / 'iiot.db').as_posix()}"
+    return f"sqlite:///{(directory / 'iiot.db').as_posix()}"
 
 
 class Settings(msgspec.Struct, kw_only=True):
     """Everything the platform needs to know to run.
 
-    >>> Settings(database_url="sqlite+aiosqlite:///:memory:").workspace_id
+    >>> Settings(database_url="sqlite:///:memory:").workspace_id
     'default'
     """
 

@@ -6,14 +6,13 @@ goes through the one :class:`Services` container, so they all decide alike.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..clock import Clock
 from ..events import PlatformEvents
 from ..settings import Settings
-from ..store.database import open_database
+from ..store.database import Database
 from .api_keys import ApiKeyService
 from .devices import DeviceService
 from .provisioning import ProvisioningService
@@ -26,7 +25,7 @@ class Services:
 
     settings: Settings
     clock: Clock
-    engine: AsyncEngine
+    db: Database
     events: PlatformEvents
     api_keys: ApiKeyService
     registration: RegistrationService
@@ -38,19 +37,20 @@ class Services:
         cls, settings: Settings, clock: Clock, events: PlatformEvents | None = None
     ) -> Services:
         """Open the database (creating the schema) and build every service."""
-        engine = await open_database(settings.database_url)
+        loop = asyncio.get_running_loop()
+        db = await loop.run_in_executor(None, Database.open, settings.database_url)
         events = events or PlatformEvents()
-        registration = RegistrationService(engine, clock, settings, events)
+        registration = RegistrationService(db, clock, settings, events)
         return cls(
             settings=settings,
             clock=clock,
-            engine=engine,
+            db=db,
             events=events,
-            api_keys=ApiKeyService(engine, clock),
+            api_keys=ApiKeyService(db, clock),
             registration=registration,
-            provisioning=ProvisioningService(engine, clock, settings, registration),
-            devices=DeviceService(engine, clock, registration),
+            provisioning=ProvisioningService(db, clock, settings, registration),
+            devices=DeviceService(db, clock, registration),
         )
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await asyncio.get_running_loop().run_in_executor(None, self.db.close)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import RowMapping, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from ..clock import Clock
 from ..domain.errors import Forbidden, NotFound, Unauthorized, ValidationError
 from ..security import Role, SecretKind, has_kind, hash_secret, new_id, new_secret
-from ..store.database import from_epoch, from_epoch_required, to_epoch
+from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import api_keys
 
 
@@ -36,8 +35,8 @@ class ApiKeyService:
     """Create, list, revoke and check API keys. Checks are cached in memory (invalidated
     on revoke) because every technician call pays for one."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
         self._clock = clock
         self._by_hash: dict[str, ApiKey] = {}
 
@@ -54,61 +53,63 @@ class ApiKeyService:
             ) from None
         secret = secret or new_secret(SecretKind.API_KEY)
         key = ApiKey(new_id(), name, role, self._clock.now(), None)
-        async with self._engine.begin() as conn:
-            await conn.execute(
+
+        def insert_key(conn: Connection) -> None:
+            conn.execute(
                 insert(api_keys).values(
                     id=key.id,
                     name=name,
-                    role=role.value,
+                    role=key.role.value,
                     secret_hash=hash_secret(secret),
                     created_at=to_epoch(key.created_at),
                 )
             )
+
+        await self._db.write(insert_key)
         return CreatedApiKey(key, secret)
 
     async def ensure_bootstrap_admin(self, secret: str | None) -> str | None:
         """Make sure an admin key exists. Returns a newly created secret (to print once),
         or None when ``secret`` was already known or admin keys already exist."""
-        async with self._engine.connect() as conn:
+
+        def known(conn: Connection) -> bool:
             if secret is not None:
-                row = (
-                    await conn.execute(
-                        select(api_keys.c.id).where(api_keys.c.secret_hash == hash_secret(secret))
-                    )
-                ).first()
-                if row is not None:
-                    return None
+                query = select(api_keys.c.id).where(api_keys.c.secret_hash == hash_secret(secret))
             else:
-                row = (
-                    await conn.execute(
-                        select(api_keys.c.id).where(
-                            api_keys.c.role == Role.ADMIN.value, api_keys.c.revoked_at.is_(None)
-                        )
-                    )
-                ).first()
-                if row is not None:
-                    return None
+                query = select(api_keys.c.id).where(
+                    api_keys.c.role == Role.ADMIN.value, api_keys.c.revoked_at.is_(None)
+                )
+            return conn.execute(query).first() is not None
+
+        if await self._db.read(known):
+            return None
         created = await self.create("bootstrap admin", Role.ADMIN, secret=secret)
         return created.secret
 
     async def list(self) -> list[ApiKey]:
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).all()
-        return [_key(row._mapping) for row in rows]
+        def rows(conn: Connection) -> list[ApiKey]:
+            result = conn.execute(select(api_keys).order_by(api_keys.c.created_at))
+            return [_key(r._mapping) for r in result]
+
+        return await self._db.read(rows)
 
     async def revoke(self, key_id: str) -> ApiKey:
         now = to_epoch(self._clock.now())
-        async with self._engine.begin() as conn:
-            await conn.execute(
+
+        def revoke_key(conn: Connection) -> ApiKey:
+            conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
-            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-        if row is None:
-            raise NotFound(f"no API key {key_id}", field="id")
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+            if row is None:
+                raise NotFound(f"no API key {key_id}", field="id")
+            return _key(row._mapping)
+
+        key = await self._db.write(revoke_key)
         self._by_hash = {h: k for h, k in self._by_hash.items() if k.id != key_id}
-        return _key(row._mapping)
+        return key
 
     async def authenticate(self, secret: str, *, required: Role | None = None) -> ApiKey:
         """The key behind ``secret``; :class:`Unauthorized` if unknown or revoked,
@@ -118,13 +119,14 @@ class ApiKeyService:
         digest = hash_secret(secret)
         key = self._by_hash.get(digest)
         if key is None:
-            async with self._engine.connect() as conn:
-                row = (
-                    await conn.execute(select(api_keys).where(api_keys.c.secret_hash == digest))
-                ).first()
-            if row is None:
+
+            def find(conn: Connection) -> ApiKey | None:
+                row = conn.execute(select(api_keys).where(api_keys.c.secret_hash == digest)).first()
+                return None if row is None else _key(row._mapping)
+
+            key = await self._db.read(find)
+            if key is None:
                 raise Unauthorized("unknown API key")
-            key = _key(row._mapping)
             if key.revoked_at is None:
                 self._by_hash[digest] = key
         if key.revoked_at is not None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import RowMapping, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, RowMapping, func, select, update
 
 from ..clock import Clock
 from ..domain.errors import NotFound
 from ..domain.tokens import TokenStatus
-from ..store.database import from_epoch, from_epoch_required, to_epoch
+from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import devices
 from .registration import RegistrationService, RegistrationToken
 
@@ -38,10 +37,8 @@ class Device:
 class DeviceService:
     """List, get and record connection state of devices."""
 
-    def __init__(
-        self, engine: AsyncEngine, clock: Clock, registration: RegistrationService
-    ) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, clock: Clock, registration: RegistrationService) -> None:
+        self._db = db
         self._clock = clock
         self._registration = registration
 
@@ -50,27 +47,29 @@ class DeviceService:
         query = select(devices).order_by(devices.c.device_id).limit(limit)
         if after is not None:
             query = query.where(devices.c.device_id > after)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-            result = []
-            for row in rows:
-                token = await self._registration.current_token(conn, row._mapping["device_id"])
-                result.append(self._device(row._mapping, token))
-        return result
+
+        def rows(conn: Connection) -> list[tuple[RowMapping, RegistrationToken | None]]:
+            return [
+                (r._mapping, self._registration.current_token(conn, r._mapping["device_id"]))
+                for r in conn.execute(query)
+            ]
+
+        return [self._device(m, token) for m, token in await self._db.read(rows)]
 
     async def count(self) -> int:
-        async with self._engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(devices))).scalar_one())
+        def count(conn: Connection) -> int:
+            return int(conn.execute(select(func.count()).select_from(devices)).scalar_one())
+
+        return await self._db.read(count)
 
     async def get(self, device_id: str) -> Device:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(devices).where(devices.c.device_id == device_id))
-            ).first()
+        def find(conn: Connection) -> tuple[RowMapping, RegistrationToken | None]:
+            row = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
             if row is None:
                 raise NotFound(f"no device {device_id!r}", field="deviceId")
-            token = await self._registration.current_token(conn, device_id)
-        return self._device(row._mapping, token)
+            return row._mapping, self._registration.current_token(conn, device_id)
+
+        return self._device(*(await self._db.read(find)))
 
     async def record_connection(
         self, device_id: str, *, connected: bool, takeover: bool = False
@@ -83,10 +82,11 @@ class DeviceService:
         if takeover:
             values["connection_takeovers"] = devices.c.connection_takeovers + 1
             values["last_takeover_at"] = t
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(devices).where(devices.c.device_id == device_id).values(**values)
-            )
+
+        def record(conn: Connection) -> None:
+            conn.execute(update(devices).where(devices.c.device_id == device_id).values(**values))
+
+        await self._db.write(record)
 
     def _device(self, m: RowMapping, token: RegistrationToken | None) -> Device:
         c = devices.c

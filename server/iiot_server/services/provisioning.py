@@ -7,8 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, RowMapping, and_, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, RowMapping, and_, insert, or_, select, update
 
 from ..clock import Clock
 from ..domain import operations as ops
@@ -24,7 +23,8 @@ from ..domain.verification import (
 )
 from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..settings import Settings
-from ..store.database import from_epoch, from_epoch_required, to_epoch
+from ..store import statements as sql
+from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import provisioning_operations, provisioning_tokens
 from .registration import IssuedToken, RegistrationService
 
@@ -62,12 +62,12 @@ class ProvisioningService:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        db: Database,
         clock: Clock,
         settings: Settings,
         registration: RegistrationService,
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._clock = clock
         self._settings = settings
         self._registration = registration
@@ -129,32 +129,39 @@ class ProvisioningService:
                     "created_at": to_epoch(now),
                 }
             )
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(provisioning_tokens), rows)
+
+        def insert_rows(conn: Connection) -> None:
+            conn.execute(insert(provisioning_tokens), rows)
+
+        await self._db.write(insert_rows)
         return created
 
     async def list_tokens(self) -> list[ProvisioningToken]:
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
+        def rows(conn: Connection) -> list[ProvisioningToken]:
+            result = conn.execute(
                 select(provisioning_tokens).order_by(provisioning_tokens.c.created_at)
             )
-            return [_token(r._mapping) for r in rows]
+            return [_token(r._mapping) for r in result]
+
+        return await self._db.read(rows)
 
     async def get_token(self, token_id: str) -> ProvisioningToken:
-        async with self._engine.connect() as conn:
-            return await _get_token(conn, token_id)
+        return await self._db.read(_get_token, token_id)
 
     async def revoke_token(self, token_id: str) -> ProvisioningToken:
         """Revoke a token: it can start and complete no more operations."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        t = to_epoch(self._clock.now())
+
+        def revoke(conn: Connection) -> ProvisioningToken:
+            c = provisioning_tokens.c
+            conn.execute(
                 update(provisioning_tokens)
-                .where(
-                    provisioning_tokens.c.id == token_id, provisioning_tokens.c.revoked_at.is_(None)
-                )
-                .values(revoked_at=to_epoch(self._clock.now()))
+                .where(c.id == token_id, c.revoked_at.is_(None))
+                .values(revoked_at=t)
             )
-            token = await _get_token(conn, token_id)
+            return _get_token(conn, token_id)
+
+        token = await self._db.write(revoke)
         self._by_hash = {h: t for h, t in self._by_hash.items() if t.id != token_id}
         return token
 
@@ -165,17 +172,16 @@ class ProvisioningService:
         digest = hash_secret(secret)
         token = self._by_hash.get(digest)
         if token is None:
-            async with self._engine.connect() as conn:
-                row = (
-                    await conn.execute(
-                        select(provisioning_tokens).where(
-                            provisioning_tokens.c.secret_hash == digest
-                        )
-                    )
+
+            def find(conn: Connection) -> ProvisioningToken | None:
+                row = conn.execute(
+                    select(provisioning_tokens).where(provisioning_tokens.c.secret_hash == digest)
                 ).first()
-            if row is None:
+                return None if row is None else _token(row._mapping)
+
+            token = await self._db.read(find)
+            if token is None:
                 raise Unauthorized("unknown Provisioning Token")
-            token = _token(row._mapping)
             if token.revoked_at is None:
                 self._by_hash[digest] = token
         if token.revoked_at is not None:
@@ -189,39 +195,37 @@ class ProvisioningService:
     ) -> ProvisioningOperation:
         """Start an operation; its verification code is unique among open operations."""
         now = self._clock.now()
-        async with self._engine.begin() as conn:
+        operation = ops.initiate_operation(  # validates before any I/O
+            token.options,
+            operation_id=new_id(),
+            provisioning_token_id=token.id,
+            verification_code=new_verification_code(),
+            now=now,
+            device_id=device_id,
+            attributes=attributes,
+            lifetime=self._settings.operation_lifetime,
+        )
+
+        def insert_operation(conn: Connection) -> ProvisioningOperation:
+            op = operation
             for _ in range(20):
-                code = new_verification_code()
-                clash = (
-                    await conn.execute(
-                        select(provisioning_operations.c.id).where(
-                            provisioning_operations.c.verification_code == code,
-                            _open_at(to_epoch(now)),
-                        )
-                    )
+                clash = conn.execute(
+                    sql.OPEN_CODE_CLASH, {"b_code": op.verification_code, "b_now": to_epoch(now)}
                 ).first()
                 if clash is None:
                     break
+                op = dataclasses.replace(op, verification_code=new_verification_code())
             else:  # pragma: no cover - 20 collisions in 2.6e10 codes
                 raise Conflict("could not allocate a unique verification code; retry")
-            operation = ops.initiate_operation(
-                token.options,
-                operation_id=new_id(),
-                provisioning_token_id=token.id,
-                verification_code=code,
-                now=now,
-                device_id=device_id,
-                attributes=attributes,
-                lifetime=self._settings.operation_lifetime,
-            )
-            await conn.execute(insert(provisioning_operations).values(**_op_row(operation)))
-        return operation
+            conn.execute(sql.INSERT_OPERATION, _op_row(op))
+            return op
+
+        return await self._db.write(insert_operation)
 
     async def get_operation_for_token(
         self, token: ProvisioningToken, operation_id: str
     ) -> ProvisioningOperation:
-        async with self._engine.connect() as conn:
-            op = await _get_op(conn, operation_id, token_id=token.id)
+        op = await self._db.read(_get_op, operation_id, token_id=token.id)
         return ops.effective(op, self._clock.now())
 
     async def complete_operation(
@@ -229,18 +233,18 @@ class ProvisioningService:
     ) -> IssuedToken | None:
         """The Registration Token of an approved operation; None while it is pending."""
         now = self._clock.now()
-        async with self._engine.begin() as conn:
-            op = await _get_op(conn, operation_id, token_id=token.id)
+
+        def complete(conn: Connection) -> IssuedToken | None:
+            op = _get_op(conn, operation_id, token_id=token.id)
             completed = ops.complete(op, now)
             if completed is None:
                 return None
-            await conn.execute(
-                update(provisioning_operations)
-                .where(provisioning_operations.c.id == op.id)
-                .values(state=completed.state.value, completed_at=to_epoch(now))
+            conn.execute(
+                sql.COMPLETE_OPERATION,
+                {"b_id": op.id, "b_state": completed.state.value, "b_now": to_epoch(now)},
             )
             assert completed.device_id is not None  # settled at approval
-            issued = await self._registration.issue_for_operation(
+            return self._registration.issue_for_operation(
                 conn,
                 device_id=completed.device_id,
                 provisioning_token_id=token.id,
@@ -248,7 +252,10 @@ class ProvisioningService:
                 lifetime=completed.registration_token_lifetime,
                 now=now,
             )
-        self._registration.announce_reprovisioned(issued)
+
+        issued = await self._db.write(complete)
+        if issued is not None:
+            self._registration.announce_reprovisioned(issued)
         return issued
 
     # Operations, technician side -----------------------------------------------------
@@ -281,21 +288,22 @@ class ProvisioningService:
                 or_(c.state == state.value, and_(c.state != "completed", c.expires_at <= t))
             )
         query = query.order_by(c.created_at.desc()).limit(limit)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            OperationView(
-                ops.effective(_op(r._mapping), now),
-                _token(r._mapping),
-            )
-            for r in rows
-        ]
+
+        def rows(conn: Connection) -> list[OperationView]:
+            return [
+                OperationView(ops.effective(_op(r._mapping), now), _token(r._mapping))
+                for r in conn.execute(query)
+            ]
+
+        return await self._db.read(rows)
 
     async def get_operation(self, operation_id: str) -> OperationView:
-        async with self._engine.connect() as conn:
-            op = await _get_op(conn, operation_id)
-            token = await _get_token(conn, op.provisioning_token_id)
-        return OperationView(ops.effective(op, self._clock.now()), token)
+        def find(conn: Connection) -> OperationView:
+            op = _get_op(conn, operation_id)
+            return OperationView(op, _get_token(conn, op.provisioning_token_id))
+
+        view = await self._db.read(find)
+        return OperationView(ops.effective(view.operation, self._clock.now()), view.token)
 
     async def approve_operation(
         self,
@@ -307,9 +315,10 @@ class ProvisioningService:
     ) -> OperationView:
         """Approve; any other open operation for the same Device ID is cancelled."""
         now = self._clock.now()
-        async with self._engine.begin() as conn:
-            op = await _get_op(conn, operation_id)
-            token = await _get_token(conn, op.provisioning_token_id)
+
+        def approve(conn: Connection) -> OperationView:
+            op = _get_op(conn, operation_id)
+            token = _get_token(conn, op.provisioning_token_id)
             if token.revoked_at is not None:
                 raise Conflict(
                     "the Provisioning Token of this operation was revoked",
@@ -323,53 +332,51 @@ class ProvisioningService:
                 registration_token_lifetime=registration_token_lifetime,
                 infinite_lifetime=infinite_lifetime,
             )
-            await conn.execute(
-                update(provisioning_operations)
-                .where(provisioning_operations.c.id == op.id)
-                .values(**_op_row(approved))
-            )
-            rows = await conn.execute(
-                select(provisioning_operations).where(
-                    provisioning_operations.c.device_id == approved.device_id,
-                    provisioning_operations.c.id != approved.id,
-                    _open_at(to_epoch(now)),
+            _update_op(conn, approved)
+            others = [
+                _op(r._mapping)
+                for r in conn.execute(
+                    sql.OPEN_OPERATIONS_FOR_DEVICE,
+                    {
+                        "b_device_id": approved.device_id,
+                        "b_id": approved.id,
+                        "b_now": to_epoch(now),
+                    },
                 )
-            )
-            others = [_op(r._mapping) for r in rows]
+            ]
             for cancelled in ops.superseded_by(approved, others, now):
-                await conn.execute(
-                    update(provisioning_operations)
-                    .where(provisioning_operations.c.id == cancelled.id)
-                    .values(**_op_row(cancelled))
-                )
-        return OperationView(approved, token)
+                _update_op(conn, cancelled)
+            return OperationView(approved, token)
+
+        return await self._db.write(approve)
 
     async def cancel_operation(self, operation_id: str) -> OperationView:
         now = self._clock.now()
-        async with self._engine.begin() as conn:
-            op = await _get_op(conn, operation_id)
-            token = await _get_token(conn, op.provisioning_token_id)
+
+        def cancel(conn: Connection) -> OperationView:
+            op = _get_op(conn, operation_id)
             cancelled = ops.cancel(op, now)
-            await conn.execute(
-                update(provisioning_operations)
-                .where(provisioning_operations.c.id == op.id)
-                .values(**_op_row(cancelled))
-            )
-        return OperationView(cancelled, token)
+            _update_op(conn, cancelled)
+            return OperationView(cancelled, _get_token(conn, op.provisioning_token_id))
+
+        return await self._db.write(cancel)
 
 
-def _open_at(t: float) -> ColumnElement[bool]:
-    c = provisioning_operations.c
-    return and_(c.state.in_(("pending", "approved")), c.expires_at > t)
+def _update_op(conn: Connection, op: ProvisioningOperation) -> None:
+    row = _op_row(op)
+    row["b_id"] = row.pop("id")
+    conn.execute(sql.UPDATE_OPERATION, row)
 
 
-async def _get_op(
-    conn: AsyncConnection, operation_id: str, *, token_id: str | None = None
+def _get_op(
+    conn: Connection, operation_id: str, *, token_id: str | None = None
 ) -> ProvisioningOperation:
-    query = select(provisioning_operations).where(provisioning_operations.c.id == operation_id)
-    if token_id is not None:  # a device sees only operations started with its own token
-        query = query.where(provisioning_operations.c.provisioning_token_id == token_id)
-    row = (await conn.execute(query)).first()
+    if token_id is None:
+        row = conn.execute(sql.SELECT_OPERATION, {"b_id": operation_id}).first()
+    else:  # a device sees only operations started with its own token
+        row = conn.execute(
+            sql.SELECT_OPERATION_OF_TOKEN, {"b_id": operation_id, "b_token_id": token_id}
+        ).first()
     if row is None:
         raise NotFound(
             f"no Provisioning Operation {operation_id!r}", field="provisioningOperationId"
@@ -377,10 +384,8 @@ async def _get_op(
     return _op(row._mapping)
 
 
-async def _get_token(conn: AsyncConnection, token_id: str) -> ProvisioningToken:
-    row = (
-        await conn.execute(select(provisioning_tokens).where(provisioning_tokens.c.id == token_id))
-    ).first()
+def _get_token(conn: Connection, token_id: str) -> ProvisioningToken:
+    row = conn.execute(sql.SELECT_PROVISIONING_TOKEN, {"b_id": token_id}).first()
     if row is None:
         raise NotFound(f"no Provisioning Token {token_id!r}", field="id")
     return _token(row._mapping)

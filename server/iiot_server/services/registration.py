@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import RowMapping, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, RowMapping, delete, select
 
 from ..clock import Clock
 from ..domain.errors import (
@@ -28,7 +27,8 @@ from ..domain.tokens import (
 from ..events import PlatformEvents, RegistrationEnded
 from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..settings import Settings
-from ..store.database import from_epoch, from_epoch_required, to_epoch
+from ..store import statements as sql
+from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import devices, mqtt_credentials, registration_tokens
 
 FIELD = "registrationToken"
@@ -105,9 +105,9 @@ class RegistrationService:
     """Issue, check, refresh and revoke Registration Tokens."""
 
     def __init__(
-        self, engine: AsyncEngine, clock: Clock, settings: Settings, events: PlatformEvents
+        self, db: Database, clock: Clock, settings: Settings, events: PlatformEvents
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._clock = clock
         self._settings = settings
         self._events = events
@@ -116,9 +116,9 @@ class RegistrationService:
     def grace_period(self) -> float:
         return self._settings.refresh_grace_period
 
-    async def issue_for_operation(
+    def issue_for_operation(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         device_id: str,
         provisioning_token_id: str,
@@ -127,42 +127,33 @@ class RegistrationService:
         now: datetime,
     ) -> IssuedToken:
         """Issue a device's first (or replacement) token; every earlier token of that
-        Device ID stops working at once. Runs in the caller's transaction."""
+        Device ID stops working at once. Runs in the caller's unit of work."""
         t = to_epoch(now)
-        revoked = await conn.execute(
-            update(registration_tokens)
-            .where(
-                registration_tokens.c.device_id == device_id,
-                registration_tokens.c.revoked_at.is_(None),
-            )
-            .values(revoked_at=t)
-        )
-        existing = (
-            await conn.execute(select(devices.c.device_id).where(devices.c.device_id == device_id))
-        ).first()
-        if existing is None:
-            await conn.execute(
-                insert(devices).values(
-                    device_id=device_id,
-                    provisioning_token_id=provisioning_token_id,
-                    provisioning_operation_id=operation_id,
-                    created_at=t,
-                    provisioned_at=t,
-                    connected=False,
-                    connection_takeovers=0,
-                )
+        revoked = conn.execute(sql.REVOKE_DEVICE_TOKENS, {"b_device_id": device_id, "b_now": t})
+        if conn.execute(sql.DEVICE_EXISTS, {"b_device_id": device_id}).first() is None:
+            conn.execute(
+                sql.INSERT_DEVICE,
+                {
+                    "device_id": device_id,
+                    "provisioning_token_id": provisioning_token_id,
+                    "provisioning_operation_id": operation_id,
+                    "created_at": t,
+                    "provisioned_at": t,
+                    "connected": False,
+                    "connection_takeovers": 0,
+                },
             )
         else:
-            await conn.execute(
-                update(devices)
-                .where(devices.c.device_id == device_id)
-                .values(
-                    provisioning_token_id=provisioning_token_id,
-                    provisioning_operation_id=operation_id,
-                    provisioned_at=t,
-                )
+            conn.execute(
+                sql.UPDATE_DEVICE,
+                {
+                    "b_device_id": device_id,
+                    "provisioning_token_id": provisioning_token_id,
+                    "provisioning_operation_id": operation_id,
+                    "provisioned_at": t,
+                },
             )
-        issued = await self._insert_token(
+        issued = self._insert_token(
             conn,
             device_id=device_id,
             provisioning_token_id=provisioning_token_id,
@@ -180,9 +171,9 @@ class RegistrationService:
                 "registration_ended", issued.token.device_id, RegistrationEnded.REPROVISIONED
             )
 
-    async def _insert_token(
+    def _insert_token(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         device_id: str,
         provisioning_token_id: str,
@@ -204,31 +195,27 @@ class RegistrationService:
             superseded_at=None,
             revoked_at=None,
         )
-        await conn.execute(
-            insert(registration_tokens).values(
-                id=token.id,
-                device_id=device_id,
-                provisioning_token_id=provisioning_token_id,
-                provisioning_operation_id=operation_id,
-                parent_id=parent_id,
-                secret_hash=hash_secret(secret),
-                issued_at=to_epoch(now),
-                lifetime=lifetime,
-                expires_at=token.expires_at and to_epoch(token.expires_at),
-            )
+        conn.execute(
+            sql.INSERT_REGISTRATION_TOKEN,
+            {
+                "id": token.id,
+                "device_id": device_id,
+                "provisioning_token_id": provisioning_token_id,
+                "provisioning_operation_id": operation_id,
+                "parent_id": parent_id,
+                "secret_hash": hash_secret(secret),
+                "issued_at": to_epoch(now),
+                "lifetime": lifetime,
+                "expires_at": token.expires_at and to_epoch(token.expires_at),
+            },
         )
         return IssuedToken(secret, token)
 
-    async def _find(self, conn: AsyncConnection, secret: str) -> RegistrationToken | None:
+    @staticmethod
+    def _find(conn: Connection, secret: str) -> RegistrationToken | None:
         if not has_kind(secret, SecretKind.REGISTRATION_TOKEN):
             return None
-        row = (
-            await conn.execute(
-                select(registration_tokens).where(
-                    registration_tokens.c.secret_hash == hash_secret(secret)
-                )
-            )
-        ).first()
+        row = conn.execute(sql.FIND_REGISTRATION_TOKEN, {"b_hash": hash_secret(secret)}).first()
         return None if row is None else _rt(row._mapping)
 
     def _require_usable(self, token: RegistrationToken | None, now: datetime) -> RegistrationToken:
@@ -247,8 +234,7 @@ class RegistrationService:
 
     async def authenticate(self, secret: str) -> RegistrationToken:
         """The usable token behind ``secret``, or an error saying why not."""
-        async with self._engine.connect() as conn:
-            token = await self._find(conn, secret)
+        token = await self._db.read(self._find, secret)
         return self._require_usable(token, self._clock.now())
 
     async def register(self, secret: str) -> Registration:
@@ -256,22 +242,25 @@ class RegistrationService:
         new for each registration and bound to this token: it dies with it."""
         now = self._clock.now()
         password = new_secret(SecretKind.MQTT_PASSWORD)
-        async with self._engine.begin() as conn:
-            token = self._require_usable(await self._find(conn, secret), now)
-            await conn.execute(
-                insert(mqtt_credentials).values(
-                    id=new_id(),
-                    device_id=token.device_id,
-                    registration_token_id=token.id,
-                    secret_hash=hash_secret(password),
-                    issued_at=to_epoch(now),
-                )
+
+        def register_device(conn: Connection) -> RegistrationToken:
+            token = self._require_usable(self._find(conn, secret), now)
+            conn.execute(
+                sql.INSERT_MQTT_CREDENTIAL,
+                {
+                    "id": new_id(),
+                    "device_id": token.device_id,
+                    "registration_token_id": token.id,
+                    "secret_hash": hash_secret(password),
+                    "issued_at": to_epoch(now),
+                },
             )
-            await conn.execute(
-                update(devices)
-                .where(devices.c.device_id == token.device_id)
-                .values(registered_at=to_epoch(now))
+            conn.execute(
+                sql.DEVICE_REGISTERED, {"b_device_id": token.device_id, "b_now": to_epoch(now)}
             )
+            return token
+
+        token = await self._db.write(register_device)
         remaining = refresh_after = None
         if token.expires_at is not None:
             remaining = max(0.0, (token.expires_at - now).total_seconds())
@@ -297,91 +286,71 @@ class RegistrationService:
         the grace period; its own parent, and any earlier replacement of it whose response
         was lost, stop working at once."""
         now = self._clock.now()
+        return await self._db.write(self._refresh, provisioning_token_id, secret, now)
+
+    def _refresh(
+        self, conn: Connection, provisioning_token_id: str, secret: str, now: datetime
+    ) -> IssuedToken:
         t = to_epoch(now)
-        async with self._engine.begin() as conn:
-            found = await self._find(conn, secret)
-            if found is None:
-                raise Forbidden("unknown Registration Token", field=FIELD)
-            token = self._require_usable(found, now)
-            if token.provisioning_token_id != provisioning_token_id:
-                raise Forbidden(
-                    "this Registration Token was not issued under this Provisioning Token",
-                    field=FIELD,
-                )
-            c = registration_tokens.c
-            if token.superseded_at is None:
-                await conn.execute(
-                    update(registration_tokens).where(c.id == token.id).values(superseded_at=t)
-                )
-            else:  # a retry after a lost response: the earlier child was never received
-                await conn.execute(
-                    update(registration_tokens)
-                    .where(c.parent_id == token.id, c.revoked_at.is_(None))
-                    .values(revoked_at=t)
-                )
-            if token.parent_id is not None:
-                await conn.execute(
-                    update(registration_tokens)
-                    .where(c.id == token.parent_id, c.revoked_at.is_(None))
-                    .values(revoked_at=t)
-                )
-            return await self._insert_token(
-                conn,
-                device_id=token.device_id,
-                provisioning_token_id=token.provisioning_token_id,
-                operation_id=token.provisioning_operation_id,
-                parent_id=token.id,
-                lifetime=token.lifetime,
-                now=now,
+        found = self._find(conn, secret)
+        if found is None:
+            raise Forbidden("unknown Registration Token", field=FIELD)
+        token = self._require_usable(found, now)
+        if token.provisioning_token_id != provisioning_token_id:
+            raise Forbidden(
+                "this Registration Token was not issued under this Provisioning Token",
+                field=FIELD,
             )
+        if token.superseded_at is None:
+            conn.execute(sql.SUPERSEDE_REGISTRATION_TOKEN, {"b_id": token.id, "b_now": t})
+        else:  # a retry after a lost response: the earlier child was never received
+            conn.execute(sql.REVOKE_CHILD_TOKENS, {"b_id": token.id, "b_now": t})
+        if token.parent_id is not None:
+            conn.execute(sql.REVOKE_REGISTRATION_TOKEN, {"b_id": token.parent_id, "b_now": t})
+        return self._insert_token(
+            conn,
+            device_id=token.device_id,
+            provisioning_token_id=token.provisioning_token_id,
+            operation_id=token.provisioning_operation_id,
+            parent_id=token.id,
+            lifetime=token.lifetime,
+            now=now,
+        )
 
     async def revoke_device(self, device_id: str) -> int:
         """Revoke every token of the device at once; returns how many were live."""
-        async with self._engine.begin() as conn:
-            await _require_device(conn, device_id)
-            result = await conn.execute(
-                update(registration_tokens)
-                .where(
-                    registration_tokens.c.device_id == device_id,
-                    registration_tokens.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=to_epoch(self._clock.now()))
-            )
+        t = to_epoch(self._clock.now())
+
+        def revoke(conn: Connection) -> int:
+            _require_device(conn, device_id)
+            return _revoke_all(conn, device_id, t)
+
+        count = await self._db.write(revoke)
         self._events.publish("registration_ended", device_id, RegistrationEnded.REVOKED)
-        return result.rowcount
+        return count
 
     async def delete_device(self, device_id: str) -> None:
         """Forget a device: its tokens stop working and its record is removed."""
-        async with self._engine.begin() as conn:
-            await _require_device(conn, device_id)
-            await conn.execute(
-                update(registration_tokens)
-                .where(
-                    registration_tokens.c.device_id == device_id,
-                    registration_tokens.c.revoked_at.is_(None),
-                )
-                .values(revoked_at=to_epoch(self._clock.now()))
-            )
-            await conn.execute(
-                delete(mqtt_credentials).where(mqtt_credentials.c.device_id == device_id)
-            )
-            await conn.execute(delete(devices).where(devices.c.device_id == device_id))
+        t = to_epoch(self._clock.now())
+
+        def forget(conn: Connection) -> None:
+            _require_device(conn, device_id)
+            _revoke_all(conn, device_id, t)
+            conn.execute(delete(mqtt_credentials).where(mqtt_credentials.c.device_id == device_id))
+            conn.execute(delete(devices).where(devices.c.device_id == device_id))
+
+        await self._db.write(forget)
         self._events.publish("registration_ended", device_id, RegistrationEnded.DELETED)
 
-    async def current_token(
-        self, conn: AsyncConnection, device_id: str
-    ) -> RegistrationToken | None:
+    @staticmethod
+    def current_token(conn: Connection, device_id: str) -> RegistrationToken | None:
         """The device's newest token that is not revoked (it may have expired)."""
-        row = (
-            await conn.execute(
-                select(registration_tokens)
-                .where(
-                    registration_tokens.c.device_id == device_id,
-                    registration_tokens.c.revoked_at.is_(None),
-                )
-                .order_by(registration_tokens.c.issued_at.desc())
-                .limit(1)
-            )
+        c = registration_tokens.c
+        row = conn.execute(
+            select(registration_tokens)
+            .where(c.device_id == device_id, c.revoked_at.is_(None))
+            .order_by(c.issued_at.desc())
+            .limit(1)
         ).first()
         return None if row is None else _rt(row._mapping)
 
@@ -394,32 +363,34 @@ class RegistrationService:
             return None
         if not has_kind(password, SecretKind.MQTT_PASSWORD):
             return None
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(registration_tokens)
-                    .join(
-                        mqtt_credentials,
-                        mqtt_credentials.c.registration_token_id == registration_tokens.c.id,
-                    )
-                    .where(mqtt_credentials.c.secret_hash == hash_secret(password))
+        digest = hash_secret(password)
+
+        def find(conn: Connection) -> RegistrationToken | None:
+            row = conn.execute(
+                select(registration_tokens)
+                .join(
+                    mqtt_credentials,
+                    mqtt_credentials.c.registration_token_id == registration_tokens.c.id,
                 )
+                .where(mqtt_credentials.c.secret_hash == digest)
             ).first()
-        if row is None:
+            return None if row is None else _rt(row._mapping)
+
+        token = await self._db.read(find)
+        if token is None or token.device_id != client_id:
             return None
-        token = _rt(row._mapping)
-        if (
-            token.device_id != client_id
-            or not token.status(self._clock.now(), self.grace_period).usable
-        ):
+        if not token.status(self._clock.now(), self.grace_period).usable:
             return None
         return MqttIdentity(token.device_id, token.id, token.usable_until(self.grace_period))
 
 
-async def _require_device(conn: AsyncConnection, device_id: str) -> None:
-    row = (
-        await conn.execute(select(devices.c.device_id).where(devices.c.device_id == device_id))
-    ).first()
+def _revoke_all(conn: Connection, device_id: str, t: float) -> int:
+    result = conn.execute(sql.REVOKE_DEVICE_TOKENS, {"b_device_id": device_id, "b_now": t})
+    return int(result.rowcount)
+
+
+def _require_device(conn: Connection, device_id: str) -> None:
+    row = conn.execute(select(devices.c.device_id).where(devices.c.device_id == device_id)).first()
     if row is None:
         raise NotFound(f"no device {device_id!r}", field="deviceId")
 

@@ -1,0 +1,180 @@
+"""Provisioning throughput against a running platform server over real HTTP.
+
+Starts ``python -m iiot_server`` (SQLite) in its own process, then drives, with aiohttp
+from this process (httpx tops out near 200 requests/s here and would be the bottleneck):
+
+* N complete provisioning flows: init → approve → complete → register (4 requests each);
+* N token refreshes (each worker refreshes its own device's token chain).
+
+Prints flows/s and refreshes/s with p50/p99 latency. Targets on a 2-core machine with
+SQLite: ≥200 flows/s and ≥1,000 refreshes/s.
+
+    .venv/bin/python benchmarks/provisioning_flow.py --flows 2000 --refreshes 5000 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(name: str, count: int, elapsed: float, latencies: list[float], unit: str) -> None:
+    print(
+        f"{name:<22} {count:>7} in {elapsed:6.2f} s = {count / elapsed:8.1f} {unit}/s   "
+        f"p50 {1000 * statistics.median(latencies):7.2f} ms   p99 {1000 * percentile(latencies, 0.99):7.2f} ms"
+    )
+
+
+async def run(base: str, admin_key: str, flows: int, refreshes: int, concurrency: int) -> None:
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(base, connector=connector) as http:
+        async with http.post(
+            "/api/v1/provisioning-tokens", json={"name": "bench"}, headers=admin
+        ) as r:
+            assert r.status == 201, await r.text()
+            pt = (await r.json())["provisioningToken"]
+        device = {"Authorization": f"DeviceToken {pt}"}
+
+        async def flow(i: int) -> str:
+            async with http.post(
+                "/provisioning-operations/init", json={"deviceId": f"bench-{i:06d}"}, headers=device
+            ) as r:
+                assert r.status == 200, await r.text()
+                op = (await r.json())["provisioningOperationId"]
+            async with http.post(
+                f"/api/v1/provisioning-operations/{op}/approve", headers=admin
+            ) as r:
+                assert r.status == 200, await r.text()
+            async with http.put(
+                "/provisioning-operations/complete",
+                json={"provisioningOperationId": op},
+                headers=device,
+            ) as r:
+                assert r.status == 200, await r.text()
+                rt = str((await r.json())["registrationToken"])
+            async with http.put(
+                "/devices/register", headers={"Authorization": f"DeviceToken {rt}"}
+            ) as r:
+                assert r.status == 200, await r.text()
+            return rt
+
+        tokens: list[str] = []
+        flow_latencies: list[float] = []
+        next_index = iter(range(flows))
+
+        async def flow_worker() -> None:
+            for i in next_index:
+                t0 = time.perf_counter()
+                tokens.append(await flow(i))
+                flow_latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(flow_worker() for _ in range(concurrency)))
+        report("provisioning flows", flows, time.perf_counter() - t0, flow_latencies, "flows")
+
+        refresh_latencies: list[float] = []
+        per_worker = [
+            refreshes // concurrency + (1 if w < refreshes % concurrency else 0)
+            for w in range(concurrency)
+        ]
+
+        async def refresh_worker(w: int) -> None:
+            token = tokens[w % len(tokens)]
+            for _ in range(per_worker[w]):
+                t = time.perf_counter()
+                async with http.put(
+                    "/devices/registration-tokens/refresh",
+                    json={"registrationToken": token},
+                    headers=device,
+                ) as r:
+                    assert r.status == 201, await r.text()
+                    token = (await r.json())["registrationToken"]
+                refresh_latencies.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(refresh_worker(w) for w in range(concurrency)))
+        report(
+            "token refreshes", refreshes, time.perf_counter() - t0, refresh_latencies, "refreshes"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--flows", type=int, default=2000)
+    parser.add_argument("--refreshes", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    port = free_port()
+    admin_key = f"ak_{secrets.token_urlsafe(32)}"
+    with tempfile.TemporaryDirectory() as data:
+        env = {**os.environ, "IIOT_ADMIN_KEY": admin_key}
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "iiot_server",
+                "--port",
+                str(port),
+                "--database-url",
+                f"sqlite:///{Path(data) / 'bench.db'}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        print(
+                            "server did not start:",
+                            server.stderr.read().decode() if server.stderr else "",
+                        )
+                        return 1
+                    time.sleep(0.05)
+            print(
+                f"server: python -m iiot_server (SQLite, 1 process); load: aiohttp, concurrency {args.concurrency}"
+            )
+            asyncio.run(run(base, admin_key, args.flows, args.refreshes, args.concurrency))
+        finally:
+            server.terminate()
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

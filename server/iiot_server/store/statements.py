@@ -1,0 +1,65 @@
+"""Prebuilt statements for the hot paths (provisioning flow, register, refresh).
+
+Building a SQLAlchemy statement and its cache key costs more than SQLite takes to run it
+(profiled: most of the database thread's time went to ``values()``/``where()`` and cache
+keys). A statement built once with bind parameters memoizes its cache key, so each call
+only binds values. Bind names start with ``b_`` so they never clash with column names in
+an UPDATE's SET clause.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, bindparam, insert, select, update
+
+from .schema import devices, mqtt_credentials, provisioning_operations, provisioning_tokens
+from .schema import registration_tokens as rt
+
+_op = provisioning_operations.c
+
+OPEN_OPERATION = and_(_op.state.in_(("pending", "approved")), _op.expires_at > bindparam("b_now"))
+
+INSERT_OPERATION = insert(provisioning_operations)
+UPDATE_OPERATION = update(provisioning_operations).where(_op.id == bindparam("b_id"))
+SELECT_OPERATION = select(provisioning_operations).where(_op.id == bindparam("b_id"))
+SELECT_OPERATION_OF_TOKEN = SELECT_OPERATION.where(
+    _op.provisioning_token_id == bindparam("b_token_id")
+)
+OPEN_CODE_CLASH = select(_op.id).where(_op.verification_code == bindparam("b_code"), OPEN_OPERATION)
+OPEN_OPERATIONS_FOR_DEVICE = select(provisioning_operations).where(
+    _op.device_id == bindparam("b_device_id"), _op.id != bindparam("b_id"), OPEN_OPERATION
+)
+COMPLETE_OPERATION = UPDATE_OPERATION.values(
+    state=bindparam("b_state"), completed_at=bindparam("b_now")
+)
+
+SELECT_PROVISIONING_TOKEN = select(provisioning_tokens).where(
+    provisioning_tokens.c.id == bindparam("b_id")
+)
+
+INSERT_REGISTRATION_TOKEN = insert(rt)
+FIND_REGISTRATION_TOKEN = select(rt).where(rt.c.secret_hash == bindparam("b_hash"))
+SUPERSEDE_REGISTRATION_TOKEN = (
+    update(rt).where(rt.c.id == bindparam("b_id")).values(superseded_at=bindparam("b_now"))
+)
+REVOKE_REGISTRATION_TOKEN = (
+    update(rt)
+    .where(rt.c.id == bindparam("b_id"), rt.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("b_now"))
+)
+REVOKE_CHILD_TOKENS = (
+    update(rt)
+    .where(rt.c.parent_id == bindparam("b_id"), rt.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("b_now"))
+)
+REVOKE_DEVICE_TOKENS = (
+    update(rt)
+    .where(rt.c.device_id == bindparam("b_device_id"), rt.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("b_now"))
+)
+
+INSERT_MQTT_CREDENTIAL = insert(mqtt_credentials)
+
+DEVICE_EXISTS = select(devices.c.device_id).where(devices.c.device_id == bindparam("b_device_id"))
+INSERT_DEVICE = insert(devices)
+UPDATE_DEVICE = update(devices).where(devices.c.device_id == bindparam("b_device_id"))
+DEVICE_REGISTERED = UPDATE_DEVICE.values(registered_at=bindparam("b_now"))
