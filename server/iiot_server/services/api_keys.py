@@ -69,8 +69,9 @@ class ApiKeyService:
         return CreatedApiKey(key, secret)
 
     async def ensure_bootstrap_admin(self, secret: str | None) -> str | None:
-        """Make sure an admin key exists. Returns a newly created secret (to print once),
-        or None when ``secret`` was already known or admin keys already exist."""
+        """Make sure an admin key exists: ``secret`` if given (registered if new), else a
+        generated one when no admin key exists yet. Returns only a *generated* secret (to
+        print once): a key the operator chose is never echoed."""
 
         def known(conn: Connection) -> bool:
             if secret is not None:
@@ -84,7 +85,7 @@ class ApiKeyService:
         if await self._db.read(known):
             return None
         created = await self.create("bootstrap admin", Role.ADMIN, secret=secret)
-        return created.secret
+        return created.secret if secret is None else None
 
     async def list(self) -> list[ApiKey]:
         def rows(conn: Connection) -> list[ApiKey]:
