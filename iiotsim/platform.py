@@ -1,5 +1,5 @@
-"""The embedded platform: HTTP API (and, once attached, the MQTT broker) in one background
-thread, SQLite in a temporary or given directory.
+"""The embedded platform: HTTP API and MQTT broker in one background thread's event loop,
+SQLite in a temporary or given directory.
 
 Example::
 
@@ -41,6 +41,7 @@ class Platform:
         *,
         host: str = "127.0.0.1",
         http_port: int = 0,
+        mqtt_port: int = 0,
         database_url: str | None = None,
         admin_key: str | None = None,
         settings: Settings | None = None,
@@ -57,6 +58,8 @@ class Platform:
                 **{f: getattr(base, f) for f in base.__struct_fields__},
                 "host": host,
                 "port": http_port,
+                "mqtt_host": host,
+                "mqtt_port": mqtt_port,
                 "database_url": database_url or sqlite_url(self.data_dir),
                 "admin_key": self.admin_key,
             }
@@ -91,6 +94,16 @@ class Platform:
     @property
     def http_url(self) -> str:
         return self._require().http_url
+
+    @property
+    def mqtt_host(self) -> str:
+        return self.settings.mqtt_host
+
+    @property
+    def mqtt_port(self) -> int:
+        """The embedded broker's port (the real one once started)."""
+        self._require()
+        return self.settings.mqtt_port
 
     @property
     def admin(self) -> AdminClient:

@@ -23,9 +23,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SQLAlchemy async URL (default: SQLite in ./iiot-data/; "
         "e.g. postgresql+psycopg://user:pw@host/db)",
     )
+    parser.add_argument("--mqtt-port", type=int, default=1883, help="embedded MQTT broker port")
+    parser.add_argument("--no-mqtt", action="store_true", help="run the HTTP API only")
     args = parser.parse_args(argv)
     settings = Settings.from_environment(
-        host=args.host, port=args.port, database_url=args.database_url
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        mqtt_host=args.host,
+        mqtt_port=args.mqtt_port,
+        mqtt_enabled=not args.no_mqtt,
     )
 
     def show_admin_key(secret: str) -> None:
@@ -38,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"iiot_server: {exc}", file=sys.stderr)
         return 1
     print(f"iiotsim platform listening on {runner.http_url} (OpenAPI: {runner.http_url}/schema)")
+    if settings.mqtt_enabled:
+        print(f"MQTT broker on {settings.mqtt_host}:{settings.mqtt_port}")
     if settings.admin_key:
         print("Admin API key: from IIOT_ADMIN_KEY")
     print("Press Ctrl+C to stop.", flush=True)

@@ -13,6 +13,7 @@ from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
 from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
 from .api.models import Health
 from .api.problems import EXCEPTION_HANDLERS
+from .broker import start_broker, stop_broker
 from .clock import Clock, SystemClock
 from .services import Services
 from .settings import Settings
@@ -51,12 +52,20 @@ def create_app(
             created = await services.api_keys.ensure_bootstrap_admin(settings.admin_key)
             if created is not None and on_admin_key is not None:
                 on_admin_key(created)
-            for hook in on_ready or []:
-                await hook(services)
-            yield
+            broker = None
+            if settings.mqtt_enabled:
+                broker = await start_broker(services, settings.mqtt_host, settings.mqtt_port)
+            services.broker = broker
+            try:
+                for hook in on_ready or []:
+                    await hook(services)
+                yield
+            finally:
+                for hook in on_shutdown or []:
+                    await hook(services)
+                if broker is not None:
+                    await stop_broker(broker)
         finally:
-            for hook in on_shutdown or []:
-                await hook(services)
             await services.close()
 
     def provide_services() -> Services:

@@ -31,8 +31,11 @@ class Settings(msgspec.Struct, kw_only=True):
     workspace_id: str = "default"
     admin_key: str | None = None
     """Bootstrap admin API key; None: generate one at first start (printed once)."""
+    mqtt_enabled: bool = True
+    """Run the embedded MQTT broker beside the HTTP API."""
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
+    """Port of the embedded broker (0 = a free port); registration reports the real one."""
     max_mqtt_message_size: int = 256 * 1024
     operation_lifetime: float = DEFAULT_OPERATION_LIFETIME
     refresh_grace_period: float = DEFAULT_REFRESH_GRACE_PERIOD

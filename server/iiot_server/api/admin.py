@@ -25,6 +25,7 @@ from .models import (
     CreatedProvisioningTokenOut,
     CreateProvisioningTokenRequest,
     DeviceOut,
+    MessageOut,
     OperationOut,
     ProvisioningTokenOut,
     RevokeDeviceOut,
@@ -225,6 +226,21 @@ class DevicesController(Controller):
         services: NamedDependency[Services],
     ) -> DeviceOut:
         return DeviceOut.of(await services.devices.get(device_id))
+
+    @get("/{device_id:str}/messages")
+    async def list_messages(
+        self,
+        device_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+        stream: FromQuery[str | None] = None,
+        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
+    ) -> list[MessageOut]:
+        """Stored messages of a device, oldest first; page with ``after`` (last ``seq``)."""
+        await services.devices.get(device_id)  # 404 for an unknown device
+        stored = await services.messages.list(device_id, stream=stream, after=after, limit=limit)
+        return [MessageOut.of(m) for m in stored]
 
     @delete("/{device_id:str}", status_code=204, dependencies=ADMIN)
     async def delete_device(

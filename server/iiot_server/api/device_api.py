@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from ..domain.topics import DEFAULT_STREAM
 from ..services import Services
 from ..services.provisioning import ProvisioningToken
 from .auth import provide_provisioning_token, registration_token_secret
@@ -20,6 +21,7 @@ from .models import (
     RefreshRequest,
     RegisterResponse,
     RegistrationTokenResponse,
+    UploadOut,
 )
 
 
@@ -91,6 +93,20 @@ class DeviceRegistrationController(Controller):
         """MQTT connection details for the Registration Token in the header."""
         secret = registration_token_secret(request)
         return RegisterResponse.of(await services.registration.register(secret))
+
+    @post("/messages", status_code=201)
+    async def upload_message(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        stream: FromQuery[str] = DEFAULT_STREAM,
+        message_id: Annotated[str | None, QueryParameter(name="messageId")] = None,
+    ) -> Response[UploadOut]:
+        """Upload a message too large for MQTT (raw body); 201 stored, 200 already stored."""
+        token = await services.registration.authenticate(registration_token_secret(request))
+        body = await request.body()
+        stored = await services.messages.store(token.device_id, stream, body, message_id)
+        return Response(UploadOut(stored=stored), status_code=201 if stored else 200)
 
     @put(
         "/registration-tokens/refresh",

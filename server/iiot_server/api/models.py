@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -12,6 +13,7 @@ from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from ..security import Role
 from ..services.api_keys import ApiKey
 from ..services.devices import Device
+from ..services.messages import StoredMessage
 from ..services.provisioning import OperationView, ProvisioningToken
 from ..services.registration import IssuedToken, Registration
 
@@ -271,6 +273,41 @@ class ApiKeyOut(Wire):
 class CreatedApiKeyOut(ApiKeyOut):
     api_key: str
     """The secret: shown once, never again."""
+
+
+class MessageOut(Wire):
+    """A stored message; ``payload`` is UTF-8 text when it decodes, else base64."""
+
+    seq: int
+    device_id: str
+    stream: str
+    message_id: str | None
+    received_at: datetime
+    size: int
+    encoding: Literal["utf-8", "base64"]
+    payload: str
+
+    @classmethod
+    def of(cls, m: StoredMessage) -> MessageOut:
+        try:
+            text, encoding = m.payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(m.payload).decode("ascii"), "base64"
+        return cls(
+            seq=m.seq,
+            device_id=m.device_id,
+            stream=m.stream,
+            message_id=m.message_id,
+            received_at=m.received_at,
+            size=len(m.payload),
+            encoding=encoding,  # type: ignore[arg-type]
+            payload=text,
+        )
+
+
+class UploadOut(Wire):
+    stored: bool
+    """False when a message with this id was already stored."""
 
 
 class Health(Wire):

@@ -1,1 +1,53 @@
-"""iiot_server.broker."""
+"""The MQTT side of the platform: amqtt with platform auth, device-scoped ACL, ingest."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from ..services import Services
+from .plugins import BROKERS
+from .server import PlatformBroker
+
+# amqtt and its state machine log every packet at INFO; keep them to warnings.
+for _name in ("amqtt", "transitions"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+_PLUGINS = (
+    "iiot_server.broker.plugins.DeviceAuthPlugin",
+    "iiot_server.broker.plugins.DeviceTopicPlugin",
+    "iiot_server.broker.plugins.PlatformEventsPlugin",
+)
+
+
+async def start_broker(services: Services, host: str, port: int) -> PlatformBroker:
+    """Start the broker on ``host:port`` (0 = a free port) in the running event loop and
+    tell registration which port devices should use."""
+    name = str(uuid.uuid4())
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": -1}},
+        # a `plugins` key replaces every default plugin: anonymous access included
+        "plugins": {path: {"platform": name} for path in _PLUGINS},
+        "timeout_disconnect_delay": 2,
+    }
+    broker = PlatformBroker(config, services)
+    BROKERS[name] = broker
+    try:
+        await broker.start()
+    except Exception:
+        BROKERS.pop(name, None)
+        raise
+    broker.iiot_name = name  # type: ignore[attr-defined]
+    services.settings.mqtt_host = host
+    services.settings.mqtt_port = broker.port
+    return broker
+
+
+async def stop_broker(broker: PlatformBroker) -> None:
+    try:
+        await broker.shutdown()
+    finally:
+        BROKERS.pop(getattr(broker, "iiot_name", ""), None)
+
+
+__all__ = ["PlatformBroker", "start_broker", "stop_broker"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from ..clock import Clock
 from ..events import PlatformEvents
@@ -15,6 +16,7 @@ from ..settings import Settings
 from ..store.database import Database
 from .api_keys import ApiKeyService
 from .devices import DeviceService
+from .messages import MessageService
 from .provisioning import ProvisioningService
 from .registration import RegistrationService
 
@@ -31,6 +33,9 @@ class Services:
     registration: RegistrationService
     provisioning: ProvisioningService
     devices: DeviceService
+    messages: MessageService
+    broker: Any = None
+    """The embedded MQTT broker (``iiot_server.broker.PlatformBroker``) once started."""
 
     @classmethod
     async def open(
@@ -50,6 +55,7 @@ class Services:
             registration=registration,
             provisioning=ProvisioningService(db, clock, settings, registration),
             devices=DeviceService(db, clock, registration),
+            messages=MessageService(db, clock),
         )
 
     async def close(self) -> None:

@@ -3,6 +3,7 @@ connection credentials that registration hands out."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -286,11 +287,15 @@ class RegistrationService:
         the grace period; its own parent, and any earlier replacement of it whose response
         was lost, stop working at once."""
         now = self._clock.now()
-        return await self._db.write(self._refresh, provisioning_token_id, secret, now)
+        issued, parent = await self._db.write(self._refresh, provisioning_token_id, secret, now)
+        until = parent.usable_until(self.grace_period)
+        if until is not None:  # sessions on the parent's MQTT password end with its grace
+            self._events.publish("registration_superseded", parent.device_id, parent.id, until)
+        return issued
 
     def _refresh(
         self, conn: Connection, provisioning_token_id: str, secret: str, now: datetime
-    ) -> IssuedToken:
+    ) -> tuple[IssuedToken, RegistrationToken]:
         t = to_epoch(now)
         found = self._find(conn, secret)
         if found is None:
@@ -307,7 +312,7 @@ class RegistrationService:
             conn.execute(sql.REVOKE_CHILD_TOKENS, {"b_id": token.id, "b_now": t})
         if token.parent_id is not None:
             conn.execute(sql.REVOKE_REGISTRATION_TOKEN, {"b_id": token.parent_id, "b_now": t})
-        return self._insert_token(
+        issued = self._insert_token(
             conn,
             device_id=token.device_id,
             provisioning_token_id=token.provisioning_token_id,
@@ -316,6 +321,7 @@ class RegistrationService:
             lifetime=token.lifetime,
             now=now,
         )
+        return issued, dataclasses.replace(token, superseded_at=token.superseded_at or now)
 
     async def revoke_device(self, device_id: str) -> int:
         """Revoke every token of the device at once; returns how many were live."""

@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -108,4 +109,18 @@ mqtt_credentials = Table(
     Column("registration_token_id", String(36), nullable=False, index=True),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("issued_at", Float, nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(90), nullable=False),
+    Column("stream", String(64), nullable=False),
+    Column("message_id", String(128)),
+    Column("payload", LargeBinary, nullable=False),
+    Column("received_at", Float, nullable=False),
+    # A message redelivered with the same id is stored once (NULL ids never collide).
+    Index("ux_messages_identity", "device_id", "stream", "message_id", unique=True),
+    Index("ix_messages_device_stream_seq", "device_id", "stream", "seq"),
 )

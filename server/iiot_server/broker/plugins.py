@@ -1,0 +1,126 @@
+"""amqtt plugins that ask the platform: authentication, device-scoped ACL, and the
+events that feed ingest and connection state.
+
+amqtt loads plugins by dotted class path from the broker config, each with its own
+``Config`` dataclass; ``platform`` names the :class:`PlatformBroker` they serve.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
+from amqtt.session import IncomingApplicationMessage, Session
+
+from ..domain.errors import ValidationError
+from ..domain.topics import TopicAction, TopicKind, device_may, parse_topic
+from ..services.messages import IncomingMessage, decompress
+
+if TYPE_CHECKING:
+    from .server import PlatformBroker
+
+log = logging.getLogger(__name__)
+
+BROKERS: dict[str, PlatformBroker] = {}
+"""The running platform brokers by name, for the plugins amqtt instantiates."""
+
+
+@dataclass
+class PlatformConfig:
+    platform: str = "default"
+
+
+def _broker(plugin: BasePlugin[Any]) -> PlatformBroker:
+    return BROKERS[plugin.config.platform]
+
+
+class DeviceAuthPlugin(BaseAuthPlugin):
+    """A CONNECT is accepted only with a device's current MQTT credentials (client id =
+    username = Device ID, password from registration). Anonymous connections are refused."""
+
+    Config = PlatformConfig
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        identity = await _broker(self).services.registration.authenticate_mqtt(
+            session.client_id, session.username, session.password
+        )
+        session.iiot_identity = identity  # type: ignore[attr-defined]
+        return identity is not None
+
+
+class DeviceTopicPlugin(BaseTopicPlugin):
+    """A device publishes, subscribes and receives only under ``devices/{its id}/``."""
+
+    Config = PlatformConfig
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool | None:
+        if session is None or topic is None or action is None or not session.client_id:
+            return False
+        return device_may(session.client_id, TopicAction(action.value), topic)
+
+
+class PlatformEventsPlugin(BasePlugin[BaseContext]):
+    """Connection state, session control and message ingest."""
+
+    Config = PlatformConfig
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        broker = _broker(self)
+        broker.session_connected(client_session)
+        await broker.services.devices.record_connection(client_id, connected=True)
+
+    async def on_broker_client_disconnected(
+        self, *, client_id: str, client_session: Session
+    ) -> None:
+        broker = _broker(self)
+        if broker.session_disconnected(client_session):
+            await broker.services.devices.record_connection(client_id, connected=False)
+
+    async def on_broker_message_received(
+        self, *, client_id: str, message: IncomingApplicationMessage | None
+    ) -> None:
+        # amqtt fires this before its own topic check: apply the ACL here too. No await
+        # before accept(), so messages reach the ingest queue in arrival order.
+        if (
+            message is None
+            or not message.topic
+            or not device_may(client_id, TopicAction.PUBLISH, message.topic)
+        ):
+            return
+        parsed = parse_topic(message.topic)
+        if parsed is None or parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
+            return
+        broker = _broker(self)
+        data = bytes(message.data)
+        if len(data) > broker.services.settings.max_mqtt_message_size:
+            log.warning(
+                "%s sent %d bytes over MQTT (limit %d): dropped; upload over HTTP",
+                client_id,
+                len(data),
+                broker.services.settings.max_mqtt_message_size,
+            )
+            broker.dropped_messages += 1
+            return
+        try:
+            payload = decompress(data, parsed.compression)
+        except ValidationError as exc:
+            log.warning("%s sent an undecodable payload on %s: %s", client_id, message.topic, exc)
+            broker.dropped_messages += 1
+            return
+        broker.accept(
+            IncomingMessage(
+                client_id, parsed.stream, payload, parsed.message_id, broker.services.clock.now()
+            )
+        )

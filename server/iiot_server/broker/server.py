@@ -1,0 +1,273 @@
+"""The platform's MQTT broker: amqtt 0.12.1, hardened, asking the platform's services.
+
+:class:`PlatformBroker` subclasses amqtt's ``Broker`` to close two upstream flaws
+(``docs/amqtt-retained-acl-bypass.md``, ``docs/amqtt-session-hijack-before-auth.md``)
+and to let the platform end sessions: amqtt authenticates only at CONNECT, so revoking,
+deleting or expiring a device's Registration Token must disconnect it from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import amqtt
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker, Server
+from amqtt.contexts import Action
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+
+from ..events import RegistrationEnded
+from ..services import Services
+from ..services.messages import IncomingMessage
+from ..services.registration import MqttIdentity
+
+log = logging.getLogger(__name__)
+
+if amqtt.__version__ != "0.12.1":  # pragma: no cover - the overrides below track its internals
+    raise ImportError(
+        f"iiot_server.broker is written against amqtt 0.12.1, found {amqtt.__version__}"
+    )
+
+# Client ids whose clean-session delete amqtt asked for before authentication (flaw b).
+_DEFERRED_DELETES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "iiot_deferred_deletes", default=None
+)
+INGEST_BATCH = 512
+
+
+@dataclass
+class _Live:
+    """What the platform knows of a connected device's session."""
+
+    session: Session
+    identity: MqttIdentity
+    expiry: asyncio.Task[None] | None = None
+
+
+class PlatformBroker(Broker):
+    """amqtt's broker with platform authentication, device-scoped ACL and session control."""
+
+    def __init__(self, config: dict[str, Any], services: Services) -> None:
+        super().__init__(config)
+        self.services = services
+        self._live: dict[str, _Live] = {}
+        self._ingest: asyncio.Queue[IncomingMessage] = asyncio.Queue()
+        self._ingest_task: asyncio.Task[None] | None = None
+        self.dropped_messages = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+        services.events.subscribe("registration_ended", self._on_registration_ended)
+        services.events.subscribe("registration_superseded", self._on_registration_superseded)
+
+    # lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
+        self._ingest_task = asyncio.create_task(self._ingest_loop(), name="iiot-ingest")
+
+    async def shutdown(self) -> None:
+        self.services.events.unsubscribe("registration_ended", self._on_registration_ended)
+        self.services.events.unsubscribe(
+            "registration_superseded", self._on_registration_superseded
+        )
+        for live in self._live.values():
+            if live.expiry is not None:
+                live.expiry.cancel()
+        await super().shutdown()
+        await self._ingest.join()  # every accepted message is stored before we stop
+        if self._ingest_task is not None:
+            self._ingest_task.cancel()
+            await asyncio.gather(self._ingest_task, return_exceptions=True)
+
+    @property
+    def port(self) -> int:
+        server: Server = self._servers["default"]
+        sockets = getattr(server.instance, "sockets", None) or []
+        return int(sockets[0].getsockname()[1])
+
+    # flaw (b): nothing about an existing session changes before authentication -------
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        deferred: list[str] = []
+        token = _DEFERRED_DELETES.set(deferred)
+        try:
+            handler, session = await super()._initialize_client_session(
+                reader, writer, remote_address, remote_port
+            )
+        finally:
+            _DEFERRED_DELETES.reset(token)
+        session.iiot_clean_start = bool(deferred)  # type: ignore[attr-defined]
+        # a reused (persistent) session must be authenticated afresh on every CONNECT
+        session.iiot_identity = None  # type: ignore[attr-defined]
+        session.iiot_authenticated = None  # type: ignore[attr-defined]
+        return handler, session
+
+    async def _delete_session(self, client_id: str) -> None:
+        deferred = _DEFERRED_DELETES.get()
+        if deferred is not None:  # called from CONNECT parsing: wait for authentication
+            deferred.append(client_id)
+            return
+        await super()._delete_session(client_id)
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        cached: bool | None = getattr(session, "iiot_authenticated", None)
+        if cached is None:
+            cached = await super()._authenticate(session, listener)
+            session.iiot_authenticated = cached  # type: ignore[attr-defined]
+        return cached
+
+    async def _handle_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Server,
+        listener_name: str,
+    ) -> None:
+        if not await self._authenticate(client_session, self.listeners_config[listener_name]):
+            # Refuse without touching the registry of live sessions: amqtt would file the
+            # refused session under the victim's client id and orphan the victim.
+            handler.attach(client_session, reader, writer)
+            await handler.mqtt_connack_authorize(False)
+            await writer.close()
+            return
+        client_id = client_session.client_id
+        assert client_id is not None
+        existing = self._sessions.get(client_id)
+        if existing is not None and existing[0] is not client_session:
+            old_session, old_handler = existing
+            if old_session.transitions.is_connected():
+                # one live connection per Device ID: the newcomer takes over
+                log.info("client id %s taken over by a new connection", client_id)
+                await self.services.devices.record_connection(
+                    client_id, connected=True, takeover=True
+                )
+                await old_handler.handle_connection_closed()
+                await old_handler.stop()
+        if getattr(client_session, "iiot_clean_start", False):
+            await Broker._delete_session(self, client_id)
+        await super()._handle_client_session(
+            reader, writer, client_session, handler, server, listener_name
+        )
+
+    # flaw (a): retained messages only on the session's own, permitted subscriptions ---
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, qos = subscription
+        subscribers = self._subscriptions.get(topic_filter, [])
+        if not any(s.client_id == session.client_id for s, _ in subscribers):
+            return  # amqtt offers every client's filters to each newcomer: not ours to use
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic, Action.RECEIVE):
+                continue
+            tasks.append(
+                asyncio.ensure_future(
+                    handler.mqtt_publish(
+                        retained.topic, retained.data, min(qos, retained.qos or qos), retain=True
+                    )
+                )
+            )
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # sessions the platform ends ------------------------------------------------------
+
+    def session_connected(self, session: Session) -> None:
+        """Called by the events plugin once a device's CONNECT was accepted."""
+        identity: MqttIdentity | None = getattr(session, "iiot_identity", None)
+        if identity is None or session.client_id is None:
+            return
+        previous = self._live.pop(session.client_id, None)
+        if previous is not None and previous.expiry is not None:
+            previous.expiry.cancel()
+        live = _Live(session, identity)
+        self._live[session.client_id] = live
+        self._arm_expiry(live, identity.expires_at)
+
+    def session_disconnected(self, session: Session) -> bool:
+        """Forget a session; True if it was the device's current one."""
+        live = self._live.get(session.client_id or "")
+        if live is None or live.session is not session:
+            return False
+        if live.expiry is not None:
+            live.expiry.cancel()
+        del self._live[session.client_id or ""]
+        return True
+
+    def _arm_expiry(self, live: _Live, until: datetime | None) -> None:
+        if live.expiry is not None:
+            live.expiry.cancel()
+        live.expiry = None if until is None else asyncio.create_task(self._expire(live, until))
+
+    async def _expire(self, live: _Live, until: datetime) -> None:
+        clock = self.services.clock
+        while clock.now() < until:
+            await clock.sleep((until - clock.now()).total_seconds())
+        log.info("credentials of %s ran out: disconnecting", live.session.client_id)
+        await self._disconnect(live.session)
+
+    def _on_registration_ended(self, device_id: str, reason: RegistrationEnded) -> None:
+        live = self._live.get(device_id)
+        if live is not None:
+            log.info("registration of %s ended (%s): disconnecting", device_id, reason)
+            task = asyncio.ensure_future(self._disconnect(live.session))
+            self._tasks.add(task)  # keep a reference until done (asyncio holds only weak ones)
+            task.add_done_callback(self._tasks.discard)
+
+    def _on_registration_superseded(self, device_id: str, token_id: str, until: datetime) -> None:
+        live = self._live.get(device_id)
+        if live is not None and live.identity.registration_token_id == token_id:
+            self._arm_expiry(live, until)
+
+    async def _disconnect(self, session: Session) -> None:
+        entry = self._sessions.get(session.client_id or "")
+        if entry is None or entry[0] is not session:
+            return
+        handler = entry[1]
+        await handler.handle_connection_closed()
+        await handler.stop()
+
+    async def disconnect_device(self, device_id: str) -> bool:
+        """End the device's live session, if any."""
+        live = self._live.get(device_id)
+        if live is None:
+            return False
+        await self._disconnect(live.session)
+        return True
+
+    # ingest --------------------------------------------------------------------------
+
+    def accept(self, message: IncomingMessage) -> None:
+        self._ingest.put_nowait(message)
+
+    async def _ingest_loop(self) -> None:
+        """Store accepted messages in batches: one database transaction per batch."""
+        while True:
+            first = await self._ingest.get()
+            batch = [first]
+            while len(batch) < INGEST_BATCH and not self._ingest.empty():
+                batch.append(self._ingest.get_nowait())
+            try:
+                await self.services.messages.store_many(batch)
+            except Exception:  # a failed batch is logged, never silently dropped
+                log.exception("storing %d messages failed", len(batch))
+                self.dropped_messages += len(batch)
+            finally:
+                for _ in batch:
+                    self._ingest.task_done()

@@ -1,0 +1,146 @@
+"""Device-scoped MQTT topics and who may use them (pure).
+
+The same decisions serve the embedded broker's plugins and could serve an external
+broker's HTTP auth hook: a device publishes and subscribes only under
+``devices/{its own id}/``. See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import parse_qsl
+
+from .errors import ValidationError
+
+STREAM_PATTERN = re.compile(r"[0-9A-Za-z_.\-]{1,64}")
+MESSAGE_ID_PATTERN = re.compile(r"[0-9A-Za-z_.:\-]{1,128}")
+DEFAULT_STREAM = "default"
+
+
+class TopicAction(StrEnum):
+    PUBLISH = "publish"
+    SUBSCRIBE = "subscribe"
+    RECEIVE = "receive"
+
+
+class TopicKind(StrEnum):
+    TELEMETRY = "telemetry"
+    TWIN_GET = "twin_get"
+    TWIN_REPORTED = "twin_reported"
+    TWIN_RES = "twin_res"
+    TWIN_DESIRED = "twin_desired"
+
+
+# What a device may do on each kind of topic.
+_DEVICE_PUBLISHES = {TopicKind.TELEMETRY, TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED}
+_DEVICE_RECEIVES = {TopicKind.TWIN_RES, TopicKind.TWIN_DESIRED}
+_TWIN_SUFFIX = {
+    "get": TopicKind.TWIN_GET,
+    "reported": TopicKind.TWIN_REPORTED,
+    "res": TopicKind.TWIN_RES,
+    "desired": TopicKind.TWIN_DESIRED,
+}
+
+
+@dataclass(frozen=True)
+class DeviceTopic:
+    """A parsed topic under ``devices/{device_id}/``."""
+
+    device_id: str
+    kind: TopicKind
+    stream: str | None = None
+    message_id: str | None = None
+    compression: str | None = None
+    batch_id: str | None = None
+    sequence: int | None = None
+    batch_end: bool = False
+
+
+def parse_topic(topic: str) -> DeviceTopic | None:
+    """The device topic ``topic`` names, or None if it is not one of ours.
+
+    >>> parse_topic("devices/pump-0001/messages/vibration/mid=42").message_id
+    '42'
+    """
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != "devices" or not parts[1]:
+        return None
+    device_id = parts[1]
+    if parts[2] == "twin" and len(parts) == 4 and parts[3] in _TWIN_SUFFIX:
+        return DeviceTopic(device_id, _TWIN_SUFFIX[parts[3]])
+    if parts[2] != "messages" or len(parts) not in (4, 5):
+        return None
+    stream = parts[3]
+    if not STREAM_PATTERN.fullmatch(stream):
+        return None
+    if len(parts) == 4:
+        return DeviceTopic(device_id, TopicKind.TELEMETRY, stream)
+    try:
+        props = parse_message_properties(parts[4])
+    except ValidationError:
+        return None
+    return DeviceTopic(device_id, TopicKind.TELEMETRY, stream, **props)  # type: ignore[arg-type]
+
+
+def parse_message_properties(query: str) -> dict[str, object]:
+    """The ``{properties}`` topic level: a URL-encoded ``mid=…&ce=zlib&batch=…&seq=…&last=1``."""
+    props: dict[str, object] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=True):
+        if key == "mid":
+            props["message_id"] = validate_message_id(value)
+        elif key == "ce":
+            if value != "zlib":
+                raise ValidationError(f"unknown content encoding {value!r}", field="ce")
+            props["compression"] = value
+        elif key == "batch":
+            props["batch_id"] = validate_message_id(value, field="batch")
+        elif key == "seq":
+            if not value.isdigit():
+                raise ValidationError("seq must be a non-negative integer", field="seq")
+            props["sequence"] = int(value)
+        elif key == "last":
+            props["batch_end"] = value == "1"
+        else:
+            raise ValidationError(f"unknown message property {key!r}", field=key)
+    return props
+
+
+def validate_stream(value: str, *, field: str = "stream") -> str:
+    if not STREAM_PATTERN.fullmatch(value):
+        raise ValidationError("stream must be 1-64 characters of 0-9 a-z A-Z - _ .", field=field)
+    return value
+
+
+def validate_message_id(value: str, *, field: str = "messageId") -> str:
+    if not MESSAGE_ID_PATTERN.fullmatch(value):
+        raise ValidationError(
+            "message id must be 1-128 characters of 0-9 a-z A-Z - _ . :", field=field
+        )
+    return value
+
+
+def device_may(device_id: str, action: TopicAction, topic: str) -> bool:
+    """Whether the device may publish to, subscribe to, or receive on ``topic``.
+
+    Subscriptions may use wildcards only within the device's own namespace
+    (``devices/{id}/twin/+`` or ``devices/{id}/#``); ``+`` or ``#`` in place of the Device
+    ID would reach other devices and is refused.
+    """
+    prefix = f"devices/{device_id}/"
+    if not topic.startswith(prefix):
+        return False
+    if action is TopicAction.SUBSCRIBE:
+        rest = topic[len(prefix) :]
+        return rest in ("#", "twin/+", "twin/res", "twin/desired")
+    parsed = parse_topic(topic)
+    if parsed is None or parsed.device_id != device_id:
+        return False
+    if action is TopicAction.PUBLISH:
+        return parsed.kind in _DEVICE_PUBLISHES
+    return parsed.kind in _DEVICE_RECEIVES
+
+
+def twin_topic(device_id: str, suffix: str) -> str:
+    return f"devices/{device_id}/twin/{suffix}"

@@ -1,0 +1,131 @@
+"""Device messages: stored once per message id, listed per device and stream."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Insert, RowMapping, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..clock import Clock
+from ..domain.errors import ValidationError
+from ..domain.topics import validate_message_id, validate_stream
+from ..store.database import Database, from_epoch_required, to_epoch
+from ..store.schema import messages
+
+MAX_DECOMPRESSED = 64 * 1024 * 1024  # a zlib bomb is refused, not inflated
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message as a device sent it (payload already decompressed)."""
+
+    device_id: str
+    stream: str
+    payload: bytes
+    message_id: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    device_id: str
+    stream: str
+    message_id: str | None
+    payload: bytes
+    received_at: datetime
+
+
+def decompress(payload: bytes, encoding: str | None) -> bytes:
+    """The payload as stored: zlib-compressed payloads are inflated (bounded)."""
+    if encoding is None:
+        return payload
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(payload, MAX_DECOMPRESSED)
+    except zlib.error as exc:
+        raise ValidationError(f"payload is not valid zlib data: {exc}", field="ce") from None
+    if inflater.unconsumed_tail:
+        raise ValidationError("decompressed payload too large", field="ce")
+    return data
+
+
+class MessageService:
+    """Store and list device messages."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        dialect = db.engine.dialect.name
+        self._insert: Insert
+        if dialect == "postgresql":
+            self._insert = postgresql.insert(messages).on_conflict_do_nothing()
+        else:
+            self._insert = sqlite.insert(messages).on_conflict_do_nothing()
+
+    async def store_many(self, batch: list[IncomingMessage]) -> int:
+        """Store a batch in one transaction; returns how many were new (duplicates by
+        ``(device, stream, message id)`` are skipped)."""
+        if not batch:
+            return 0
+
+        def insert(conn: Connection) -> int:
+            stored = 0
+            for m in batch:  # one statement each: rowcount tells new from duplicate
+                result = conn.execute(
+                    self._insert,
+                    {
+                        "device_id": m.device_id,
+                        "stream": m.stream,
+                        "message_id": m.message_id,
+                        "payload": m.payload,
+                        "received_at": to_epoch(m.received_at),
+                    },
+                )
+                stored += max(0, result.rowcount)
+            return stored
+
+        return await self._db.write(insert)
+
+    async def store(
+        self, device_id: str, stream: str, payload: bytes, message_id: str | None
+    ) -> bool:
+        """Store one message; False if it was already stored (same message id)."""
+        validate_stream(stream)
+        if message_id is not None:
+            validate_message_id(message_id)
+        message = IncomingMessage(device_id, stream, payload, message_id, self._clock.now())
+        return await self.store_many([message]) == 1
+
+    async def list(
+        self, device_id: str, *, stream: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[StoredMessage]:
+        """Messages of a device, oldest first; page with ``after`` (the last ``seq`` seen)."""
+        c = messages.c
+        query = select(messages).where(c.device_id == device_id, c.seq > after)
+        if stream is not None:
+            query = query.where(c.stream == validate_stream(stream))
+        query = query.order_by(c.seq).limit(limit)
+
+        def rows(conn: Connection) -> list[StoredMessage]:
+            return [_message(r._mapping) for r in conn.execute(query)]
+
+        return await self._db.read(rows)
+
+
+def _message(m: RowMapping) -> StoredMessage:
+    c = messages.c
+    return StoredMessage(
+        seq=m[c.seq],
+        device_id=m[c.device_id],
+        stream=m[c.stream],
+        message_id=m[c.message_id],
+        payload=bytes(m[c.payload]),
+        received_at=from_epoch_required(m[c.received_at]),
+    )
+
+
+__all__ = ["IncomingMessage", "MessageService", "StoredMessage", "decompress"]
