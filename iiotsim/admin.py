@@ -28,6 +28,7 @@ from iiot_server.api.models import (
     CreatedApiKeyOut,
     CreatedProvisioningTokenOut,
     DeviceOut,
+    MessageOut,
     OperationOut,
     ProvisioningTokenOut,
     RevokeDeviceOut,
@@ -245,6 +246,18 @@ class AdminClient:
     def revoke_device(self, device_id: str) -> RevokeDeviceOut:
         """Revoke every Registration Token of the device: it must provision again."""
         return self._call("POST", f"/api/v1/devices/{device_id}/revoke", RevokeDeviceOut)
+
+    def list_device_messages(
+        self, device_id: str, *, stream: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[MessageOut]:
+        """Stored messages of a device, oldest first (``to_frame(...)`` for a DataFrame);
+        page with ``after`` (the last ``seq`` seen)."""
+        return self._call(
+            "GET",
+            f"/api/v1/devices/{device_id}/messages",
+            list[MessageOut],
+            params={"stream": stream, "after": after, "limit": limit},
+        )
 
     # API keys --------------------------------------------------------------------------
 

@@ -1,0 +1,155 @@
+"""A real MQTT client of another project (Debian's mosquitto-clients) against our broker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from iiotsim.platform import Platform
+
+from .mqtt import provision
+from .test_broker import stored, wait_for
+
+MISSING = shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None
+pytestmark = pytest.mark.skipif(
+    MISSING and not os.environ.get("CI"),
+    reason="mosquitto-clients not installed (.ci/run installs it; apt-get install mosquitto-clients)",
+)
+
+
+def mosquitto_pub(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            platform.mqtt_host,
+            "-p",
+            str(platform.mqtt_port),
+            "-V",
+            "mqttv311",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_mosquitto_pub_with_device_credentials_is_stored(platform: Platform) -> None:
+    reg = provision(platform, "mosq-0001")
+    result = mosquitto_pub(
+        platform,
+        "-i",
+        reg.device_id,
+        "-u",
+        reg.device_id,
+        "-P",
+        reg.password,
+        "-q",
+        "1",
+        "-t",
+        "devices/mosq-0001/messages/default/mid=from-mosquitto",
+        "-m",
+        "hello from mosquitto_pub",
+    )
+    assert result.returncode == 0, result.stderr
+    assert wait_for(
+        lambda: (
+            stored(platform, "mosq-0001")
+            == [("default", "from-mosquitto", "hello from mosquitto_pub")]
+        )
+    )
+
+
+def test_mosquitto_clients_without_credentials_are_refused(platform: Platform) -> None:
+    provision(platform, "mosq-0002")
+    anonymous = mosquitto_pub(
+        platform, "-i", "mosq-0002", "-t", "devices/mosq-0002/messages/default", "-m", "x"
+    )
+    assert anonymous.returncode != 0
+    wrong = mosquitto_pub(
+        platform,
+        "-i",
+        "mosq-0002",
+        "-u",
+        "mosq-0002",
+        "-P",
+        "mp_wrong",
+        "-t",
+        "devices/mosq-0002/messages/default",
+        "-m",
+        "x",
+    )
+    assert wrong.returncode != 0
+    sub = subprocess.run(
+        [
+            "mosquitto_sub",
+            "-h",
+            platform.mqtt_host,
+            "-p",
+            str(platform.mqtt_port),
+            "-V",
+            "mqttv311",
+            "-i",
+            "mosq-0002",
+            "-t",
+            "devices/mosq-0002/twin/desired",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert sub.returncode != 0
+    assert stored(platform, "mosq-0002") == []
+
+
+def test_mosquitto_sub_receives_platform_messages(platform: Platform) -> None:
+    reg = provision(platform, "mosq-0003")
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            platform.mqtt_host,
+            "-p",
+            str(platform.mqtt_port),
+            "-V",
+            "mqttv311",
+            "-i",
+            reg.device_id,
+            "-u",
+            reg.device_id,
+            "-P",
+            reg.password,
+            "-q",
+            "1",
+            "-t",
+            "devices/mosq-0003/twin/desired",
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    broker = platform.services.broker
+    assert wait_for(lambda: platform.admin.get_device("mosq-0003").connected)
+    assert wait_for(
+        lambda: any(f == "devices/mosq-0003/twin/desired" for f in broker.subscriptions)
+    )
+    platform.runner.call(
+        broker.internal_message_broadcast("devices/mosq-0003/twin/desired", b'{"$version": 1}', 1)
+    )
+    out, err = sub.communicate(timeout=30)
+    assert sub.returncode == 0, err
+    assert out.strip() == '{"$version": 1}'
