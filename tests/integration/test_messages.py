@@ -1,0 +1,97 @@
+"""Message storage over both paths: MQTT ingest and HTTP upload of large payloads."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from iiotsim.errors import PlatformError
+from iiotsim.platform import Platform
+
+from .mqtt import Device, provision
+from .test_broker import stored, wait_for
+
+
+@pytest.fixture
+def device(platform: Platform) -> Iterator[tuple[Device, str, str]]:
+    reg = provision(platform, "logger-01")
+    mqtt = Device(platform, reg.device_id, reg.password)
+    assert mqtt.connect() == 0
+    yield mqtt, reg.rt, reg.device_id
+    mqtt.close()
+
+
+def upload(http: httpx.Client, rt: str, body: bytes, **params: str) -> httpx.Response:
+    return http.post(
+        "/devices/messages",
+        content=body,
+        params=params,
+        headers={"Authorization": f"DeviceToken {rt}"},
+    )
+
+
+def test_large_message_over_http_is_stored_once(
+    platform: Platform, http: httpx.Client, device: tuple[Device, str, str]
+) -> None:
+    _, rt, device_id = device
+    big = bytes(range(256)) * 4096  # 1 MiB of binary data, over the MQTT limit
+    first = upload(http, rt, big, stream="blobs", messageId="blob-1")
+    assert first.status_code == 201
+    assert first.json() == {"stored": True}
+    again = upload(http, rt, big, stream="blobs", messageId="blob-1")
+    assert again.status_code == 200
+    assert again.json() == {"stored": False}
+    [message] = platform.admin.list_device_messages(device_id, stream="blobs")
+    assert message.size == len(big)
+    assert message.encoding == "base64"
+    import base64
+
+    assert base64.b64decode(message.payload) == big
+
+
+def test_upload_needs_a_usable_registration_token(
+    http: httpx.Client, device: tuple[Device, str, str]
+) -> None:
+    assert upload(http, "rt_forged", b"x").status_code == 401
+    bad_stream = upload(http, device[1], b"x", stream="no/slashes")
+    assert bad_stream.status_code == 400
+    assert bad_stream.json()["field"] == "stream"
+    bad_id = upload(http, device[1], b"x", messageId="spaces are not allowed")
+    assert bad_id.status_code == 400
+    assert bad_id.json()["field"] == "messageId"
+
+
+def test_paging_and_stream_filter(platform: Platform, device: tuple[Device, str, str]) -> None:
+    mqtt, _, device_id = device
+    for i in range(5):
+        mqtt.publish(f"devices/{device_id}/messages/{'a' if i % 2 else 'b'}/mid=p{i}", f"{i}")
+    assert wait_for(lambda: len(stored(platform, device_id)) == 5)
+    page1 = platform.admin.list_device_messages(device_id, limit=2)
+    page2 = platform.admin.list_device_messages(device_id, limit=2, after=page1[-1].seq)
+    assert [m.payload for m in page1 + page2] == ["0", "1", "2", "3"]
+    assert [m.payload for m in platform.admin.list_device_messages(device_id, stream="a")] == [
+        "1",
+        "3",
+    ]
+    with pytest.raises(PlatformError) as err:
+        platform.admin.list_device_messages("nobody-01")
+    assert err.value.status == 404
+
+
+def test_compressed_and_oversized_mqtt_messages(
+    platform: Platform, device: tuple[Device, str, str]
+) -> None:
+    mqtt, _, device_id = device
+    text = "vibration " * 200
+    mqtt.publish(
+        f"devices/{device_id}/messages/default/mid=z1&ce=zlib", zlib.compress(text.encode())
+    )
+    too_big = b"x" * (platform.settings.max_mqtt_message_size + 1)
+    mqtt.publish(f"devices/{device_id}/messages/default/mid=big", too_big)
+    mqtt.publish(f"devices/{device_id}/messages/default/mid=after", b"after")
+    assert wait_for(lambda: len(stored(platform, device_id)) == 2)
+    assert stored(platform, device_id) == [("default", "z1", text), ("default", "after", "after")]
+    assert platform.services.broker.dropped_messages == 1
