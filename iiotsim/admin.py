@@ -32,6 +32,7 @@ from iiot_server.api.models import (
     OperationOut,
     ProvisioningTokenOut,
     RevokeDeviceOut,
+    TwinOut,
 )
 
 from .errors import PlatformError
@@ -77,7 +78,9 @@ class AdminClient:
     ) -> T:
         body = None if json is None else {k: v for k, v in json.items() if v is not None}
         query = None if params is None else {k: v for k, v in params.items() if v is not None}
-        response = self._http.request(method, path, json=body, params=query)
+        return self._decode(self._http.request(method, path, json=body, params=query), kind)
+
+    def _decode(self, response: httpx.Response, kind: type[T] | None) -> T:
         if response.status_code >= 400:
             try:
                 p = response.json()
@@ -258,6 +261,23 @@ class AdminClient:
             list[MessageOut],
             params={"stream": stream, "after": after, "limit": limit},
         )
+
+    def get_twin(self, device_id: str) -> TwinOut:
+        """The device's twin: ``.desired``, ``.reported``, ``.tags`` with versions."""
+        return self._call("GET", f"/api/v1/devices/{device_id}/twin", TwinOut)
+
+    def update_desired_properties(self, device_id: str, patch: dict[str, Any]) -> TwinOut:
+        """Merge-patch the desired properties (None removes a key); pushed to the device."""
+        return self._http_json("PATCH", f"/api/v1/devices/{device_id}/twin/desired", patch)
+
+    def update_tags(self, device_id: str, patch: dict[str, Any]) -> TwinOut:
+        """Merge-patch the tags (platform-side only)."""
+        return self._http_json("PATCH", f"/api/v1/devices/{device_id}/twin/tags", patch)
+
+    def _http_json(self, method: str, path: str, body: dict[str, Any]) -> TwinOut:
+        # merge patches carry meaningful nulls: send the body as is
+        response = self._http.request(method, path, json=body)
+        return self._decode(response, TwinOut)
 
     # API keys --------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Annotated, Any
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -15,6 +15,7 @@ from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
 from ..services import Services
 from ..services.api_keys import ApiKey
+from ..services.twin import Section
 from .auth import provide_admin, provide_technician
 from .models import (
     ApiKeyOut,
@@ -30,6 +31,7 @@ from .models import (
     ProvisioningTokenOut,
     RevokeDeviceOut,
     TokenOptionsFields,
+    TwinOut,
 )
 
 ADMIN = {"principal": Provide(provide_admin)}
@@ -241,6 +243,39 @@ class DevicesController(Controller):
         await services.devices.get(device_id)  # 404 for an unknown device
         stored = await services.messages.list(device_id, stream=stream, after=after, limit=limit)
         return [MessageOut.of(m) for m in stored]
+
+    @get("/{device_id:str}/twin")
+    async def get_twin(
+        self,
+        device_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> TwinOut:
+        """Desired and reported properties and tags, each with version and last update."""
+        return TwinOut.of(await services.twins.get(device_id))
+
+    @patch("/{device_id:str}/twin/desired", dependencies=ADMIN)
+    async def patch_desired(
+        self,
+        device_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> TwinOut:
+        """JSON merge-patch of the desired properties (a null removes a key); the device
+        receives the patch with its ``$version`` over MQTT."""
+        return TwinOut.of(await services.twins.patch(device_id, Section.DESIRED, data))
+
+    @patch("/{device_id:str}/twin/tags", dependencies=ADMIN)
+    async def patch_tags(
+        self,
+        device_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> TwinOut:
+        """JSON merge-patch of the tags (platform only; never sent to the device)."""
+        return TwinOut.of(await services.twins.patch(device_id, Section.TAGS, data))
 
     @delete("/{device_id:str}", status_code=204, dependencies=ADMIN)
     async def delete_device(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -16,6 +16,7 @@ from ..services.devices import Device
 from ..services.messages import StoredMessage
 from ..services.provisioning import OperationView, ProvisioningToken
 from ..services.registration import IssuedToken, Registration
+from ..services.twin import Twin, TwinSection
 
 Seconds = Annotated[float, msgspec.Meta(ge=1, le=100 * 365 * 86400, description="seconds")]
 
@@ -308,6 +309,34 @@ class MessageOut(Wire):
 class UploadOut(Wire):
     stored: bool
     """False when a message with this id was already stored."""
+
+
+class TwinSectionOut(Wire):
+    properties: dict[str, Any]
+    version: int
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, section: TwinSection) -> TwinSectionOut:
+        return cls(
+            properties=section.properties, version=section.version, updated_at=section.updated_at
+        )
+
+
+class TwinOut(Wire):
+    device_id: str
+    desired: TwinSectionOut
+    reported: TwinSectionOut
+    tags: TwinSectionOut
+
+    @classmethod
+    def of(cls, twin: Twin) -> TwinOut:
+        return cls(
+            device_id=twin.device_id,
+            desired=TwinSectionOut.of(twin.desired),
+            reported=TwinSectionOut.of(twin.reported),
+            tags=TwinSectionOut.of(twin.tags),
+        )
 
 
 class Health(Wire):

@@ -100,9 +100,14 @@ class PlatformEventsPlugin(BasePlugin[BaseContext]):
         ):
             return
         parsed = parse_topic(message.topic)
-        if parsed is None or parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
+        if parsed is None:
             return
         broker = _broker(self)
+        if parsed.kind in (TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED):
+            broker.twin_request(client_id, parsed.kind, bytes(message.data))
+            return
+        if parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
+            return
         data = bytes(message.data)
         if len(data) > broker.services.settings.max_mqtt_message_size:
             log.warning(

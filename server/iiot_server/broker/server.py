@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,10 +23,14 @@ from amqtt.contexts import Action
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from ..domain.errors import DomainError, ValidationError
+from ..domain.topics import TopicKind, twin_topic
+from ..domain.twin import with_version
 from ..events import RegistrationEnded
 from ..services import Services
 from ..services.messages import IncomingMessage
 from ..services.registration import MqttIdentity
+from ..services.twin import Section
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +66,13 @@ class PlatformBroker(Broker):
         self._ingest_task: asyncio.Task[None] | None = None
         self.dropped_messages = 0
         self._tasks: set[asyncio.Future[None]] = set()
-        services.events.subscribe("registration_ended", self._on_registration_ended)
-        services.events.subscribe("registration_superseded", self._on_registration_superseded)
+        self._listeners: list[tuple[str, Any]] = [
+            ("registration_ended", self._on_registration_ended),
+            ("registration_superseded", self._on_registration_superseded),
+            ("desired_changed", self._on_desired_changed),
+        ]
+        for event, listener in self._listeners:
+            services.events.subscribe(event, listener)
 
     # lifecycle ---------------------------------------------------------------------
 
@@ -71,10 +81,8 @@ class PlatformBroker(Broker):
         self._ingest_task = asyncio.create_task(self._ingest_loop(), name="iiot-ingest")
 
     async def shutdown(self) -> None:
-        self.services.events.unsubscribe("registration_ended", self._on_registration_ended)
-        self.services.events.unsubscribe(
-            "registration_superseded", self._on_registration_superseded
-        )
+        for event, listener in self._listeners:
+            self.services.events.unsubscribe(event, listener)
         for live in self._live.values():
             if live.expiry is not None:
                 live.expiry.cancel()
@@ -226,9 +234,7 @@ class PlatformBroker(Broker):
         live = self._live.get(device_id)
         if live is not None:
             log.info("registration of %s ended (%s): disconnecting", device_id, reason)
-            task = asyncio.ensure_future(self._disconnect(live.session))
-            self._tasks.add(task)  # keep a reference until done (asyncio holds only weak ones)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._disconnect(live.session))
 
     def _on_registration_superseded(self, device_id: str, token_id: str, until: datetime) -> None:
         live = self._live.get(device_id)
@@ -250,6 +256,51 @@ class PlatformBroker(Broker):
             return False
         await self._disconnect(live.session)
         return True
+
+    # twin ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # keep a reference until done (asyncio holds only weak ones)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_desired_changed(self, device_id: str, patch: dict[str, Any]) -> None:
+        self._spawn(self._send(device_id, "desired", patch))
+
+    async def _send(self, device_id: str, suffix: str, body: dict[str, Any]) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        await self.internal_message_broadcast(twin_topic(device_id, suffix), data, 1)
+
+    def twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
+        """A device's ``twin/get`` or ``twin/reported``, answered in the background (the
+        message hook must not wait); requests are handled in arrival order."""
+        self._spawn(self._twin_request(device_id, kind, payload))
+
+    async def _twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
+        twins = self.services.twins
+        try:
+            body = json.loads(payload or b"{}")
+            if kind is TopicKind.TWIN_REPORTED:
+                await twins.patch(device_id, Section.REPORTED, body)
+                return
+            since = body.get("since") if isinstance(body, dict) else None
+            if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+                raise ValidationError("since must be an integer version", field="since")
+            catch_up = await twins.desired_since(device_id, since)
+            twin = await twins.get(device_id)
+            answer: dict[str, Any] = {
+                "reported": with_version(twin.reported.properties, twin.reported.version)
+            }
+            if catch_up.patch is not None:
+                answer["desired"] = with_version(catch_up.patch, catch_up.version)
+                answer["since"] = since
+            else:
+                answer["desired"] = with_version(catch_up.full or {}, catch_up.version)
+            await self._send(device_id, "res", answer)
+        except (ValueError, DomainError) as exc:  # bad JSON or a refused patch: tell the device
+            field = getattr(exc, "field", None)
+            log.info("twin request from %s refused: %s", device_id, exc)
+            await self._send(device_id, "res", {"error": {"detail": str(exc), "field": field}})
 
     # ingest --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from .devices import DeviceService
 from .messages import MessageService
 from .provisioning import ProvisioningService
 from .registration import RegistrationService
+from .twin import TwinService
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Services:
     provisioning: ProvisioningService
     devices: DeviceService
     messages: MessageService
+    twins: TwinService
     broker: Any = None
     """The embedded MQTT broker (``iiot_server.broker.PlatformBroker``) once started."""
 
@@ -56,6 +58,7 @@ class Services:
             provisioning=ProvisioningService(db, clock, settings, registration),
             devices=DeviceService(db, clock, registration),
             messages=MessageService(db, clock),
+            twins=TwinService(db, clock, events),
         )
 
     async def close(self) -> None:

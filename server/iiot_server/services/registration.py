@@ -30,7 +30,13 @@ from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..settings import Settings
 from ..store import statements as sql
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
-from ..store.schema import devices, mqtt_credentials, registration_tokens
+from ..store.schema import (
+    desired_patches,
+    devices,
+    mqtt_credentials,
+    registration_tokens,
+    twins,
+)
 
 FIELD = "registrationToken"
 
@@ -344,6 +350,8 @@ class RegistrationService:
             _revoke_all(conn, device_id, t)
             conn.execute(delete(mqtt_credentials).where(mqtt_credentials.c.device_id == device_id))
             conn.execute(delete(devices).where(devices.c.device_id == device_id))
+            conn.execute(delete(twins).where(twins.c.device_id == device_id))
+            conn.execute(delete(desired_patches).where(desired_patches.c.device_id == device_id))
 
         await self._db.write(forget)
         self._events.publish("registration_ended", device_id, RegistrationEnded.DELETED)

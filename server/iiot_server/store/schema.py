@@ -124,3 +124,27 @@ messages = Table(
     Index("ux_messages_identity", "device_id", "stream", "message_id", unique=True),
     Index("ix_messages_device_stream_seq", "device_id", "stream", "seq"),
 )
+
+twins = Table(
+    "twins",
+    metadata,
+    Column("device_id", String(90), primary_key=True),
+    Column("desired", JSON, nullable=False),
+    Column("desired_version", Integer, nullable=False),
+    Column("desired_updated_at", Float),
+    Column("reported", JSON, nullable=False),
+    Column("reported_version", Integer, nullable=False),
+    Column("reported_updated_at", Float),
+    Column("tags", JSON, nullable=False),
+    Column("tags_version", Integer, nullable=False),
+    Column("tags_updated_at", Float),
+)
+
+desired_patches = Table(
+    "desired_patches",
+    metadata,
+    Column("device_id", String(90), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("patch", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)

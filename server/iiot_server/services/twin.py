@@ -1,0 +1,167 @@
+"""Device twins: desired, reported and tags, versioned, patched by JSON merge-patch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, delete, insert, select, update
+
+from ..clock import Clock
+from ..domain.errors import NotFound
+from ..domain.twin import JSON, changes_since, merge_patch, validate_patch, with_version
+from ..events import PlatformEvents
+from ..store.database import Database, from_epoch, to_epoch
+from ..store.schema import desired_patches, devices, twins
+
+DESIRED_HISTORY = 100
+"""Desired patches kept per device for catch-up; older holders get the full document."""
+
+
+class Section(StrEnum):
+    DESIRED = "desired"
+    REPORTED = "reported"
+    TAGS = "tags"
+
+
+@dataclass(frozen=True)
+class TwinSection:
+    properties: JSON
+    version: int
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Twin:
+    device_id: str
+    desired: TwinSection
+    reported: TwinSection
+    tags: TwinSection
+
+
+@dataclass(frozen=True)
+class DesiredCatchUp:
+    """What a device holding some desired version needs: a patch, or the full document."""
+
+    version: int
+    patch: JSON | None = None
+    full: JSON | None = None
+
+
+class TwinService:
+    """Read and patch twins; desired changes are published as ``desired_changed`` events
+    ``(device_id, patch_with_version)`` for the broker to push to the device."""
+
+    def __init__(self, db: Database, clock: Clock, events: PlatformEvents) -> None:
+        self._db = db
+        self._clock = clock
+        self._events = events
+
+    async def get(self, device_id: str) -> Twin:
+        def read(conn: Connection) -> Twin:
+            return _twin(device_id, _row(conn, device_id, create=False))
+
+        return await self._db.read(read)
+
+    async def patch(self, device_id: str, section: Section, patch: object) -> Twin:
+        """Merge ``patch`` into one section; its version grows by one."""
+        validated = validate_patch(patch, field=section.value)
+        t = to_epoch(self._clock.now())
+
+        def write(conn: Connection) -> Twin:
+            row = _row(conn, device_id, create=True)
+            document = merge_patch(row[section.value], validated)
+            version = row[f"{section.value}_version"] + 1
+            conn.execute(
+                update(twins)
+                .where(twins.c.device_id == device_id)
+                .values(
+                    {
+                        section.value: document,
+                        f"{section.value}_version": version,
+                        f"{section.value}_updated_at": t,
+                    }
+                )
+            )
+            if section is Section.DESIRED:
+                conn.execute(
+                    insert(desired_patches).values(
+                        device_id=device_id, version=version, patch=validated, created_at=t
+                    )
+                )
+                conn.execute(
+                    delete(desired_patches).where(
+                        desired_patches.c.device_id == device_id,
+                        desired_patches.c.version <= version - DESIRED_HISTORY,
+                    )
+                )
+            return _twin(device_id, _row(conn, device_id, create=False))
+
+        twin = await self._db.write(write)
+        if section is Section.DESIRED:
+            self._events.publish(
+                "desired_changed", device_id, with_version(validated, twin.desired.version)
+            )
+        return twin
+
+    async def desired_since(self, device_id: str, version: int | None) -> DesiredCatchUp:
+        """Offline catch-up: the combined patch since ``version``, or the full document when
+        none was given, the history no longer reaches back, or no single patch can say it."""
+
+        def read(conn: Connection) -> DesiredCatchUp:
+            row = _row(conn, device_id, create=False)
+            current = int(row["desired_version"])
+            if version is not None:
+                history = [
+                    (r.version, r.patch)
+                    for r in conn.execute(
+                        select(desired_patches.c.version, desired_patches.c.patch).where(
+                            desired_patches.c.device_id == device_id,
+                            desired_patches.c.version > version,
+                        )
+                    )
+                ]
+                patch = changes_since(history, version, current)
+                if patch is not None:
+                    return DesiredCatchUp(current, patch=patch)
+            return DesiredCatchUp(current, full=dict(row["desired"]))
+
+        return await self._db.read(read)
+
+
+_EMPTY = {
+    "desired": {},
+    "desired_version": 0,
+    "desired_updated_at": None,
+    "reported": {},
+    "reported_version": 0,
+    "reported_updated_at": None,
+    "tags": {},
+    "tags_version": 0,
+    "tags_updated_at": None,
+}
+
+
+def _row(conn: Connection, device_id: str, *, create: bool) -> dict[str, Any]:
+    """The twin's row; a device without one has empty sections (inserted if ``create``)."""
+    row = conn.execute(select(twins).where(twins.c.device_id == device_id)).first()
+    if row is not None:
+        return dict(row._mapping)
+    device = select(devices.c.device_id).where(devices.c.device_id == device_id)
+    if conn.execute(device).first() is None:
+        raise NotFound(f"no device {device_id!r}", field="deviceId")
+    if create:
+        conn.execute(insert(twins).values(device_id=device_id, **_EMPTY))
+    return {"device_id": device_id, **_EMPTY}
+
+
+def _section(m: dict[str, Any] | RowMapping, name: str) -> TwinSection:
+    return TwinSection(
+        dict(m[name]), int(m[f"{name}_version"]), from_epoch(m[f"{name}_updated_at"])
+    )
+
+
+def _twin(device_id: str, m: dict[str, Any]) -> Twin:
+    return Twin(device_id, _section(m, "desired"), _section(m, "reported"), _section(m, "tags"))
