@@ -28,6 +28,7 @@ from iiot_server.api.models import (
     CreatedApiKeyOut,
     CreatedProvisioningTokenOut,
     DeviceOut,
+    FleetConfigurationOut,
     MessageOut,
     OperationOut,
     ProvisioningTokenOut,
@@ -278,6 +279,61 @@ class AdminClient:
         # merge patches carry meaningful nulls: send the body as is
         response = self._http.request(method, path, json=body)
         return self._decode(response, TwinOut)
+
+    # Fleet configurations -----------------------------------------------------------
+
+    def create_fleet_configuration(
+        self,
+        target_condition: dict[str, Any],
+        desired_properties: dict[str, Any],
+        *,
+        priority: int = 0,
+        configuration_id: str | None = None,
+    ) -> FleetConfigurationOut:
+        """Set ``desired_properties`` on every device ``target_condition`` matches, e.g.
+        ``{"eq": {"path": "tags.site", "value": "plant-7"}}``; higher ``priority`` wins."""
+        return self._call(
+            "POST",
+            "/api/v1/fleet-configurations",
+            FleetConfigurationOut,
+            json={
+                "id": configuration_id,
+                "targetCondition": target_condition,
+                "desiredProperties": desired_properties,
+                "priority": priority,
+            },
+        )
+
+    def replace_fleet_configuration(
+        self,
+        configuration_id: str,
+        target_condition: dict[str, Any],
+        desired_properties: dict[str, Any],
+        *,
+        priority: int = 0,
+    ) -> FleetConfigurationOut:
+        return self._call(
+            "PUT",
+            f"/api/v1/fleet-configurations/{configuration_id}",
+            FleetConfigurationOut,
+            json={
+                "targetCondition": target_condition,
+                "desiredProperties": desired_properties,
+                "priority": priority,
+            },
+        )
+
+    def list_fleet_configurations(self) -> list[FleetConfigurationOut]:
+        """Configurations with their ``metrics`` (targeted, applied)."""
+        return self._call("GET", "/api/v1/fleet-configurations", list[FleetConfigurationOut])
+
+    def get_fleet_configuration(self, configuration_id: str) -> FleetConfigurationOut:
+        return self._call(
+            "GET", f"/api/v1/fleet-configurations/{configuration_id}", FleetConfigurationOut
+        )
+
+    def delete_fleet_configuration(self, configuration_id: str) -> None:
+        self._call("DELETE", f"/api/v1/fleet-configurations/{configuration_id}")
 
     # API keys --------------------------------------------------------------------------
 

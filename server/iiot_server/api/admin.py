@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Annotated, Any
 
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -26,6 +26,8 @@ from .models import (
     CreatedProvisioningTokenOut,
     CreateProvisioningTokenRequest,
     DeviceOut,
+    FleetConfigurationIn,
+    FleetConfigurationOut,
     MessageOut,
     OperationOut,
     ProvisioningTokenOut,
@@ -333,9 +335,78 @@ class ApiKeysController(Controller):
         return ApiKeyOut.of(await services.api_keys.revoke(key_id))
 
 
+class FleetConfigurationsController(Controller):
+    path = "/api/v1/fleet-configurations"
+    tags = ["fleet configurations"]
+    dependencies = ADMIN
+
+    @post("/", status_code=201)
+    async def create(
+        self,
+        data: JSONBody[FleetConfigurationIn],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> FleetConfigurationOut:
+        """Create a configuration; the fleet is re-evaluated at once."""
+        config = await services.fleet.create(
+            target_condition=data.target_condition,
+            desired_properties=data.desired_properties,
+            priority=data.priority,
+            configuration_id=data.id,
+        )
+        return FleetConfigurationOut.of(config, (await services.fleet.metrics()).get(config.id))
+
+    @get("/")
+    async def list_configurations(
+        self, principal: NamedDependency[ApiKey], services: NamedDependency[Services]
+    ) -> list[FleetConfigurationOut]:
+        metrics = await services.fleet.metrics()
+        return [FleetConfigurationOut.of(c, metrics.get(c.id)) for c in await services.fleet.list()]
+
+    @get("/{configuration_id:str}")
+    async def get_configuration(
+        self,
+        configuration_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> FleetConfigurationOut:
+        config = await services.fleet.get(configuration_id)
+        return FleetConfigurationOut.of(config, (await services.fleet.metrics()).get(config.id))
+
+    @put("/{configuration_id:str}")
+    async def replace(
+        self,
+        configuration_id: FromPath[str],
+        data: JSONBody[FleetConfigurationIn],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> FleetConfigurationOut:
+        """Change a configuration; the fleet is re-evaluated at once."""
+        if data.id is not None and data.id != configuration_id:
+            raise ValidationError("id in the body differs from the path", field="id")
+        config = await services.fleet.replace(
+            configuration_id,
+            target_condition=data.target_condition,
+            desired_properties=data.desired_properties,
+            priority=data.priority,
+        )
+        return FleetConfigurationOut.of(config, (await services.fleet.metrics()).get(config.id))
+
+    @delete("/{configuration_id:str}", status_code=204)
+    async def delete_configuration(
+        self,
+        configuration_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+    ) -> None:
+        """Delete; properties only it set are removed from the devices' desired properties."""
+        await services.fleet.delete(configuration_id)
+
+
 CONTROLLERS = [
     ProvisioningTokensController,
     ProvisioningOperationsController,
     DevicesController,
     ApiKeysController,
+    FleetConfigurationsController,
 ]

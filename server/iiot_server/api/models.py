@@ -8,11 +8,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ..domain.fleet import FleetConfiguration
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from ..security import Role
 from ..services.api_keys import ApiKey
 from ..services.devices import Device
+from ..services.fleet import ConfigurationMetrics
 from ..services.messages import StoredMessage
 from ..services.provisioning import OperationView, ProvisioningToken
 from ..services.registration import IssuedToken, Registration
@@ -336,6 +338,46 @@ class TwinOut(Wire):
             desired=TwinSectionOut.of(twin.desired),
             reported=TwinSectionOut.of(twin.reported),
             tags=TwinSectionOut.of(twin.tags),
+        )
+
+
+class FleetConfigurationIn(Wire):
+    """A configuration: ``targetCondition`` (see docs/fleet-configurations.md), the
+    ``desiredProperties`` it sets, and its ``priority`` (higher wins on overlapping keys)."""
+
+    target_condition: dict[str, Any]
+    desired_properties: dict[str, Any]
+    priority: int = 0
+    id: str | None = None
+
+
+class ConfigurationMetricsOut(Wire):
+    targeted: int
+    applied: int
+
+
+class FleetConfigurationOut(Wire):
+    id: str
+    target_condition: dict[str, Any]
+    desired_properties: dict[str, Any]
+    priority: int
+    created_at: datetime
+    updated_at: datetime
+    metrics: ConfigurationMetricsOut
+
+    @classmethod
+    def of(
+        cls, c: FleetConfiguration, metrics: ConfigurationMetrics | None
+    ) -> FleetConfigurationOut:
+        m = metrics or ConfigurationMetrics(0, 0)
+        return cls(
+            id=c.id,
+            target_condition=c.raw_condition,
+            desired_properties=c.desired_properties,
+            priority=c.priority,
+            created_at=c.created_at,
+            updated_at=c.updated_at,
+            metrics=ConfigurationMetricsOut(targeted=m.targeted, applied=m.applied),
         )
 
 

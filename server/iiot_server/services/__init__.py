@@ -16,6 +16,7 @@ from ..settings import Settings
 from ..store.database import Database
 from .api_keys import ApiKeyService
 from .devices import DeviceService
+from .fleet import FleetService
 from .messages import MessageService
 from .provisioning import ProvisioningService
 from .registration import RegistrationService
@@ -36,6 +37,7 @@ class Services:
     devices: DeviceService
     messages: MessageService
     twins: TwinService
+    fleet: FleetService
     broker: Any = None
     """The embedded MQTT broker (``iiot_server.broker.PlatformBroker``) once started."""
 
@@ -48,6 +50,7 @@ class Services:
         db = await loop.run_in_executor(None, Database.open, settings.database_url)
         events = events or PlatformEvents()
         registration = RegistrationService(db, clock, settings, events)
+        twins = TwinService(db, clock, events)
         return cls(
             settings=settings,
             clock=clock,
@@ -58,7 +61,8 @@ class Services:
             provisioning=ProvisioningService(db, clock, settings, registration),
             devices=DeviceService(db, clock, registration),
             messages=MessageService(db, clock),
-            twins=TwinService(db, clock, events),
+            twins=twins,
+            fleet=FleetService(db, clock, twins),
         )
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -11,6 +12,7 @@ from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 
 from ..clock import Clock
 from ..domain.errors import NotFound
+from ..domain.fleet import layer_change
 from ..domain.twin import JSON, changes_since, merge_patch, validate_patch, with_version
 from ..events import PlatformEvents
 from ..store.database import Database, from_epoch, to_epoch
@@ -58,6 +60,8 @@ class TwinService:
         self._db = db
         self._clock = clock
         self._events = events
+        self.after_change: Callable[[str], Awaitable[None]] | None = None
+        """Called after tags or reported properties change (fleet re-evaluation)."""
 
     async def get(self, device_id: str) -> Twin:
         def read(conn: Connection) -> Twin:
@@ -100,11 +104,68 @@ class TwinService:
             return _twin(device_id, _row(conn, device_id, create=False))
 
         twin = await self._db.write(write)
+        if section is not Section.DESIRED and self.after_change is not None:
+            await self.after_change(device_id)  # fleet targeting may have changed
+            twin = await self.get(device_id)
         if section is Section.DESIRED:
             self._events.publish(
                 "desired_changed", device_id, with_version(validated, twin.desired.version)
             )
         return twin
+
+    async def apply_layers(
+        self, layer_for: Callable[[JSON, JSON], JSON], device_id: str | None = None
+    ) -> int:
+        """Re-evaluate the configured layer of one device (or all) in one transaction:
+        ``layer_for(tags, reported)`` gives the new layer, the difference to the previous
+        one becomes an ordinary desired patch (versioned, pushed to the device). Returns
+        how many devices changed."""
+        t = to_epoch(self._clock.now())
+
+        def write(conn: Connection) -> list[tuple[str, JSON]]:
+            query = select(devices.c.device_id)
+            if device_id is not None:
+                query = query.where(devices.c.device_id == device_id)
+            changed = []
+            for (did,) in conn.execute(query).all():
+                row = _row(conn, did, create=True)
+                layer = layer_for(row["tags"], row["reported"])
+                patch = layer_change(row["configured"] or {}, layer, row["desired"])
+                values: dict[str, Any] = {"configured": layer}
+                if patch:
+                    version = row["desired_version"] + 1
+                    values.update(
+                        desired=merge_patch(row["desired"], patch),
+                        desired_version=version,
+                        desired_updated_at=t,
+                    )
+                    conn.execute(
+                        insert(desired_patches).values(
+                            device_id=did, version=version, patch=patch, created_at=t
+                        )
+                    )
+                    changed.append((did, with_version(patch, version)))
+                if patch or layer != row["configured"]:
+                    conn.execute(update(twins).where(twins.c.device_id == did).values(values))
+            return changed
+
+        changed = await self._db.write(write)
+        for did, patch in changed:
+            self._events.publish("desired_changed", did, patch)
+        return len(changed)
+
+    async def all_documents(self) -> list[tuple[str, JSON, JSON]]:
+        """``(device_id, tags, reported)`` of every device, for fleet metrics."""
+
+        def read(conn: Connection) -> list[tuple[str, JSON, JSON]]:
+            rows = conn.execute(
+                select(devices.c.device_id, twins.c.tags, twins.c.reported).outerjoin(
+                    twins, twins.c.device_id == devices.c.device_id
+                )
+            )
+            return [(r.device_id, dict(r.tags or {}), dict(r.reported or {})) for r in rows]
+
+        return await self._db.read(read)
 
     async def desired_since(self, device_id: str, version: int | None) -> DesiredCatchUp:
         """Offline catch-up: the combined patch since ``version``, or the full document when
@@ -141,6 +202,7 @@ _EMPTY = {
     "tags": {},
     "tags_version": 0,
     "tags_updated_at": None,
+    "configured": {},
 }
 
 

@@ -138,6 +138,19 @@ twins = Table(
     Column("tags", JSON, nullable=False),
     Column("tags_version", Integer, nullable=False),
     Column("tags_updated_at", Float),
+    # the desired properties fleet configurations last gave this device
+    Column("configured", JSON, nullable=False, default=dict),
+)
+
+fleet_configurations = Table(
+    "fleet_configurations",
+    metadata,
+    Column("id", String(90), primary_key=True),
+    Column("target_condition", JSON, nullable=False),
+    Column("desired_properties", JSON, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 desired_patches = Table(
