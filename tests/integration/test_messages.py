@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -95,3 +97,65 @@ def test_compressed_and_oversized_mqtt_messages(
     assert wait_for(lambda: len(stored(platform, device_id)) == 2)
     assert stored(platform, device_id) == [("default", "z1", text), ("default", "after", "after")]
     assert platform.services.broker.dropped_messages == 1
+
+
+@contextmanager
+def database_locked(platform: Platform) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection (the platform's writes wait)."""
+    conn = sqlite3.connect(platform.data_dir / "iiot.db", isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_puback_waits_until_the_message_is_stored(
+    platform: Platform, device: tuple[Device, str, str]
+) -> None:
+    """A QoS 1 PUBACK is sent only once the message is committed: while the database is
+    locked no acknowledgement comes; once it is free, the acknowledged message is there."""
+    mqtt, _, device_id = device
+    with database_locked(platform):
+        info = mqtt.client.publish(f"devices/{device_id}/messages/acked/mid=a1", b"r", qos=1)
+        info.wait_for_publish(1.0)
+        assert not info.is_published(), "PUBACK sent before the message was stored"
+    info.wait_for_publish(10)
+    assert info.is_published()
+    [row] = platform.admin.list_device_messages(device_id, stream="acked")
+    assert row.message_id == "a1"
+
+
+def test_burst_then_disconnect_loses_nothing(platform: Platform) -> None:
+    """amqtt 0.12.1 acknowledges and then drops what is still queued when a client
+    disconnects; every acknowledged message must be stored, in order."""
+    reg = provision(platform, "burst-01")
+    mqtt = Device(platform, reg.device_id, reg.password)
+    mqtt.client.max_inflight_messages_set(100)
+    assert mqtt.connect() == 0
+    infos = [
+        mqtt.client.publish(f"devices/burst-01/messages/burst/mid=b{i:04d}", b"x" * 32, qos=1)
+        for i in range(500)
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+    mqtt.close()  # DISCONNECT straight after the last PUBACK
+    rows = platform.admin.list_device_messages("burst-01", stream="burst", limit=1000)
+    assert [m.message_id for m in rows] == [f"b{i:04d}" for i in range(500)]
+
+
+def test_twin_reports_sent_just_before_disconnect_are_applied(
+    platform: Platform, device: tuple[Device, str, str]
+) -> None:
+    """Non-telemetry topics take amqtt's own delivery loop: what is still queued there at
+    DISCONNECT is delivered, not dropped."""
+    mqtt, _, device_id = device
+    infos = [
+        mqtt.client.publish(f"devices/{device_id}/twin/reported", f'{{"n{i}": {i}}}', qos=1)
+        for i in range(50)
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+    mqtt.close()
+    assert wait_for(lambda: len(platform.admin.get_twin(device_id).reported.properties) == 50)

@@ -7,6 +7,7 @@ amqtt loads plugins by dotted class path from the broker config, each with its o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -91,23 +92,41 @@ class PlatformEventsPlugin(BasePlugin[BaseContext]):
     async def on_broker_message_received(
         self, *, client_id: str, message: IncomingApplicationMessage | None
     ) -> None:
-        # amqtt fires this before its own topic check: apply the ACL here too. No await
-        # before accept(), so messages reach the ingest queue in arrival order.
+        # A telemetry message's sender may wait for it to be stored (see the broker's
+        # handler): whatever happens here, that wait ends.
+        stored: asyncio.Future[None] | None = getattr(message, "iiot_stored", None)
+        try:
+            accepted = self._receive(client_id, message, stored)
+        except BaseException as exc:
+            if stored is not None and not stored.done():
+                stored.set_exception(exc)
+            raise
+        if not accepted and stored is not None and not stored.done():
+            stored.set_result(None)  # refused for good: acknowledge, never retried
+
+    def _receive(
+        self,
+        client_id: str,
+        message: IncomingApplicationMessage | None,
+        stored: asyncio.Future[None] | None,
+    ) -> bool:
+        # amqtt fires the hook before its own topic check: apply the ACL here too. No
+        # await before accept(), so messages reach the ingest queue in arrival order.
         if (
             message is None
             or not message.topic
             or not device_may(client_id, TopicAction.PUBLISH, message.topic)
         ):
-            return
+            return False
         parsed = parse_topic(message.topic)
         if parsed is None:
-            return
+            return False
         broker = _broker(self)
         if parsed.kind in (TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED):
             broker.twin_request(client_id, parsed.kind, bytes(message.data))
-            return
+            return False
         if parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
-            return
+            return False
         data = bytes(message.data)
         if len(data) > broker.services.settings.max_mqtt_message_size:
             log.warning(
@@ -117,15 +136,17 @@ class PlatformEventsPlugin(BasePlugin[BaseContext]):
                 broker.services.settings.max_mqtt_message_size,
             )
             broker.dropped_messages += 1
-            return
+            return False
         try:
             payload = decompress(data, parsed.compression)
         except ValidationError as exc:
             log.warning("%s sent an undecodable payload on %s: %s", client_id, message.topic, exc)
             broker.dropped_messages += 1
-            return
+            return False
         broker.accept(
             IncomingMessage(
                 client_id, parsed.stream, payload, parsed.message_id, broker.services.clock.now()
-            )
+            ),
+            stored,
         )
+        return True

@@ -20,11 +20,15 @@ import amqtt
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, Server
 from amqtt.contexts import Action
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_0, QOS_1
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import IncomingApplicationMessage, Session
 
 from ..domain.errors import DomainError, ValidationError
-from ..domain.topics import TopicKind, twin_topic
+from ..domain.topics import TopicAction, TopicKind, device_may, parse_topic, twin_topic
 from ..domain.twin import with_version
 from ..events import RegistrationEnded
 from ..services import Services
@@ -46,6 +50,78 @@ _DEFERRED_DELETES: contextvars.ContextVar[list[str] | None] = contextvars.Contex
 INGEST_BATCH = 512
 
 
+def _own_telemetry(client_id: str, topic: str) -> bool:
+    if not device_may(client_id, TopicAction.PUBLISH, topic):
+        return False
+    parsed = parse_topic(topic)
+    return parsed is not None and parsed.kind is TopicKind.TELEMETRY
+
+
+class _Telemetry(IncomingApplicationMessage):
+    """An incoming telemetry message whose sender waits for ``iiot_stored``."""
+
+    __slots__ = ("iiot_stored",)
+
+    def __init__(self, packet: PublishPacket, stored: asyncio.Future[None]) -> None:
+        header = packet.variable_header
+        super().__init__(
+            header.packet_id if header is not None else None,
+            packet.topic_name,
+            packet.qos,
+            packet.data,
+            packet.retain_flag,
+        )
+        self.iiot_stored = stored
+
+
+class _IngestingHandler(BrokerProtocolHandler):
+    """amqtt's protocol handler, acknowledging a device's telemetry only once it is stored.
+
+    amqtt 0.12.1 sends PUBACK as soon as a PUBLISH is queued for the client's delivery
+    loop, which then fires the message hook one message at a time, after scanning every
+    subscription for each. A DISCONNECT ends that loop and drops whatever is still queued:
+    messages the device was told were delivered are never stored. Telemetry goes to the
+    platform only (no device may receive it), so for it this handler fires the same
+    ``on_broker_message_received`` hook at receipt and, for QoS 1, sends PUBACK after the
+    ingest transaction holding the message committed. Everything else (twin topics, QoS 2,
+    topics the device may not use) takes amqtt's own path.
+    """
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        session, topic, data = self.session, publish_packet.topic_name, publish_packet.data
+        qos = publish_packet.qos
+        if (
+            session is None
+            or not session.client_id
+            or topic is None
+            or data is None
+            or qos not in (QOS_0, QOS_1)
+            or not _own_telemetry(session.client_id, topic)
+        ):
+            await super().handle_publish(publish_packet)
+            return
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        message = _Telemetry(publish_packet, stored)
+        message.publish_packet = publish_packet
+        # no await before this: the hook's tasks start in arrival order
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
+        )
+        if qos == QOS_0:
+            return
+        try:
+            await stored
+        except Exception as exc:  # not stored: no PUBACK, the device sends it again
+            log.warning(
+                "message from %s not stored (%s): closing its connection", session.client_id, exc
+            )
+            await self.handle_connection_closed()
+            return
+        puback = PubackPacket.build(message.packet_id)
+        await self._send_packet(puback)
+        message.puback_packet = puback
+
+
 @dataclass
 class _Live:
     """What the platform knows of a connected device's session."""
@@ -62,7 +138,9 @@ class PlatformBroker(Broker):
         super().__init__(config)
         self.services = services
         self._live: dict[str, _Live] = {}
-        self._ingest: asyncio.Queue[IncomingMessage] = asyncio.Queue()
+        self._ingest: asyncio.Queue[tuple[IncomingMessage, asyncio.Future[None] | None]] = (
+            asyncio.Queue()
+        )
         self._ingest_task: asyncio.Task[None] | None = None
         self.dropped_messages = 0
         self._tasks: set[asyncio.Future[None]] = set()
@@ -111,6 +189,7 @@ class PlatformBroker(Broker):
             )
         finally:
             _DEFERRED_DELETES.reset(token)
+        handler.__class__ = _IngestingHandler  # amqtt names its handler class inline
         session.iiot_clean_start = bool(deferred)  # type: ignore[attr-defined]
         # a reused (persistent) session must be authenticated afresh on every CONNECT
         session.iiot_identity = None  # type: ignore[attr-defined]
@@ -165,6 +244,19 @@ class PlatformBroker(Broker):
         await super()._handle_client_session(
             reader, writer, client_session, handler, server, listener_name
         )
+
+    async def _client_message_loop(
+        self, client_session: Session, handler: BrokerProtocolHandler
+    ) -> None:
+        await super()._client_message_loop(client_session, handler)
+        # amqtt leaves what the client sent (and was acknowledged) just before it
+        # disconnected in the session's queue: deliver it rather than lose it
+        queue = client_session.delivered_message_queue
+        loop = asyncio.get_running_loop()
+        while not queue.empty():
+            delivered: asyncio.Future[Any] = loop.create_future()
+            delivered.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, delivered)
 
     # flaw (a): retained messages only on the session's own, permitted subscriptions ---
 
@@ -304,8 +396,9 @@ class PlatformBroker(Broker):
 
     # ingest --------------------------------------------------------------------------
 
-    def accept(self, message: IncomingMessage) -> None:
-        self._ingest.put_nowait(message)
+    def accept(self, message: IncomingMessage, stored: asyncio.Future[None] | None = None) -> None:
+        """Queue a message for storage; ``stored`` completes once it is committed."""
+        self._ingest.put_nowait((message, stored))
 
     async def _ingest_loop(self) -> None:
         """Store accepted messages in batches: one database transaction per batch."""
@@ -314,11 +407,17 @@ class PlatformBroker(Broker):
             batch = [first]
             while len(batch) < INGEST_BATCH and not self._ingest.empty():
                 batch.append(self._ingest.get_nowait())
+            failure: Exception | None = None
             try:
-                await self.services.messages.store_many(batch)
-            except Exception:  # a failed batch is logged, never silently dropped
+                await self.services.messages.store_many([message for message, _ in batch])
+            except Exception as exc:  # logged; QoS 1 senders are not acknowledged
                 log.exception("storing %d messages failed", len(batch))
-                self.dropped_messages += len(batch)
-            finally:
-                for _ in batch:
-                    self._ingest.task_done()
+                failure = exc
+                self.dropped_messages += sum(1 for _, stored in batch if stored is None)
+            for _, stored in batch:
+                if stored is not None and not stored.done():
+                    if failure is None:
+                        stored.set_result(None)
+                    else:
+                        stored.set_exception(failure)
+                self._ingest.task_done()
