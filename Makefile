@@ -15,7 +15,7 @@ venv: $(UV)
 	$(UV_ENV) $(UV) sync --locked --python $(PYTHON) --all-extras
 
 serve: venv
-	$(PY) -m iiot_server
+	.venv/bin/iiotsim serve
 
 lint: venv
 	.venv/bin/ruff check .

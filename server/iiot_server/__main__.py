@@ -13,19 +13,28 @@ from .runner import ServerRunner
 from .settings import Settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="iiot_server", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's command-line options (shared with ``iiotsim serve``)."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
         "--database-url",
         default=None,
-        help="SQLAlchemy async URL (default: SQLite in ./iiot-data/; "
+        help="SQLAlchemy URL (default: SQLite in ./iiot-data/; "
         "e.g. postgresql+psycopg://user:pw@host/db)",
     )
     parser.add_argument("--mqtt-port", type=int, default=1883, help="embedded MQTT broker port")
     parser.add_argument("--no-mqtt", action="store_true", help="run the HTTP API only")
-    args = parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iiot_server", description=__doc__)
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server with parsed :func:`add_arguments` options until SIGINT/SIGTERM."""
     settings = Settings.from_environment(
         host=args.host,
         port=args.port,
@@ -42,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runner.start()
     except (RuntimeError, OSError) as exc:
-        print(f"iiot_server: {exc}", file=sys.stderr)
+        print(f"error: the platform could not start: {exc}", file=sys.stderr)
         return 1
     print(f"iiotsim platform listening on {runner.http_url} (OpenAPI: {runner.http_url}/schema)")
     if settings.mqtt_enabled:

@@ -87,6 +87,9 @@ def create_app(
             description="Zero-touch IIoT device provisioning: tokens, operations, devices.",
         ),
         debug=False,
+        # Litestar's default logging config starts a queue-listener thread per app that
+        # outlives it; the platform logs through the standard library's own handlers.
+        logging_config=None,
     )
 
 

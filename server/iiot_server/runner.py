@@ -73,6 +73,8 @@ class ServerRunner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.services: Services | None = None
         self.port: int = settings.port
+        self.leftover_tasks: list[str] = []
+        """Names of tasks still pending when the server had stopped (cancelled then)."""
 
     async def _capture_services(self, services: Services) -> None:
         self.services = services
@@ -126,8 +128,16 @@ class ServerRunner:
             self._error = exc
             log.exception("platform server stopped with an error")
         finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            self.leftover_tasks = sorted(t.get_name() for t in pending)
+            if pending:
+                log.warning("tasks left running at shutdown: %s", self.leftover_tasks)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:

@@ -1,0 +1,90 @@
+"""``iiotsim serve`` as a user runs it: the platform in the foreground, same options as
+``python -m iiot_server``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from .server.test_standalone import free_port
+
+
+def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iiotsim.cli", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    output = ""
+    for line in proc.stdout:
+        output += line
+        if "Press Ctrl+C" in line:
+            break
+    return proc, output
+
+
+def test_serve_runs_http_and_mqtt_until_interrupted(tmp_path: Path) -> None:
+    http_port, mqtt_port = free_port(), free_port()
+    proc, output = start(
+        [
+            "serve",
+            "--port",
+            str(http_port),
+            "--mqtt-port",
+            str(mqtt_port),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'cli.db'}",
+        ],
+        {"IIOT_ADMIN_KEY": "ak_cli-test"},
+    )
+    try:
+        assert f"listening on http://127.0.0.1:{http_port}" in output, output
+        assert f"MQTT broker on 127.0.0.1:{mqtt_port}" in output, output
+        devices = httpx.get(
+            f"http://127.0.0.1:{http_port}/api/v1/devices",
+            headers={"Authorization": "Bearer ak_cli-test"},
+        )
+        assert devices.status_code == 200
+        with socket.create_connection(("127.0.0.1", mqtt_port), timeout=5):
+            pass
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    assert (tmp_path / "cli.db").exists()
+
+
+def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "iiotsim.cli", "serve", "--port", str(port), "--no-mqtt"],
+            env={**os.environ, "IIOT_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert re.search(
+        r"error: the platform could not start: .*address already in use", result.stderr, re.I
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_command_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "iiotsim.cli"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "serve" in result.stderr
