@@ -1,0 +1,292 @@
+"""The device's local SQLite database: credentials, the outbox, pending reported
+properties and the last desired properties.
+
+One connection, guarded by a lock, in WAL mode with SQLite's exclusive locking mode, so
+a second process (or a second client in this one) opening the same file gets
+:class:`DatabaseInUse` instead of interleaving writes. Every write commits before it
+returns: ``synchronous=NORMAL`` makes a commit survive a crash of the process (the
+default), ``synchronous=FULL`` also a power loss (``durability="power"``, at the cost of
+an fsync per message).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .errors import DatabaseInUse, OutboxFull
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    message_id TEXT,
+    props TEXT,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reported (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    patch TEXT NOT NULL
+);
+"""
+
+
+class OverflowPolicy(StrEnum):
+    """What :meth:`LocalStore.add_message` does when the outbox is full."""
+
+    REFUSE = "refuse"
+    """raise :class:`OutboxFull`; nothing stored is ever dropped (the default)"""
+    DROP_OLDEST = "drop_oldest"
+    """delete the oldest stored messages to make room (counted in ``messages_dropped``)"""
+
+
+class Durability(StrEnum):
+    CRASH = "crash"
+    """a returned ``send_message`` survives the process being killed (WAL, synchronous=NORMAL)"""
+    POWER = "power"
+    """... and a power loss (synchronous=FULL: an fsync per commit)"""
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    max_messages: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+    policy: OverflowPolicy = OverflowPolicy.REFUSE
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, got {self.max_messages}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {self.max_bytes}")
+        object.__setattr__(self, "policy", OverflowPolicy(self.policy))
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    stream: str
+    message_id: str
+    payload: bytes
+    props: str | None = None
+    """further topic properties (batch, seq, last), URL-encoded"""
+
+
+class LocalStore:
+    """The device's durable state. Thread-safe."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        limits: OutboxLimits | None = None,
+        durability: Durability | str = Durability.CRASH,
+    ) -> None:
+        self.path = Path(path)
+        self.limits = limits or OutboxLimits()
+        self.durability = Durability(durability)
+        self._lock = threading.Lock()
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=0
+        )
+        try:
+            self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            sync = "FULL" if self.durability is Durability.POWER else "NORMAL"
+            self._conn.execute(f"PRAGMA synchronous={sync}")
+            self._conn.execute("PRAGMA cache_size=-256")  # KiB: idle clients stay small
+            self._conn.execute("BEGIN EXCLUSIVE")  # take the lock now, and keep it
+            self._conn.executescript(SCHEMA)  # commits
+        except sqlite3.OperationalError as exc:
+            self._conn.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise DatabaseInUse(
+                    f"{path} is in use by another process or client; a device database "
+                    "has one owner at a time"
+                ) from exc
+            raise
+        self.instance = self.get("instance") or self._new_instance()
+        count, size = self._conn.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox"
+        ).fetchone()
+        self._count, self._bytes = int(count), int(size)
+        self._reported = int(self._conn.execute("SELECT count(*) FROM reported").fetchone()[0])
+        self.messages_dropped = 0
+
+    def _new_instance(self) -> str:
+        instance = secrets.token_hex(6)
+        self.set("instance", instance)
+        return instance
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # key/value state --------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set(self, key: str, value: Any) -> None:
+        self.set_many({key: value})
+
+    def set_many(self, values: dict[str, Any], *, delete: Sequence[str] = ()) -> None:
+        """Set (None deletes) and delete keys in one transaction."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                for key, value in values.items():
+                    if value is None:
+                        self._conn.execute("DELETE FROM state WHERE key = ?", (key,))
+                    else:
+                        self._conn.execute(
+                            "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                            (key, json.dumps(value)),
+                        )
+                for key in delete:
+                    self._conn.execute("DELETE FROM state WHERE key = ?", (key,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    # outbox -----------------------------------------------------------------------
+
+    @property
+    def pending_messages(self) -> int:
+        return self._count
+
+    def add_message(
+        self, stream: str, payload: bytes, message_id: str | None, props: str | None = None
+    ) -> int:
+        """Store a message durably (committed on return); its sequence number."""
+        size = len(payload)
+        if size > self.limits.max_bytes:
+            raise OutboxFull(
+                f"a {size}-byte message exceeds the outbox's whole capacity "
+                f"({self.limits.max_bytes} bytes)"
+            )
+        with self._lock:
+            if (
+                self._count + 1 > self.limits.max_messages
+                or self._bytes + size > self.limits.max_bytes
+            ):
+                if self.limits.policy is OverflowPolicy.REFUSE:
+                    raise OutboxFull(
+                        f"outbox full ({self._count} messages, {self._bytes} bytes; limits "
+                        f"{self.limits.max_messages} messages, {self.limits.max_bytes} bytes)"
+                    )
+                self._drop_oldest(size)
+            cur = self._conn.execute(
+                "INSERT INTO outbox (stream, message_id, props, payload) VALUES (?, ?, ?, ?)",
+                (stream, message_id, props, payload),
+            )
+            self._count += 1
+            self._bytes += size
+            return int(cur.lastrowid or 0)
+
+    def _drop_oldest(self, room: int) -> None:
+        self._conn.execute("BEGIN")
+        try:
+            while self._count and (
+                self._count + 1 > self.limits.max_messages
+                or self._bytes + room > self.limits.max_bytes
+            ):
+                row = self._conn.execute(
+                    "SELECT seq, length(payload) FROM outbox ORDER BY seq LIMIT 1"
+                ).fetchone()
+                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
+                self._count -= 1
+                self._bytes -= int(row[1])
+                self.messages_dropped += 1
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def next_messages(self, after: int, limit: int) -> list[StoredMessage]:
+        """Stored messages with ``seq > after``, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, stream, message_id, payload, props FROM outbox WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        # a message without an id of its own gets one that never repeats in this database
+        # (AUTOINCREMENT never reuses a seq), so redelivery is stored once by the platform
+        return [
+            StoredMessage(seq, stream, mid or f"{self.instance}.{seq}", bytes(payload), props)
+            for seq, stream, mid, payload, props in rows
+        ]
+
+    def delete_messages(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                removed = 0
+                freed = 0
+                for seq in seqs:
+                    row = self._conn.execute(
+                        "DELETE FROM outbox WHERE seq = ? RETURNING length(payload)", (seq,)
+                    ).fetchone()
+                    if row is not None:
+                        removed += 1
+                        freed += int(row[0])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._count -= removed
+            self._bytes -= freed
+
+    # reported properties ------------------------------------------------------------
+
+    def add_reported(self, patch: dict[str, Any]) -> int:
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO reported (patch) VALUES (?)",
+                (json.dumps(patch, separators=(",", ":")),),
+            )
+            self._reported += 1
+            return int(cur.lastrowid or 0)
+
+    def next_reported(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, patch FROM reported WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [(int(seq), patch.encode()) for seq, patch in rows]
+
+    def delete_reported(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                removed = sum(
+                    self._conn.execute("DELETE FROM reported WHERE seq = ?", (s,)).rowcount
+                    for s in seqs
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._reported -= removed
+
+    @property
+    def pending_reported(self) -> int:
+        return self._reported

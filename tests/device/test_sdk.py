@@ -1,0 +1,316 @@
+"""The device SDK against the real embedded platform (HTTP API + MQTT broker), with the
+platform and the devices sharing one ManualClock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from iiot_device import (
+    DatabaseInUse,
+    DesiredProperties,
+    DeviceClient,
+    ProvisioningOperationCancelled,
+    ProvisioningTokenRefused,
+    Status,
+)
+
+from iiotsim.clock import ManualClock
+from iiotsim.platform import Platform
+
+from .sdk import Approver, run_clock_until, start_device, wait_for
+
+
+def stored_ids(platform: Platform, device_id: str, stream: str = "default") -> list[str | None]:
+    return [
+        m.message_id
+        for m in platform.admin.list_device_messages(device_id, stream=stream, limit=10_000)
+    ]
+
+
+@pytest.fixture
+def pt(platform: Platform) -> str:
+    return platform.admin.create_provisioning_token(
+        "sdk", max_registration_token_lifetime=7200
+    ).provisioning_token
+
+
+def test_first_boot_provisions_connects_and_delivers(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    approver = Approver(platform)
+    with start_device(
+        platform,
+        clock,
+        pt,
+        tmp_path / "d.db",
+        approver,
+        device_id="sdk-0001",
+        attributes={"site": "hall-3"},
+    ) as device:
+        assert device.device_id == "sdk-0001"
+        [op] = approver.shown
+        assert len(op.verification_code) == 9 and op.verification_code[4] == "-"
+        assert platform.admin.get_operation(op.id).state == "completed"
+        # the real expiry: issue time + the full lifetime (not a pre-halved one)
+        assert device.registration_token_expires_at == clock.now() + timedelta(seconds=7200)
+        for i in range(20):
+            device.send_message(f"reading {i}".encode(), message_id=f"m{i:02d}")
+        assert device.wait_sent(20)
+        assert device.status is Status.CONNECTED
+        assert device.pending_messages_count == 0
+    assert stored_ids(platform, "sdk-0001") == [f"m{i:02d}" for i in range(20)]
+
+
+def test_restart_reuses_the_registration_token(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    with start_device(platform, clock, pt, tmp_path / "d.db", device_id="sdk-0002") as device:
+        device.send_message(b"before restart")
+        assert device.wait_sent(20)
+    never = Approver(platform, approve=False)
+    with start_device(platform, clock, pt, tmp_path / "d.db", never) as again:
+        assert never.shown == []  # no new operation
+        assert again.device_id == "sdk-0002"
+        again.send_message(b"after restart")
+        assert again.wait_sent(20)
+    assert len(platform.admin.list_operations()) == 1
+    assert len(stored_ids(platform, "sdk-0002")) == 2
+
+
+def test_pending_operation_survives_a_restart(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    class PowerCut(BaseException):
+        pass
+
+    shown: list[str] = []
+
+    def cut(op: object) -> None:
+        shown.append(op.verification_code)  # type: ignore[attr-defined]
+        raise PowerCut
+
+    with pytest.raises(PowerCut):
+        DeviceClient.start(
+            pt,
+            tmp_path / "d.db",
+            server_url=platform.http_url,
+            clock=clock,
+            device_id="sdk-0003",
+            on_provisioning_operation=cut,
+        )
+    approver = Approver(platform)
+    with start_device(platform, clock, pt, tmp_path / "d.db", approver, device_id="sdk-0003"):
+        pass
+    assert [op.verification_code for op in approver.shown] == shown  # the same code
+    assert len(platform.admin.list_operations()) == 1
+
+
+def test_cancelled_operation_is_a_clear_error(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    def cancel(op: object) -> None:
+        platform.admin.cancel_operation(op.verification_code)  # type: ignore[attr-defined]
+
+    with pytest.raises(ProvisioningOperationCancelled, match="cancelled"):
+        DeviceClient.start(
+            pt,
+            tmp_path / "d.db",
+            server_url=platform.http_url,
+            clock=clock,
+            device_id="sdk-0004",
+            on_provisioning_operation=cancel,
+        )
+
+
+def test_refused_provisioning_token_is_a_clear_error(
+    platform: Platform, clock: ManualClock, tmp_path: Path
+) -> None:
+    with pytest.raises(ProvisioningTokenRefused, match="Provisioning Token"):
+        DeviceClient.start(
+            "pt_forged", tmp_path / "d.db", server_url=platform.http_url, clock=clock
+        )
+
+
+def test_a_second_owner_of_the_database_is_refused(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    with start_device(platform, clock, pt, tmp_path / "d.db", device_id="sdk-0005"):
+        with pytest.raises(DatabaseInUse, match="in use"):
+            DeviceClient.start(pt, tmp_path / "d.db", server_url=platform.http_url, clock=clock)
+        script = textwrap.dedent(f"""
+            from iiot_device.store import LocalStore
+            LocalStore({str(tmp_path / "d.db")!r})
+        """)
+        other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert other.returncode == 1 and "DatabaseInUse" in other.stderr
+
+
+def test_messages_sent_while_the_platform_is_down_arrive_in_order(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    first = Platform(data_dir=data, clock=clock).start()
+    ports = {"http_port": first.runner.port, "mqtt_port": first.mqtt_port}
+    pt = first.admin.create_provisioning_token("sdk").provisioning_token
+    device = start_device(first, clock, pt, tmp_path / "d.db", device_id="sdk-0006")
+    try:
+        device.send_message(b"online", message_id="m000")
+        assert device.wait_sent(20)
+        first.stop()
+        assert run_clock_until(clock, lambda: device.status is not Status.CONNECTED)
+        for i in range(1, 101):
+            device.send_message(f"offline {i}".encode(), message_id=f"m{i:03d}")
+        assert device.pending_messages_count == 100
+        with Platform(data_dir=data, clock=clock, **ports) as second:
+            assert run_clock_until(clock, lambda: device.pending_messages_count == 0, step=1.0)
+            assert stored_ids(second, "sdk-0006") == [f"m{i:03d}" for i in range(101)]
+    finally:
+        device.close()
+        first.stop()
+
+
+def test_power_loss_while_sending_loses_no_returned_message(
+    platform: Platform, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A device process killed with SIGKILL mid-stream: every message whose
+    ``send_message`` returned is stored by the platform once, after the restart."""
+    pt = platform.admin.create_provisioning_token(
+        "forever", allow_infinite_lifetime=True
+    ).provisioning_token
+    db = tmp_path / "d.db"
+    with start_device(platform, clock, pt, db, device_id="sdk-0007") as device:
+        assert device.registration_token_expires_at is None
+    script = textwrap.dedent(f"""
+        from iiot_device import DeviceClient
+        client = DeviceClient.start({pt!r}, {str(db)!r}, server_url={platform.http_url!r})
+        for i in range(1_000_000):
+            client.send_message(b"x" * 100, message_id=f"k{{i:07d}}")
+            print(i, flush=True)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    last = -1
+    for line in proc.stdout:
+        last = int(line)
+        if last >= 3000:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    for line in proc.stdout:  # what it printed before dying was returned
+        last = int(line)
+    with start_device(platform, clock, pt, db) as restarted:
+        assert restarted.wait_sent(60)
+    got = stored_ids(platform, "sdk-0007")
+    expected = [f"k{i:07d}" for i in range(last + 1)]
+    assert got[: last + 1] == expected  # in order, each once
+    assert len(got) == len(set(got))
+
+
+def test_refresh_at_half_lifetime_and_reprovisioning_after_revocation(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    approver = Approver(platform)
+    with start_device(
+        platform, clock, pt, tmp_path / "d.db", approver, device_id="sdk-0008"
+    ) as device:
+        assert wait_for(lambda: device.status is Status.CONNECTED)
+        first_expiry = device.registration_token_expires_at
+        assert first_expiry is not None
+        clock.advance(3599)  # just before half of 7200 s: no refresh yet
+        device.send_message(b"a")
+        assert device.wait_sent(20)
+        assert device.registration_token_expires_at == first_expiry
+        clock.advance(2)  # half lifetime passed
+        assert wait_for(lambda: device.registration_token_expires_at != first_expiry)
+        assert device.registration_token_expires_at == clock.now() + timedelta(seconds=7200)
+        assert run_clock_until(clock, lambda: device.status is Status.CONNECTED)
+        device.send_message(b"after refresh")
+        assert device.wait_sent(20)
+        assert len(approver.shown) == 1
+
+        platform.admin.revoke_device("sdk-0008")
+        assert run_clock_until(clock, lambda: len(approver.shown) == 2)
+        assert run_clock_until(clock, lambda: device.status is Status.CONNECTED)
+        device.send_message(b"after re-provisioning")
+        assert device.wait_sent(20)
+    assert len(stored_ids(platform, "sdk-0008")) == 3
+
+
+def test_twin_both_ways(platform: Platform, clock: ManualClock, pt: str, tmp_path: Path) -> None:
+    seen: list[DesiredProperties] = []
+    got = threading.Event()
+
+    def on_desired(desired: DesiredProperties) -> None:
+        seen.append(desired)
+        got.set()
+
+    with start_device(
+        platform,
+        clock,
+        pt,
+        tmp_path / "d.db",
+        device_id="sdk-0009",
+        on_desired_properties=on_desired,
+    ) as device:
+        assert wait_for(lambda: device.status is Status.CONNECTED)
+        platform.admin.update_desired_properties("sdk-0009", {"interval": 5, "mode": "eco"})
+        assert wait_for(lambda: device.desired_properties.properties.get("mode") == "eco")
+        assert wait_for(lambda: bool(seen) and seen[-1].properties.get("mode") == "eco")
+        version = device.desired_properties.version
+        device.update_reported_properties({"interval": 5, "firmware": "1.2.0"})
+        device.update_reported_properties({"firmware": None, "uptime": 12})
+        assert device.wait_sent(20)
+        twin = platform.admin.get_twin("sdk-0009")
+        assert twin.reported.properties == {"interval": 5, "uptime": 12}
+        assert twin.desired.version == version
+    # offline change: caught up at the next start (the full twin after every connect)
+    platform.admin.update_desired_properties("sdk-0009", {"mode": None, "limit": 9})
+    with start_device(platform, clock, pt, tmp_path / "d.db") as device:
+        assert device.desired_properties.properties == {"interval": 5, "mode": "eco"}  # stored
+        assert wait_for(lambda: device.desired_properties.properties == {"interval": 5, "limit": 9})
+
+
+def test_desired_version_gap_fetches_the_twin(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    with start_device(platform, clock, pt, tmp_path / "d.db", device_id="sdk-0010") as device:
+        assert wait_for(lambda: device.status is Status.CONNECTED)
+        platform.admin.update_desired_properties("sdk-0010", {"a": 1})
+        assert wait_for(lambda: device.desired_properties.version >= 1)
+        broker = platform.services.broker
+        # a patch that skips versions (as if two were lost): the SDK fetches the twin
+        platform.runner.call(
+            broker.internal_message_broadcast(
+                "devices/sdk-0010/twin/desired", b'{"b": 2, "$version": 7}', 1
+            )
+        )
+        platform.admin.update_desired_properties("sdk-0010", {"c": 3})
+        assert wait_for(lambda: device.desired_properties.properties == {"a": 1, "c": 3})
+        assert "b" not in device.desired_properties.properties
+
+
+def test_large_message_goes_over_http(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    big = os.urandom(600 * 1024)  # over the 256 KiB MQTT limit
+    with start_device(platform, clock, pt, tmp_path / "d.db", device_id="sdk-0011") as device:
+        device.send_message(b"small 1", stream="blobs", message_id="s1")
+        device.send_message(big, stream="blobs", message_id="big")
+        device.send_message(b"small 2", stream="blobs", message_id="s2")
+        assert device.wait_sent(30)
+    rows = platform.admin.list_device_messages("sdk-0011", stream="blobs")
+    assert [m.message_id for m in rows] == ["s1", "big", "s2"]
+    assert rows[1].size == len(big)
