@@ -10,7 +10,6 @@ supervisor goes through the injected clock.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import random
@@ -527,12 +526,22 @@ class DeviceClient:
         self._status = Status.CLOSED
 
     def _fail(self, exc: BaseException, what: str) -> None:
+        repeated = repr(exc) == repr(self.last_error)
         self.last_error = exc
-        log.warning("device %s: %s (%s)", self.device_id, exc, what)
+        # the first of a run of identical failures is a warning; the retries are not
+        log.log(
+            logging.DEBUG if repeated else logging.WARNING,
+            "device %s: %s (%s)",
+            self.device_id,
+            exc,
+            what,
+        )
 
     def _backoff_wait(self) -> None:
-        with contextlib.suppress(_Stopped):
-            self._wait(self._backoff.next())
+        """Wait out the back-off delay: only closing cuts it short (new messages do not,
+        or an offline device that keeps sending would retry without pause)."""
+        self._clock.wait(self._backoff.next(), self._stop)
+        self._wake.clear()
 
     def _step(self) -> None:
         if self._rt is None or self._rt_expired():
