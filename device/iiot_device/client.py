@@ -634,7 +634,14 @@ class DeviceClient:
         self._rep_cursor = 0
         self._blocked_on_upload = False
         base = f"devices/{reg.device_id}/twin"
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_: subscribed.set()
         client.subscribe(f"{base}/+", 1)
+        # only once the subscription is in place is no desired patch missed: anything
+        # before it is in the answer to the twin request that follows
+        if not subscribed.wait(_CONNACK_WAIT):
+            self._drop_connection()
+            raise _ConnectFailed("MQTT subscription to the twin topics not acknowledged")
         client.publish(f"{base}/get", b"{}", qos=1)  # the full twin after every (re)connect
 
     def _drop_connection(self) -> None:
@@ -741,6 +748,8 @@ class DeviceClient:
             if not isinstance(desired, dict):
                 return
             version = int(desired.pop("$version", 0))
+            if version < self._desired.version:
+                return  # answered before a patch that already arrived: stale
             if "since" in body:
                 if body["since"] != self._desired.version:
                     self._request_twin()

@@ -314,3 +314,67 @@ def test_large_message_goes_over_http(
     rows = platform.admin.list_device_messages("sdk-0011", stream="blobs")
     assert [m.message_id for m in rows] == ["s1", "big", "s2"]
     assert rows[1].size == len(big)
+
+
+def test_reported_patches_stored_before_a_restart_are_sent_at_start(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    from iiot_device.store import LocalStore
+
+    with start_device(platform, clock, pt, tmp_path / "d.db", device_id="sdk-0012"):
+        pass
+    store = LocalStore(tmp_path / "d.db")  # written while the client was not running
+    store.add_reported({"battery": 80})
+    store.add_reported({"battery": 79, "lid": "closed"})
+    store.close()
+    with start_device(platform, clock, pt, tmp_path / "d.db") as device:
+        assert device.wait_sent(20)
+    assert platform.admin.get_twin("sdk-0012").reported.properties == {
+        "battery": 79,
+        "lid": "closed",
+    }
+
+
+def test_refused_provisioning_token_in_the_background_is_reported_and_keeps_messages(
+    platform: Platform, clock: ManualClock, tmp_path: Path
+) -> None:
+    token = platform.admin.create_provisioning_token(
+        "short-lived", max_registration_token_lifetime=7200
+    )
+    with start_device(
+        platform, clock, token.provisioning_token, tmp_path / "d.db", device_id="sdk-0013"
+    ) as device:
+        assert wait_for(lambda: device.status is Status.CONNECTED)
+        platform.admin.revoke_provisioning_token(token.id)
+        platform.admin.revoke_device("sdk-0013")
+        device.send_message(b"kept 1")
+        device.send_message(b"kept 2")
+        assert run_clock_until(clock, lambda: device.status is Status.PROVISIONING_TOKEN_REFUSED)
+        assert isinstance(device.last_error, ProvisioningTokenRefused)
+        assert device.pending_messages_count == 2
+
+
+def test_the_sdk_installs_on_its_own(tmp_path: Path) -> None:
+    """``pip install ./device`` into a bare environment: only paho-mqtt and httpx come."""
+    root = Path(__file__).resolve().parents[2]
+    uv = root / ".tools" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("uv is bootstrapped by make into .tools/")
+    env = tmp_path / "venv"
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, env], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "-q", "--python", env / "bin" / "python", root / "device"],
+        check=True,
+    )
+    listed = subprocess.run(
+        [uv, "pip", "list", "--python", env / "bin" / "python"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    names = {line.split()[0].lower() for line in listed.splitlines()[2:]}
+    assert {"iiot-device", "paho-mqtt", "httpx"} <= names
+    assert not names & {"litestar", "amqtt", "iiot-server", "iiotsim", "pandas", "simpy"}
+    check = subprocess.run(
+        [env / "bin" / "python", "-c", "import iiot_device; print(iiot_device.DeviceClient)"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
