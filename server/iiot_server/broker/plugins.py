@@ -123,8 +123,8 @@ class PlatformEventsPlugin(BasePlugin[BaseContext]):
             return False
         broker = _broker(self)
         if parsed.kind in (TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED):
-            broker.twin_request(client_id, parsed.kind, bytes(message.data))
-            return False
+            broker.twin_request(client_id, parsed.kind, bytes(message.data), stored)
+            return True
         if parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
             return False
         data = bytes(message.data)

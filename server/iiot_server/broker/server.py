@@ -50,11 +50,15 @@ _DEFERRED_DELETES: contextvars.ContextVar[list[str] | None] = contextvars.Contex
 INGEST_BATCH = 512
 
 
-def _own_telemetry(client_id: str, topic: str) -> bool:
+_ACKED_WHEN_HANDLED = (TopicKind.TELEMETRY, TopicKind.TWIN_REPORTED)
+
+
+def _acked_when_handled(client_id: str, topic: str) -> bool:
+    """Telemetry and reported patches from the device itself: PUBACK once stored."""
     if not device_may(client_id, TopicAction.PUBLISH, topic):
         return False
     parsed = parse_topic(topic)
-    return parsed is not None and parsed.kind is TopicKind.TELEMETRY
+    return parsed is not None and parsed.kind in _ACKED_WHEN_HANDLED
 
 
 class _Telemetry(IncomingApplicationMessage):
@@ -75,7 +79,8 @@ class _Telemetry(IncomingApplicationMessage):
 
 
 class _IngestingHandler(BrokerProtocolHandler):
-    """amqtt's protocol handler, acknowledging a device's telemetry only once it is stored.
+    """amqtt's protocol handler, acknowledging a device's telemetry and reported-property
+    patches only once they are stored.
 
     amqtt 0.12.1 sends PUBACK as soon as a PUBLISH is queued for the client's delivery
     loop, which then fires the message hook one message at a time, after scanning every
@@ -83,8 +88,9 @@ class _IngestingHandler(BrokerProtocolHandler):
     messages the device was told were delivered are never stored. Telemetry goes to the
     platform only (no device may receive it), so for it this handler fires the same
     ``on_broker_message_received`` hook at receipt and, for QoS 1, sends PUBACK after the
-    ingest transaction holding the message committed. Everything else (twin topics, QoS 2,
-    topics the device may not use) takes amqtt's own path.
+    ingest transaction holding the message committed; a ``twin/reported`` patch likewise
+    once applied. Everything else (``twin/get``, QoS 2, topics the device may not use)
+    takes amqtt's own path.
     """
 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
@@ -96,7 +102,7 @@ class _IngestingHandler(BrokerProtocolHandler):
             or topic is None
             or data is None
             or qos not in (QOS_0, QOS_1)
-            or not _own_telemetry(session.client_id, topic)
+            or not _acked_when_handled(session.client_id, topic)
         ):
             await super().handle_publish(publish_packet)
             return
@@ -363,12 +369,36 @@ class PlatformBroker(Broker):
         data = json.dumps(body, separators=(",", ":")).encode()
         await self.internal_message_broadcast(twin_topic(device_id, suffix), data, 1)
 
-    def twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
+    def twin_request(
+        self,
+        device_id: str,
+        kind: TopicKind,
+        payload: bytes,
+        handled: asyncio.Future[None] | None = None,
+    ) -> None:
         """A device's ``twin/get`` or ``twin/reported``, answered in the background (the
-        message hook must not wait); requests are handled in arrival order."""
-        self._spawn(self._twin_request(device_id, kind, payload))
+        message hook must not wait); ``handled`` completes once it was applied (or refused
+        for good)."""
+        self._spawn(self._twin_request(device_id, kind, payload, handled))
 
-    async def _twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
+    async def _twin_request(
+        self,
+        device_id: str,
+        kind: TopicKind,
+        payload: bytes,
+        handled: asyncio.Future[None] | None = None,
+    ) -> None:
+        try:
+            await self._answer_twin_request(device_id, kind, payload)
+        except Exception as exc:  # e.g. the database: not acknowledged, the device resends
+            log.exception("twin request from %s failed", device_id)
+            if handled is not None and not handled.done():
+                handled.set_exception(exc)
+        finally:
+            if handled is not None and not handled.done():
+                handled.set_result(None)
+
+    async def _answer_twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
         twins = self.services.twins
         try:
             body = json.loads(payload or b"{}")

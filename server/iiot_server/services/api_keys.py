@@ -92,7 +92,7 @@ class ApiKeyService:
             result = conn.execute(select(api_keys).order_by(api_keys.c.created_at))
             return [_key(r._mapping) for r in result]
 
-        return await self._db.read(rows)
+        return await self._db.scan(rows)
 
     async def revoke(self, key_id: str) -> ApiKey:
         now = to_epoch(self._clock.now())

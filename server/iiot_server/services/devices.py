@@ -54,7 +54,7 @@ class DeviceService:
                 for r in conn.execute(query)
             ]
 
-        return [self._device(m, token) for m, token in await self._db.read(rows)]
+        return [self._device(m, token) for m, token in await self._db.scan(rows)]
 
     async def count(self) -> int:
         def count(conn: Connection) -> int:

@@ -113,7 +113,7 @@ class MessageService:
         def rows(conn: Connection) -> list[StoredMessage]:
             return [_message(r._mapping) for r in conn.execute(query)]
 
-        return await self._db.read(rows)
+        return await self._db.scan(rows)
 
 
 def _message(m: RowMapping) -> StoredMessage:

@@ -143,7 +143,7 @@ class ProvisioningService:
             )
             return [_token(r._mapping) for r in result]
 
-        return await self._db.read(rows)
+        return await self._db.scan(rows)
 
     async def get_token(self, token_id: str) -> ProvisioningToken:
         return await self._db.read(_get_token, token_id)
@@ -295,7 +295,7 @@ class ProvisioningService:
                 for r in conn.execute(query)
             ]
 
-        return await self._db.read(rows)
+        return await self._db.scan(rows)
 
     async def get_operation(self, operation_id: str) -> OperationView:
         def find(conn: Connection) -> OperationView:

@@ -1,13 +1,21 @@
 """The database: SQLAlchemy 2 Core, SQLite (WAL) by default, any SQLAlchemy URL in its place
 (e.g. ``postgresql+psycopg://…``).
 
-Each unit of work (one transaction) runs whole on a database thread, awaited from the event
-loop in a single hop. Why not an async driver per statement: on this class of machine a
-thread hop costs 80-110 µs, and aiosqlite pays several per statement (a ``SELECT 1``
-through SQLAlchemy + aiosqlite measured 352 µs against 0.9 µs for sqlite3 itself), so a
-provisioning flow of ~30 statements spent ~10 ms just handing work between threads.
-One hop per transaction keeps the event loop free and the statements at sqlite3 speed
-(see ``benchmarks/provisioning_flow.py``).
+A unit of work is one transaction, run whole by :meth:`Database.write` / :meth:`read`.
+
+- SQLite: on the event loop's own thread, on one kept connection. A transaction here is a
+  few statements against a local file with no fsync per commit (WAL, synchronous=NORMAL),
+  tens to hundreds of microseconds; handing it to a thread costs more than that (a hop
+  measured 80-110 µs, plus GIL ping-pong), so inline work is faster: token refreshes
+  ~1,000/s with one database thread, ~1,600/s inline (``benchmarks/provisioning_flow.py``).
+  Listings that may read many rows use :meth:`scan`, which runs on a database thread
+  with its own connection (WAL readers never block the writer), so they never stall the
+  loop.
+- Other databases: every unit of work on a pool of database threads (a network round trip
+  must not block the loop).
+
+Why not an async driver per statement: aiosqlite pays a thread hop per statement (a
+``SELECT 1`` through SQLAlchemy + aiosqlite measured 352 µs against 0.9 µs for sqlite3).
 """
 
 from __future__ import annotations
@@ -73,9 +81,11 @@ class Database:
     >>> db.close()
     """
 
-    def __init__(self, engine: Engine, threads: int) -> None:
+    def __init__(self, engine: Engine, threads: int, *, inline: bool = False) -> None:
         self.engine = engine
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="iiot-db")
+        self._inline = inline
+        self._kept: Connection | None = None  # the loop thread's connection (inline mode)
 
     @classmethod
     def open(cls, url: str) -> Database:
@@ -84,11 +94,11 @@ class Database:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            # One thread, one connection: SQLite has one writer at a time anyway, and a
-            # single thread serialises transactions without SQLite's busy-wait.
+            # Units of work inline on the loop (one writer, serialised by the loop itself);
+            # one thread for scans.
             engine = create_engine(
                 parsed,
-                pool_size=1,
+                pool_size=2,  # the loop's kept connection and the scan thread's
                 max_overflow=0,
                 connect_args={"check_same_thread": False},
             )
@@ -98,31 +108,59 @@ class Database:
             engine = create_engine(parsed, pool_size=8, max_overflow=4, pool_pre_ping=True)
             threads = 8
         metadata.create_all(engine)
-        return cls(engine, threads)
+        return cls(engine, threads, inline=threads == 1)
 
     async def write(
         self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run ``work(conn, ...)`` in one transaction on the database thread."""
-        return await self._run(self._in_transaction, work, *args, **kwargs)
+        """Run ``work(conn, ...)`` in one transaction."""
+        if self._inline:
+            return self._in_transaction(work, *args, **kwargs)
+        return await self._offload(self._in_transaction, work, *args, **kwargs)
 
     async def read(
         self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run read-only ``work(conn, ...)`` on the database thread."""
-        return await self._run(self._on_connection, work, *args, **kwargs)
+        """Run short read-only ``work(conn, ...)``."""
+        if self._inline:
+            return self._on_connection(work, *args, **kwargs)
+        return await self._offload(self._on_connection, work, *args, **kwargs)
 
-    async def _run(self, runner: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def scan(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run read-only ``work(conn, ...)`` that may read many rows, on a database thread."""
+        return await self._offload(self._on_pooled_connection, work, *args, **kwargs)
+
+    async def _offload(self, runner: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor, functools.partial(runner, *args, **kwargs)
         )
 
+    def _connection(self) -> Connection:
+        if self._kept is None or self._kept.closed or self._kept.invalidated:
+            self._kept = self.engine.connect()
+        return self._kept
+
     def _in_transaction(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with self.engine.begin() as conn:
+        if not self._inline:
+            with self.engine.begin() as conn:
+                return work(conn, *args, **kwargs)
+        conn = self._connection()
+        with conn.begin():
             return work(conn, *args, **kwargs)
 
     def _on_connection(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self._inline:
+            return self._on_pooled_connection(work, *args, **kwargs)
+        conn = self._connection()
+        try:
+            return work(conn, *args, **kwargs)
+        finally:
+            conn.rollback()
+
+    def _on_pooled_connection(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         with self.engine.connect() as conn:
             try:
                 return work(conn, *args, **kwargs)
@@ -131,4 +169,7 @@ class Database:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
         self.engine.dispose()
