@@ -1,0 +1,41 @@
+"""Fleet simulator: what a token-lifetime policy costs a fleet with intermittent
+connectivity (simpy + pandas). Start with :class:`Scenario` and :func:`simulate`."""
+
+from .model import SimulationResult, simulate
+from .scenario import (
+    DAY,
+    HOUR,
+    Backoff,
+    Connectivity,
+    DeviceGroup,
+    Distribution,
+    Leaks,
+    Messages,
+    Outage,
+    Outages,
+    Pitfalls,
+    Provisioning,
+    Scenario,
+    ScenarioError,
+    TokenPolicy,
+)
+
+__all__ = [
+    "DAY",
+    "HOUR",
+    "Backoff",
+    "Connectivity",
+    "DeviceGroup",
+    "Distribution",
+    "Leaks",
+    "Messages",
+    "Outage",
+    "Outages",
+    "Pitfalls",
+    "Provisioning",
+    "Scenario",
+    "ScenarioError",
+    "SimulationResult",
+    "TokenPolicy",
+    "simulate",
+]

@@ -1,0 +1,786 @@
+"""The fleet model: what a token-lifetime policy costs a fleet whose connectivity comes
+and goes.
+
+How it stays fast: a device's network connectivity (its own on/off renewal process,
+merged with outages and the reconnect delays of their storms) does not depend on its
+tokens, so it is drawn up front as a matrix of segments (devices x segments) and the
+model walks the segments column by column, vectorised over devices. Between two
+segment boundaries nothing can change an outcome: refreshes while online follow in
+closed form (at ``refresh_fraction x lifetime`` of token age, and at once on reconnect
+if that point passed offline), a lockout is decided at reconnect (token age >= lifetime),
+and messages are counted per undeliverable stretch. Only lockouts meet other devices:
+their approvals queue for the technicians (a simpy resource, :mod:`.technicians`).
+Because a lockout's wait changes that device's later token ages, the queue and the
+fleet are solved by fixed-point iteration: pass 1 draws each wait as the approval time
+alone, the queue then yields real waits, pass 2 replays the fleet with them; the final
+queue is reported. Token rules are the platform's (``iiot_server.domain.tokens``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+from iiot_server.domain.tokens import usable_until
+from numpy.typing import NDArray
+
+from .distributions import sample
+from .scenario import DAY, HOUR, Connectivity, Scenario
+from .storm import simulate_storm
+from .technicians import approve
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+REQUEST_KINDS = ("connect", "refresh", "register", "provisioning", "twin_get", "messages")
+EVENTS_PER_DEVICE_LIMIT = 2000  # fleets up to this size get connectivity events too
+
+
+@dataclass
+class SimulationResult:
+    scenario: Scenario
+    events: pd.DataFrame
+    devices: pd.DataFrame
+    timeline: pd.DataFrame
+    summary: pd.Series
+
+
+@dataclass
+class _Fleet:
+    """Connectivity segments: ``times[d, k]`` starts segment k of device d, which is
+    online iff ``online[d, k]``; ``times[d, -1]`` is the horizon."""
+
+    times: NDArray[np.float64]
+    online: NDArray[np.bool_]
+    deploy: NDArray[np.float64]
+    group: NDArray[np.int64]
+    storm_attempts: NDArray[np.float64]
+    outages: list[tuple[float, float, int]]
+
+
+@dataclass
+class _Pass:
+    lockout_device: list[NDArray[np.int64]] = field(default_factory=list)
+    lockout_time: list[NDArray[np.float64]] = field(default_factory=list)
+    lockout_wait: list[NDArray[np.float64]] = field(default_factory=list)
+    permanent_device: list[NDArray[np.int64]] = field(default_factory=list)
+    permanent_time: list[NDArray[np.float64]] = field(default_factory=list)
+
+
+def _rngs(seed: int, n: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
+
+
+def _connectivity(
+    conn: Connectivity, start: NDArray[np.float64], horizon: float, rng: np.random.Generator
+) -> list[NDArray[np.float64]]:
+    """Own on/off boundaries column by column (online from ``start``)."""
+    t = start.copy()
+    columns: list[NDArray[np.float64]] = []
+    n = len(t)
+    while n and t.min() < horizon:
+        on = sample(conn.on, rng, n)
+        off = sample(conn.off, rng, n)
+        t = t + on
+        if conn.diurnal_amplitude:
+            phase = 2 * math.pi * ((t % DAY) / DAY - conn.diurnal_peak_hour / 24)
+            off = off * (1 + conn.diurnal_amplitude * np.cos(phase))
+        columns.append(t.copy())
+        t = t + off
+        columns.append(t.copy())
+    return columns
+
+
+def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
+    n, horizon = s.fleet_size, s.duration
+    deploy = (
+        np.sort(rngs[0].uniform(0, s.deployment_days * DAY, n))
+        if s.deployment_days
+        else np.zeros(n)
+    )
+    groups = s.groups or ()
+    if groups:
+        weights = np.array([g.weight for g in groups])
+        counts = np.floor(weights / weights.sum() * n).astype(np.int64)
+        counts[: n - counts.sum()] += 1
+        group = np.repeat(np.arange(len(groups)), counts)
+    else:
+        group = np.zeros(n, dtype=np.int64)
+    # own connectivity, per group, padded to one matrix
+    own: list[NDArray[np.float64]] = [np.empty(0)] * n
+    width = 0
+    per_group: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = []
+    for g in range(max(1, len(groups))):
+        members = np.flatnonzero(group == g)
+        conn = (groups[g].connectivity if groups and groups[g].connectivity else None) or (
+            s.connectivity
+        )
+        cols = _connectivity(conn, deploy[members], horizon, rngs[1])
+        matrix = np.stack(cols, axis=1) if cols else np.empty((len(members), 0))
+        per_group.append((members, matrix))
+        width = max(width, matrix.shape[1])
+    del own
+    own_times = np.full((n, width), np.inf)
+    for members, matrix in per_group:
+        own_times[members, : matrix.shape[1]] = matrix
+    # outages: scheduled and random, each with its storm of reconnects
+    outages: list[tuple[float, float, int]] = []
+    names = [g.name for g in groups]
+    for sched in s.outages.scheduled:
+        outages.append(
+            (sched.start, sched.duration, -1 if sched.group is None else names.index(sched.group))
+        )
+    o = s.outages
+    if o.random_per_day:
+        count = rngs[2].poisson(o.random_per_day * s.duration_days)
+        starts = np.sort(rngs[2].uniform(0, horizon, count))
+        durations = sample(o.random_duration, rngs[2], count)
+        for start, duration in zip(starts, durations, strict=True):
+            scope = -1
+            if o.random_scope == "site" and groups:
+                scope = int(rngs[2].integers(len(groups)))
+            outages.append((float(start), float(duration), scope))
+    m = len(outages)
+    out_start = np.full((n, m), np.inf)
+    out_end = np.full((n, m), np.inf)
+    attempts: list[NDArray[np.float64]] = []
+    for j, (start, duration, scope) in enumerate(outages):
+        hit = np.flatnonzero(((group == scope) if scope >= 0 else True) & (deploy < start))
+        if not len(hit):
+            continue
+        storm = simulate_storm(
+            len(hit), duration, s.backoff, rngs[3], o.broker_connects_per_second, horizon
+        )
+        out_start[hit, j] = start
+        out_end[hit, j] = start + duration + storm.delays
+        attempts.append(start + storm.attempt_times)
+    # merge: own toggles and outage depth, sorted per device
+    times = np.concatenate([deploy[:, None], own_times, out_start, out_end], axis=1)
+    own_toggle = np.zeros(times.shape, dtype=np.int8)
+    own_toggle[:, 1 : 1 + width] = 1
+    depth = np.zeros(times.shape, dtype=np.int8)
+    depth[:, 1 + width : 1 + width + m] = 1
+    depth[:, 1 + width + m :] = -1
+    order = np.argsort(times, axis=1, kind="stable")
+    times = np.take_along_axis(times, order, axis=1)
+    own_on = (np.cumsum(np.take_along_axis(own_toggle, order, axis=1), axis=1) % 2) == 0
+    in_outage = np.cumsum(np.take_along_axis(depth, order, axis=1), axis=1) > 0
+    online = own_on & ~in_outage
+    times = np.minimum(times, horizon)
+    # drop columns that start at the horizon for every device
+    keep = max(1, int((times < horizon).sum(axis=1).max()))
+    times = np.concatenate([times[:, :keep], np.full((n, 1), horizon)], axis=1)
+    return _Fleet(
+        times,
+        online[:, :keep],
+        deploy,
+        group,
+        np.concatenate(attempts) if attempts else np.empty(0),
+        outages,
+    )
+
+
+class _Bins:
+    """Time-series accumulators at the scenario's resolution (difference arrays)."""
+
+    def __init__(self, horizon: float, resolution: float) -> None:
+        self.resolution = resolution
+        self.count = math.ceil(horizon / resolution)
+        self.level = {
+            k: np.zeros(self.count + 1)
+            for k in ("online", "awaiting_approval", "offline", "locked_out")
+        }
+        self.rate = {k: np.zeros(self.count + 1) for k in REQUEST_KINDS}
+        self.events = {k: np.zeros(self.count + 1) for k in REQUEST_KINDS}
+        self.backlog_slope = np.zeros(self.count + 2)
+        self.backlog_step = np.zeros(self.count + 2)
+
+    def _bin(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
+        return np.clip((t / self.resolution).astype(np.int64), 0, self.count)
+
+    def interval(self, kind: str, a: NDArray[np.float64], b: NDArray[np.float64]) -> None:
+        """Devices in state ``kind`` over [a, b) (time-weighted per bin)."""
+        keep = b > a
+        a, b = a[keep], b[keep]
+        if not len(a):
+            return
+        arr = self.level[kind]
+        # time-weighted: spread per second of state, exact at bin resolution
+        r = self.resolution
+        ia, ib = self._bin(a), self._bin(b)
+        same = ia == ib
+        np.add.at(arr, ia[same], (b[same] - a[same]) / r)
+        d = ~same
+        np.add.at(arr, ia[d], ((ia[d] + 1) * r - a[d]) / r)
+        np.add.at(arr, ib[d], (b[d] - ib[d] * r) / r)
+        full_a, full_b = ia[d] + 1, ib[d]
+        span = full_b > full_a
+        if span.any():
+            cover = np.zeros(self.count + 2)
+            np.add.at(cover, full_a[span], 1.0)
+            np.add.at(cover, full_b[span], -1.0)
+            arr += np.cumsum(cover)[: self.count + 1]
+
+    def spread(
+        self,
+        kind: str,
+        a: NDArray[np.float64],
+        b: NDArray[np.float64],
+        per_second: NDArray[np.float64] | float,
+    ) -> None:
+        """Requests at a steady rate over [a, b)."""
+        keep = b > a
+        rate = np.broadcast_to(np.asarray(per_second, dtype=np.float64), a.shape)[keep]
+        a, b = a[keep], b[keep]
+        if not len(a):
+            return
+        cover = np.zeros(self.count + 2)
+        r = self.resolution
+        ia, ib = self._bin(a), self._bin(b)
+        # approximate within the first and last bin by the share of the bin covered
+        np.add.at(cover, ia, rate * (1 - (a - ia * r) / r))
+        np.add.at(cover, ia + 1, rate * (a - ia * r) / r)
+        np.add.at(cover, ib, -rate * (1 - (b - ib * r) / r))
+        np.add.at(cover, ib + 1, -rate * (b - ib * r) / r)
+        self.rate[kind] += np.cumsum(cover)[: self.count + 1]
+
+    def at(
+        self, kind: str, t: NDArray[np.float64], weight: NDArray[np.float64] | float = 1.0
+    ) -> None:
+        """Discrete requests at times t."""
+        w = np.broadcast_to(np.asarray(weight, dtype=np.float64), t.shape)
+        np.add.at(self.events[kind], self._bin(t), w)
+
+    def backlog(
+        self, start: NDArray[np.float64], end: NDArray[np.float64], rate: float, cap: float
+    ) -> None:
+        """Expected outbox backlog of undeliverable stretches, at bin edges: it grows at
+        ``rate`` from ``start`` up to ``cap`` and is gone at ``end``."""
+        if rate <= 0 or not len(start):
+            return
+        r, top = self.resolution, self.count + 1
+        full = np.minimum(end, start + cap / rate)
+        i0 = np.clip(np.floor(start / r).astype(np.int64) + 1, 0, top)
+        i1 = np.clip(np.floor(full / r).astype(np.int64) + 1, 0, top)
+        i2 = np.clip(np.ceil(end / r).astype(np.int64), 0, top)
+        ramp = i1 > i0
+        np.add.at(self.backlog_slope, i0[ramp], rate)
+        np.add.at(self.backlog_slope, i1[ramp], -rate)
+        np.add.at(self.backlog_step, i0[ramp], -rate * start[ramp])
+        np.add.at(self.backlog_step, i1[ramp], rate * start[ramp])
+        flat = i2 > i1
+        np.add.at(self.backlog_step, i1[flat], cap)
+        np.add.at(self.backlog_step, i2[flat], -cap)
+
+    def frame(self) -> pd.DataFrame:
+        idx = pd.Index(np.arange(self.count) * self.resolution / HOUR, name="hours")
+        data: dict[str, NDArray[np.float64]] = {}
+        for k, v in self.level.items():
+            data[k] = v[: self.count]
+        for k in REQUEST_KINDS:
+            data[f"{k}_per_s"] = (
+                self.rate[k][: self.count] + self.events[k][: self.count] / self.resolution
+            )
+        edges = np.arange(self.count + 2) * self.resolution
+        level = np.cumsum(self.backlog_slope) * edges + np.cumsum(self.backlog_step)
+        data["backlog"] = np.maximum(0.0, level[: self.count])
+        return pd.DataFrame(data, index=idx)
+
+
+def _replay(
+    s: Scenario,
+    fleet: _Fleet,
+    waits: dict[int, list[float]] | None,
+    rng: np.random.Generator,
+    pt_revoked: NDArray[np.float64],
+    bins: _Bins | None,
+    track: NDArray[np.int64],
+) -> tuple[
+    _Pass,
+    dict[str, NDArray[np.float64]],
+    dict[int, list[tuple[float, float, float, bool]]],
+    tuple[list[NDArray[np.float64]], list[NDArray[np.float64]], list[NDArray[np.int64]]],
+]:
+    """Walk the segments; returns lockouts, per-device totals, tracked devices' segments
+    (start, age at start, duration, online) and undeliverable stretches (start, end)."""
+    n = s.fleet_size
+    horizon = s.duration
+    L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
+    fL = L * s.token.refresh_fraction
+    times, online = fleet.times, fleet.online
+    age = np.zeros(n)
+    permanent = np.zeros(n, dtype=bool)
+    prev_on = np.ones(n, dtype=bool)
+    undeliv_start = np.full(n, np.nan)
+    tot = {
+        k: np.zeros(n)
+        for k in (
+            "online",
+            "delivering",
+            "awaiting",
+            "lockouts",
+            "operations",
+            "refreshes",
+            "connects",
+            "max_backlog",
+            "lost",
+            "produced_offline",
+        )
+    }
+    result = _Pass()
+    lockout_count = np.zeros(n, dtype=np.int64)
+    tracked: dict[int, list[tuple[float, float, float, bool]]] = {int(d): [] for d in track}
+    stretch_a: list[NDArray[np.float64]] = []
+    stretch_b: list[NDArray[np.float64]] = []
+    stretch_d: list[NDArray[np.int64]] = []
+    lam = s.messages.rate_per_hour / HOUR
+    cap = float(s.messages.outbox_capacity)
+    approval_draw = sample(s.provisioning.approval_time, rng, 4 * n + 16)
+    draw_at = 0
+    for k in range(online.shape[1]):
+        t0 = times[:, k]
+        t1 = times[:, k + 1]
+        dur = t1 - t0
+        on = online[:, k] & ~permanent
+        live = dur > 0
+        # reconnect: offline before, online now
+        back = on & ~prev_on & live
+        if k == 0:
+            back = np.zeros(n, dtype=bool)
+        if back.any():
+            tot["connects"][back] += 1
+            if bins is not None:
+                bins.at("connect", t0[back])
+                bins.at("twin_get", t0[back])
+            expired = back & (age >= L)
+            if expired.any():
+                idx = np.flatnonzero(expired)
+                stuck = (t0[idx] >= pt_revoked[idx]) | s.token.wipe_store_on_expiry
+                for_good = idx[stuck]
+                if len(for_good):
+                    permanent[for_good] = True
+                    on[for_good] = False
+                    result.permanent_device.append(for_good)
+                    result.permanent_time.append(t0[for_good])
+                recover = idx[~stuck]
+                if len(recover):
+                    w = np.empty(len(recover))
+                    for i, d in enumerate(recover):
+                        queue = waits.get(int(d)) if waits is not None else None
+                        if queue:
+                            w[i] = queue.pop(0)
+                        else:
+                            if draw_at >= len(approval_draw):
+                                approval_draw = sample(
+                                    s.provisioning.approval_time, rng, len(approval_draw)
+                                )
+                                draw_at = 0
+                            w[i] = approval_draw[draw_at]
+                            draw_at += 1
+                    age[recover] = -w
+                    lockout_count[recover] += 1
+                    tot["lockouts"][recover] += 1
+                    tot["operations"][recover] += 1 + np.floor(w / s.provisioning.operation_expiry)
+                    result.lockout_device.append(recover)
+                    result.lockout_time.append(t0[recover].copy())
+                    result.lockout_wait.append(w)
+                    if bins is not None:
+                        bins.at(
+                            "provisioning",
+                            t0[recover],
+                            1 + np.floor(w / s.provisioning.operation_expiry),
+                        )
+                        bins.spread(
+                            "provisioning",
+                            t0[recover],
+                            np.minimum(t0[recover] + w, horizon),
+                            1 / s.provisioning.poll_interval,
+                        )
+                        done = t0[recover] + w
+                        inside = done < horizon
+                        bins.at("register", done[inside])
+        # online segments: refreshes in closed form; awaiting approval while age < 0
+        a = age
+        waiting = np.where(on, np.clip(-a, 0, dur), 0.0)
+        deliver_from = np.where(on, t0 + waiting, t1)
+        if math.isfinite(L):
+            r0 = np.maximum(0.0, fL - a)
+            fires = on & (r0 <= dur) & live
+            count = np.where(fires, 1 + np.floor((dur - r0) / fL), 0.0)
+            new_age = np.where(fires, (dur - r0) - (count - 1) * fL, a + dur)
+            tot["refreshes"] += count
+            if bins is not None and fires.any():
+                f = np.flatnonzero(fires)
+                # the first refresh is a discrete event (often at reconnect), the rest steady
+                bins.at("refresh", t0[f] + r0[f])
+                bins.at("register", t0[f] + r0[f])
+                bins.at("connect", t0[f] + r0[f])
+                bins.spread("refresh", t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
+                bins.spread("register", t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
+                bins.spread("connect", t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
+        else:
+            new_age = a + dur
+            r0 = np.full(n, np.inf)
+        for d, segs in tracked.items():
+            if live[d]:
+                segs.append((float(t0[d]), float(a[d]), float(dur[d]), bool(on[d])))
+        age = new_age
+        tot["online"] += np.where(on, dur, 0.0)
+        tot["awaiting"] += waiting
+        tot["delivering"] += np.where(on, dur - waiting, 0.0)
+        # undeliverable stretches (offline, or online awaiting approval)
+        starts_undeliv = live & (deliver_from > t0) & np.isnan(undeliv_start)
+        undeliv_start[starts_undeliv] = t0[starts_undeliv]
+        ends = live & (deliver_from < t1) & ~np.isnan(undeliv_start)
+        if ends.any():
+            e = np.flatnonzero(ends)
+            a_s, b_s = undeliv_start[e], deliver_from[e]
+            stretch_a.append(a_s)
+            stretch_b.append(b_s)
+            stretch_d.append(e)
+            backlog = np.minimum(cap, lam * (b_s - a_s))
+            np.maximum.at(tot["max_backlog"], e, backlog)
+            if bins is not None:
+                bins.backlog(a_s, b_s, lam, cap)
+                bins.at("messages", b_s, backlog)
+            undeliv_start[e] = np.nan
+        if bins is not None:
+            delivering_a = deliver_from[on & live]
+            delivering_b = t1[on & live]
+            bins.interval("online", delivering_a, delivering_b)
+            bins.spread("messages", delivering_a, delivering_b, lam)
+            w_on = on & live & (waiting > 0)
+            bins.interval("awaiting_approval", t0[w_on], t0[w_on] + waiting[w_on])
+            off = live & ~on & ~permanent
+            bins.interval("offline", t0[off], t1[off])
+        prev_on = np.where(live, on, prev_on)
+    # open stretches at the horizon: backlog still waiting (not lost)
+    still = np.flatnonzero(~np.isnan(undeliv_start))
+    if len(still):
+        a_s = undeliv_start[still]
+        np.maximum.at(tot["max_backlog"], still, np.minimum(cap, lam * (horizon - a_s)))
+        if bins is not None:
+            bins.backlog(a_s, np.full(len(a_s), horizon + 2 * bins.resolution), lam, cap)
+    if bins is not None and result.permanent_device:
+        gone = np.concatenate(result.permanent_time)
+        bins.interval("locked_out", gone, np.full(len(gone), horizon))
+    if len(still):
+        stretch_a.append(undeliv_start[still])
+        stretch_b.append(np.full(len(still), np.inf))  # open at the horizon
+        stretch_d.append(still)
+    return result, tot, tracked, (stretch_a, stretch_b, stretch_d)
+
+
+def _queue(
+    s: Scenario, p: _Pass, rng: np.random.Generator
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    if not p.lockout_device:
+        return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+    dev = np.concatenate(p.lockout_device)
+    at = np.concatenate(p.lockout_time)
+    done = approve(at, s.provisioning, rng)
+    return dev, at, done - at
+
+
+def _waits(
+    dev: NDArray[np.int64], at: NDArray[np.float64], wait: NDArray[np.float64]
+) -> dict[int, list[float]]:
+    order = np.lexsort((at, dev))
+    out: dict[int, list[float]] = {}
+    for d, w in zip(dev[order], wait[order], strict=True):
+        out.setdefault(int(d), []).append(float(w))
+    return out
+
+
+def _leak_exposure(
+    s: Scenario, segs: list[tuple[float, float, float, bool]], leak: float, detected: float
+) -> float:
+    """How long a Registration Token leaked at ``leak`` stays usable (the platform's
+    ``usable_until`` with the device's refresh that supersedes it and the revocation)."""
+    L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
+    fL = L * s.token.refresh_fraction
+    issued = None
+    superseded = None
+    for t0, a, dur, on in segs:
+        if issued is None:
+            if t0 + dur <= leak:
+                continue
+            # the segment holding the leak: token age at the leak
+            x = leak - t0
+            if on and math.isfinite(L):
+                r0 = max(0.0, fL - a)
+                if x >= r0:
+                    age = (x - r0) % fL
+                    nxt = t0 + r0 + (math.floor((x - r0) / fL) + 1) * fL
+                else:
+                    age, nxt = a + x, t0 + r0
+                if age < 0:
+                    return 0.0  # no token yet (awaiting approval): nothing to leak
+                issued = leak - age
+                if nxt < t0 + dur:
+                    superseded = nxt
+                    break
+            else:
+                age = a + x
+                if age < 0:
+                    return 0.0
+                issued = leak - age
+            continue
+        if on and math.isfinite(L):
+            r0 = max(0.0, fL - a)
+            if a >= L:
+                break  # expired while offline: a lockout, the leaked token is dead
+            if r0 <= dur:
+                superseded = t0 + r0
+                break
+    if issued is None:
+        return 0.0
+    until = usable_until(
+        expires_at=None if not math.isfinite(L) else EPOCH + timedelta(seconds=issued + L),
+        revoked_at=None if not math.isfinite(detected) else EPOCH + timedelta(seconds=detected),
+        superseded_at=None if superseded is None else EPOCH + timedelta(seconds=superseded),
+        grace_period=s.token.grace_period,
+    )
+    if until is None:
+        return math.inf
+    return max(0.0, (until - EPOCH).total_seconds() - leak)
+
+
+def simulate(scenario: Scenario) -> SimulationResult:
+    """Run one scenario; identical scenarios (seed included) give identical results."""
+    s = scenario
+    rngs = _rngs(s.seed, 10)
+    fleet = _fleet(s, rngs)
+    n, horizon = s.fleet_size, s.duration
+    # leaks (drawn before the replay: PT revocations change who can re-provision)
+    lk = s.leaks
+    rt_dev = rngs[4].integers(0, n, lk.registration_tokens)
+    rt_time = np.maximum(fleet.deploy[rt_dev], rngs[4].uniform(0, horizon, lk.registration_tokens))
+    rt_detect = rt_time + np.where(
+        rngs[4].uniform(size=lk.registration_tokens) < lk.detection_probability,
+        sample(lk.detection_delay, rngs[4], lk.registration_tokens),
+        np.inf,
+    )
+    pt_time = rngs[5].uniform(0, horizon, lk.provisioning_tokens)
+    pt_detect = pt_time + np.where(
+        rngs[5].uniform(size=lk.provisioning_tokens) < lk.detection_probability,
+        sample(lk.detection_delay, rngs[5], lk.provisioning_tokens),
+        np.inf,
+    )
+    pt_revoked = np.full(n, np.inf)
+    if lk.provisioning_tokens:
+        if s.token.shared_provisioning_token:
+            pt_revoked[:] = pt_detect.min()
+        else:
+            pt_dev = rngs[5].integers(0, n, lk.provisioning_tokens)
+            np.minimum.at(pt_revoked, pt_dev, pt_detect)
+    track = np.unique(rt_dev)
+    # pass 1: waits = approval time alone; the queue gives real waits; pass 2 replays
+    first, *_ = _replay(
+        s,
+        fleet,
+        None,
+        np.random.default_rng(rngs[6].integers(2**63)),
+        pt_revoked,
+        None,
+        np.empty(0, dtype=np.int64),
+    )
+    dev, at, wait = _queue(s, first, rngs[7])
+    bins = _Bins(horizon, s.timeline_resolution)
+    second, tot, tracked, stretches = _replay(
+        s,
+        fleet,
+        _waits(dev, at, wait),
+        np.random.default_rng(rngs[6].integers(2**63)),
+        pt_revoked,
+        bins,
+        track,
+    )
+    dev, at, wait = _queue(s, second, rngs[8])
+    approved = at + wait
+    # storms' attempts and duplicate-ID pairs (steady reconnect rates)
+    bins.at("connect", fleet.storm_attempts)
+    pairs = s.pitfalls.duplicate_id_pairs
+    dup_rate = 0.0
+    if pairs:
+        b = s.backoff
+        delay = b.base if b.reset == "connect" else b.cap
+        if b.kind == "full_jitter":
+            delay /= 2
+        dup_rate = 2 * pairs / delay  # each takeover sends the other device back
+        bins.rate["connect"] += dup_rate
+    # messages: Poisson counts per device and per undeliverable stretch
+    lam = s.messages.rate_per_hour / HOUR
+    cap = s.messages.outbox_capacity
+    msg_rng = rngs[9]
+    produced = msg_rng.poisson(lam * (horizon - fleet.deploy))
+    sa = np.concatenate(stretches[0]) if stretches[0] else np.empty(0)
+    sb = np.concatenate(stretches[1]) if stretches[1] else np.empty(0)
+    sd = np.concatenate(stretches[2]) if stretches[2] else np.empty(0, dtype=np.int64)
+    open_end = ~np.isfinite(sb)
+    length = np.where(open_end, horizon - sa, sb - sa)
+    in_stretch = msg_rng.poisson(lam * np.maximum(length, 0))
+    over = np.maximum(0, in_stretch - cap)
+    lost = np.bincount(sd[~open_end], weights=over[~open_end], minlength=n)
+    waiting_at_end = np.bincount(
+        sd[open_end], weights=np.minimum(in_stretch, cap)[open_end], minlength=n
+    )
+    waiting_at_end += np.bincount(sd[open_end], weights=over[open_end], minlength=n)  # not lost yet
+    delivered = np.maximum(0, produced - lost - waiting_at_end)
+    closed = ~open_end
+    latencies = _latencies(
+        sa[closed], sb[closed], in_stretch[closed], cap, tot["delivering"].sum() * lam, msg_rng
+    )
+    # leaks
+    exposures = np.array(
+        [
+            _leak_exposure(s, tracked[int(d)], float(t), float(det))
+            for d, t, det in zip(rt_dev, rt_time, rt_detect, strict=True)
+        ]
+    )
+    # frames
+    events = _events(
+        s, fleet, dev, at, approved, second, rt_dev, rt_time, rt_detect, pt_time, pt_detect
+    )
+    device_days = float((horizon - fleet.deploy).sum() / DAY)
+    permanent = np.zeros(n, dtype=bool)
+    if second.permanent_device:
+        permanent[np.concatenate(second.permanent_device)] = True
+    approvals = np.bincount(dev, minlength=n)
+    devices = pd.DataFrame(
+        {
+            "group": [s.groups[g].name for g in fleet.group] if s.groups else "fleet",
+            "online_fraction": tot["delivering"] / np.maximum(horizon - fleet.deploy, 1e-9),
+            "lockouts": tot["lockouts"].astype(np.int64),
+            "provisioning_operations": tot["operations"].astype(np.int64),
+            "technician_approvals": approvals,
+            "refreshes": tot["refreshes"].astype(np.int64),
+            "connects": tot["connects"].astype(np.int64),
+            "messages_produced": produced,
+            "messages_delivered": delivered.astype(np.int64),
+            "messages_lost": lost.astype(np.int64),
+            "max_backlog": tot["max_backlog"],
+            "permanently_locked_out": permanent,
+        },
+        index=pd.Index(np.arange(n), name="device"),
+    )
+    timeline = bins.frame()
+    recover = wait[np.isfinite(wait)]
+    summary = pd.Series(
+        {
+            "devices": n,
+            "device_days": device_days,
+            "lockouts": int(tot["lockouts"].sum()),
+            "lockouts_per_1000_device_days": 1000 * tot["lockouts"].sum() / device_days,
+            "permanent_lockouts": int(permanent.sum()),
+            "lockout_recovery_mean_h": float(recover.mean() / HOUR) if len(recover) else 0.0,
+            "lockout_recovery_p95_h": float(np.percentile(recover, 95) / HOUR)
+            if len(recover)
+            else 0.0,
+            "technician_approvals_per_day": len(dev) / s.duration_days,
+            "unapproved_at_end": int(np.isnan(approved).sum()),
+            "rt_leak_exposure_mean_h": float(np.mean(exposures) / HOUR) if len(exposures) else 0.0,
+            "rt_leak_exposure_p95_h": float(np.percentile(exposures, 95) / HOUR)
+            if len(exposures)
+            else 0.0,
+            "pt_leak_exposure_mean_h": float(np.mean(pt_detect - pt_time) / HOUR)
+            if len(pt_time)
+            else 0.0,
+            "online_fraction": float(
+                tot["delivering"].sum() / max(1e-9, (horizon - fleet.deploy).sum())
+            ),
+            "refreshes_per_device_day": float(tot["refreshes"].sum() / device_days),
+            "duplicate_id_connects_per_s": dup_rate,
+            "messages_produced": int(produced.sum()),
+            "messages_delivered": int(delivered.sum()),
+            "messages_lost": int(lost.sum()),
+            "message_latency_p50_s": float(np.percentile(latencies, 50)) if len(latencies) else 0.0,
+            "message_latency_p99_s": float(np.percentile(latencies, 99)) if len(latencies) else 0.0,
+            **{f"peak_{k}_per_s": float(timeline[f"{k}_per_s"].max()) for k in REQUEST_KINDS},
+            **{f"mean_{k}_per_s": float(timeline[f"{k}_per_s"].mean()) for k in REQUEST_KINDS},
+        },
+        name="summary",
+    )
+    return SimulationResult(s, events, devices, timeline, summary)
+
+
+def _latencies(
+    sa: NDArray[np.float64],
+    sb: NDArray[np.float64],
+    counts: NDArray[np.int64] | NDArray[np.float64],
+    cap: int,
+    online_messages: float,
+    rng: np.random.Generator,
+    samples: int = 200_000,
+) -> NDArray[np.float64]:
+    """A sample of delivery latencies: messages sent while delivering go at once (0 s);
+    one produced u seconds into an undeliverable stretch of length D waits D - u (the
+    oldest beyond the outbox capacity are dropped, so only the newest ``cap`` stay)."""
+    kept = np.minimum(counts, cap).astype(np.float64)
+    total = online_messages + kept.sum()
+    if total <= 0:
+        return np.empty(0)
+    n_off = round(samples * kept.sum() / total)
+    out = np.zeros(samples)
+    if n_off and kept.sum() > 0:
+        pick = rng.choice(len(sa), n_off, p=kept / kept.sum())
+        length = sb[pick] - sa[pick]
+        window = np.where(counts[pick] > cap, length * cap / np.maximum(counts[pick], 1), length)
+        out[:n_off] = rng.uniform(0, 1, n_off) * window
+    return out
+
+
+def _events(
+    s: Scenario,
+    fleet: _Fleet,
+    dev: NDArray[np.int64],
+    at: NDArray[np.float64],
+    approved: NDArray[np.float64],
+    p: _Pass,
+    rt_dev: NDArray[np.int64],
+    rt_time: NDArray[np.float64],
+    rt_detect: NDArray[np.float64],
+    pt_time: NDArray[np.float64],
+    pt_detect: NDArray[np.float64],
+) -> pd.DataFrame:
+    parts: list[pd.DataFrame] = []
+
+    def add(t: NDArray[np.float64], d: NDArray[np.int64] | int, kind: str) -> None:
+        t = np.asarray(t, dtype=np.float64)
+        keep = np.isfinite(t) & (t <= s.duration)
+        dd = np.broadcast_to(np.asarray(d, dtype=np.int64), t.shape)
+        parts.append(pd.DataFrame({"time": t[keep], "device": dd[keep], "kind": kind}))
+
+    add(at, dev, "lockout")
+    add(approved, dev, "approved")
+    if p.permanent_device:
+        add(
+            np.concatenate(p.permanent_time),
+            np.concatenate(p.permanent_device),
+            "permanent_lockout",
+        )
+    add(rt_time, rt_dev, "rt_leak")
+    add(rt_detect, rt_dev, "rt_revoked")
+    add(pt_time, -1, "pt_leak")
+    add(pt_detect, -1, "pt_revoked")
+    for start, duration, _scope in fleet.outages:
+        add(np.array([start]), -1, "outage_start")
+        add(np.array([start + duration]), -1, "outage_end")
+    if s.fleet_size <= EVENTS_PER_DEVICE_LIMIT:
+        times, online = fleet.times[:, :-1], fleet.online
+        prev = np.concatenate([np.ones((len(online), 1), dtype=bool), online[:, :-1]], axis=1)
+        live = fleet.times[:, 1:] > times
+        for mask, kind in (
+            (online & ~prev & live, "reconnect"),
+            (~online & prev & live, "disconnect"),
+        ):
+            d, k = np.nonzero(mask)
+            add(times[d, k], d, kind)
+    frame = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["time", "device", "kind"])
+    )
+    frame["kind"] = pd.Categorical(frame["kind"])
+    return frame.sort_values(["time", "device", "kind"], kind="stable").reset_index(drop=True)

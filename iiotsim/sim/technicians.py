@@ -1,0 +1,67 @@
+"""The technicians who approve Provisioning Operations: a simpy resource, so approvals
+queue when technicians are scarce, and work only within working hours."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import simpy
+from numpy.typing import NDArray
+
+from .distributions import sample
+from .scenario import DAY, Provisioning
+
+
+def next_working_time(t: float, hours: tuple[float, float] | None) -> float:
+    """The first instant >= t within working hours (every day, UTC)."""
+    if hours is None:
+        return t
+    start, end = hours[0] * 3600.0, hours[1] * 3600.0
+    day = np.floor(t / DAY) * DAY
+    within = t - day
+    if within < start:
+        return float(day + start)
+    if within >= end:
+        return float(day + DAY + start)
+    return t
+
+
+def approve(
+    arrivals: NDArray[np.float64], provisioning: Provisioning, rng: np.random.Generator
+) -> NDArray[np.float64]:
+    """When each approval request (arrival times, any order) is approved: first come,
+    first served by ``provisioning.technicians`` technicians."""
+    n = len(arrivals)
+    done = np.full(n, np.nan)
+    if n == 0:
+        return done
+    service = sample(provisioning.approval_time, rng, n)
+    env = simpy.Environment()
+    staff = simpy.Resource(env, capacity=provisioning.technicians)
+    hours = provisioning.working_hours
+
+    def request(i: int, at: float) -> Generator[Any, Any, None]:
+        yield env.timeout(at)
+        with staff.request() as turn:
+            yield turn
+            start = next_working_time(env.now, hours)
+            if start > env.now:
+                yield env.timeout(start - env.now)
+            yield env.timeout(service[i])
+            done[i] = env.now
+
+    order = np.argsort(arrivals, kind="stable")
+
+    # one process at a time, started at its arrival: FIFO order at equal times is kept
+    def source() -> Generator[Any, Any, None]:
+        for i in order:
+            at = float(arrivals[i])
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            env.process(request(int(i), 0.0))
+
+    env.process(source())
+    env.run()
+    return done
