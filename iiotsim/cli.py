@@ -1,9 +1,12 @@
 """The ``iiotsim`` command.
 
     iiotsim serve [--host H] [--port P] [--mqtt-port M] [--database-url URL]
+    iiotsim simulate SCENARIO.json --out DIR [--processes N]
 
 ``serve`` runs the platform (HTTP API and MQTT broker) in the foreground, printing its
-URL and, on first start, the admin API key.
+URL and, on first start, the admin API key. ``simulate`` runs one scenario, or a sweep
+(``{"scenario": {...}, "sweep": {"token.lifetime": [3600, 86400]}, "repetitions": 2}``),
+and writes Parquet and CSV tables and PNG plots to DIR.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from iiot_server import __main__ as server_main
 
@@ -25,7 +29,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     server_main.add_arguments(serve)
     serve.set_defaults(run=server_main.serve)
+    simulate = commands.add_parser("simulate", help="run a fleet scenario or sweep")
+    simulate.add_argument("scenario", type=Path, help="scenario (or sweep) JSON file")
+    simulate.add_argument("--out", type=Path, required=True, help="output directory")
+    simulate.add_argument("--processes", type=int, default=None, help="for sweeps")
+    simulate.set_defaults(run=_simulate)
     return parser
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from .sim.cli import run_file
+    from .sim.scenario import ScenarioError
+
+    try:
+        written = run_file(args.scenario, args.out, processes=args.processes)
+    except (ScenarioError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

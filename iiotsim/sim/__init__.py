@@ -19,6 +19,7 @@ from .scenario import (
     ScenarioError,
     TokenPolicy,
 )
+from .sweep import sweep
 
 __all__ = [
     "DAY",
@@ -38,4 +39,5 @@ __all__ = [
     "SimulationResult",
     "TokenPolicy",
     "simulate",
+    "sweep",
 ]

@@ -148,9 +148,14 @@ class Messages(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Leaks(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Leak events at uniformly random times: ``registration_tokens`` RTs of random
     devices and ``provisioning_tokens`` PTs; each is detected after ``detection_delay``
-    with probability ``detection_probability`` (else never) and then revoked."""
+    with probability ``detection_probability`` (else never) and then revoked.
 
-    registration_tokens: int = 0
+    A leaked RT does not change what its device does (the device refreshes on, and its
+    refresh ends the leaked token after the grace period), so the default samples 200
+    RT leaks to measure exposure. A leaked PT that is revoked stops every later lockout
+    of the devices holding it (all of them if the PT is shared) from recovering."""
+
+    registration_tokens: int = 200
     provisioning_tokens: int = 0
     detection_delay: Distribution = Distribution("exponential", 3 * DAY)
     detection_probability: float = 1.0

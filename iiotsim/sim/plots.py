@@ -1,0 +1,108 @@
+"""The classic views (matplotlib): the lockouts-vs-exposure trade-off across lifetimes with
+its Pareto front, fleet state over time, server load during a reconnect storm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+if matplotlib.get_backend().lower().startswith("qt"):  # pragma: no cover - headless use
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .model import SimulationResult
+
+
+def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows not dominated in (lower x, lower y)."""
+    ordered = frame.sort_values([x, y])
+    best = np.inf
+    keep = []
+    for index, value in ordered[y].items():
+        if value < best:
+            keep.append(index)
+            best = value
+    return ordered.loc[keep]
+
+
+def tradeoff(
+    sweep: pd.DataFrame,
+    *,
+    x: str = "lockouts_per_1000_device_days",
+    y: str = "rt_leak_exposure_mean_h",
+    label: str = "token.lifetime",
+    ax: Axes | None = None,
+) -> Figure:
+    """Lockouts against leaked-token exposure, one point per policy (mean over
+    repetitions), the Pareto front drawn through the undominated ones."""
+    frame = sweep.groupby(label, dropna=False)[[x, y]].mean().reset_index()
+    finite = frame[np.isfinite(frame[y])]
+    fig: Any
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+    else:
+        fig = ax.figure
+    ax.scatter(finite[x], finite[y], color="tab:blue", zorder=3)
+    for _, row in finite.iterrows():
+        value = row[label]
+        text = "infinite" if pd.isna(value) else _duration(float(value))
+        ax.annotate(text, (row[x], row[y]), textcoords="offset points", xytext=(5, 5))
+    front = pareto_front(finite, x, y)
+    ax.plot(front[x], front[y], color="tab:orange", lw=1.5, label="Pareto front", zorder=2)
+    if len(finite) < len(frame):
+        ax.text(0.98, 0.95, "infinite lifetime: unbounded exposure", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8)  # fmt: skip
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(y.replace("_", " "))
+    ax.set_title("Token lifetime: lockouts vs leaked-token exposure")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig  # type: ignore[no-any-return]
+
+
+def fleet_state(result: SimulationResult, ax: Axes | None = None) -> Figure:
+    """Devices online, awaiting approval, offline and locked out for good, over time."""
+    t = result.timeline
+    fig: Any
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(9, 4))
+    else:
+        fig = ax.figure
+    cols = ["online", "awaiting_approval", "offline", "locked_out"]
+    ax.stackplot(t.index / 24, *(t[c] for c in cols), labels=[c.replace("_", " ") for c in cols])
+    ax.set_xlabel("days")
+    ax.set_ylabel("devices")
+    ax.set_title("Fleet state over time")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig  # type: ignore[no-any-return]
+
+
+def server_load(result: SimulationResult, ax: Axes | None = None) -> Figure:
+    """Requests per second by kind over time (a reconnect storm shows as a spike)."""
+    t = result.timeline
+    fig: Any
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(9, 4))
+    else:
+        fig = ax.figure
+    for kind in ("connect", "refresh", "provisioning", "twin_get"):
+        ax.plot(t.index / 24, t[f"{kind}_per_s"], label=kind)
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("days")
+    ax.set_ylabel("requests/s")
+    ax.set_title("Server load by kind")
+    ax.legend(fontsize=8)
+    return fig  # type: ignore[no-any-return]
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"

@@ -1,0 +1,92 @@
+"""Grids of scenarios over processes (or an existing Dask cluster), one tidy DataFrame."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .model import simulate
+from .scenario import Scenario, ScenarioError
+
+
+def _run(task: tuple[int, dict[str, Any], int, bytes]) -> tuple[int, dict[str, Any]]:
+    index, params, repetition, scenario_json = task
+    scenario = Scenario.from_json(scenario_json)
+    row: dict[str, Any] = {**params, "repetition": repetition, "seed": scenario.seed}
+    row.update({str(k): v for k, v in simulate(scenario).summary.items()})
+    return index, row
+
+
+def grid_scenarios(
+    base: Scenario, grid: dict[str, Sequence[Any]], repetitions: int = 1
+) -> list[tuple[dict[str, Any], int, Scenario]]:
+    """Every combination of ``grid`` (dotted paths; ``__`` stands for a dot in keyword
+    names) times ``repetitions``; repetition r uses seed ``base.seed + r`` at every grid
+    point (common random numbers: policies are compared on the same weather)."""
+    if repetitions < 1:
+        raise ScenarioError("repetitions", f"must be at least 1, got {repetitions}")
+    keys = [k.replace("__", ".") for k in grid]
+    for key, values in zip(keys, grid.values(), strict=True):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise ScenarioError(key, "a sweep needs a list of values")
+    out = []
+    for combo in itertools.product(*grid.values()):
+        params = dict(zip(keys, combo, strict=True))
+        for r in range(repetitions):
+            scenario = base.replace(**params, seed=base.seed + r)
+            out.append((params, r, scenario))
+    return out
+
+
+def sweep(
+    base: Scenario,
+    *,
+    repetitions: int = 1,
+    processes: int | None = None,
+    client: Any = None,
+    progress: bool = True,
+    **grid: Sequence[Any],
+) -> pd.DataFrame:
+    """Run ``base`` over the grid, e.g. ``sweep(s, token__lifetime=[3600, 86400])``.
+
+    Runs in ``processes`` worker processes (default: one per CPU), or on a Dask cluster
+    when ``client`` (a ``distributed.Client``) is given. One row per run: the grid
+    values, ``repetition``, ``seed`` and the run's summary, in grid order whatever order
+    the runs finished in.
+    """
+    runs = grid_scenarios(base, grid, repetitions)
+    tasks = [(i, p, r, s.to_json()) for i, (p, r, s) in enumerate(runs)]
+    rows: list[dict[str, Any] | None] = [None] * len(tasks)
+    bar = tqdm(total=len(tasks), desc="simulations", disable=not progress)
+    try:
+        if client is not None:
+            from distributed import as_completed as dask_completed
+
+            futures = client.map(_run, tasks, pure=False)
+            for future in dask_completed(futures):  # type: ignore[no-untyped-call]
+                index, row = future.result()
+                rows[index] = row
+                bar.update()
+        elif (processes or os.cpu_count() or 1) == 1 or len(tasks) == 1:
+            for task in tasks:
+                index, row = _run(task)
+                rows[index] = row
+                bar.update()
+        else:
+            workers = min(len(tasks), processes or os.cpu_count() or 1)
+            context = multiprocessing.get_context("spawn")  # safe beside threads (servers)
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                for future in as_completed([pool.submit(_run, t) for t in tasks]):
+                    index, row = future.result()
+                    rows[index] = row
+                    bar.update()
+    finally:
+        bar.close()
+    return pd.DataFrame([r for r in rows if r is not None])
