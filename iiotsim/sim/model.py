@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,14 @@ def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
     )
 
 
+def _add(target: NDArray[np.float64], index: NDArray[np.int64], values: Any) -> None:
+    """``np.add.at`` via bincount (an order of magnitude faster)."""
+    if not len(index):
+        return
+    weights = np.broadcast_to(np.asarray(values, dtype=np.float64), index.shape)
+    target += np.bincount(index, weights=weights, minlength=len(target))[: len(target)]
+
+
 class _Bins:
     """Time-series accumulators at the scenario's resolution (difference arrays)."""
 
@@ -195,32 +204,26 @@ class _Bins:
         self.events = {k: np.zeros(self.count + 1) for k in REQUEST_KINDS}
         self.backlog_slope = np.zeros(self.count + 2)
         self.backlog_step = np.zeros(self.count + 2)
+        # calls are buffered and applied in bulk: one bincount per kind, not per column
+        self._pending: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        self._buffered = 0
 
-    def _bin(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
-        return np.clip((t / self.resolution).astype(np.int64), 0, self.count)
+    def _defer(self, method: str, kind: str, *arrays: Any) -> None:
+        self._pending.setdefault((method, kind), []).append(arrays)
+        self._buffered += len(arrays[0])
+        if self._buffered > 4_000_000:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending, self._buffered = self._pending, {}, 0
+        for (method, kind), calls in pending.items():
+            columns = [np.concatenate(parts) for parts in zip(*calls, strict=True)]
+            getattr(self, f"_{method}")(kind, *columns)
 
     def interval(self, kind: str, a: NDArray[np.float64], b: NDArray[np.float64]) -> None:
         """Devices in state ``kind`` over [a, b) (time-weighted per bin)."""
-        keep = b > a
-        a, b = a[keep], b[keep]
-        if not len(a):
-            return
-        arr = self.level[kind]
-        # time-weighted: spread per second of state, exact at bin resolution
-        r = self.resolution
-        ia, ib = self._bin(a), self._bin(b)
-        same = ia == ib
-        np.add.at(arr, ia[same], (b[same] - a[same]) / r)
-        d = ~same
-        np.add.at(arr, ia[d], ((ia[d] + 1) * r - a[d]) / r)
-        np.add.at(arr, ib[d], (b[d] - ib[d] * r) / r)
-        full_a, full_b = ia[d] + 1, ib[d]
-        span = full_b > full_a
-        if span.any():
-            cover = np.zeros(self.count + 2)
-            np.add.at(cover, full_a[span], 1.0)
-            np.add.at(cover, full_b[span], -1.0)
-            arr += np.cumsum(cover)[: self.count + 1]
+        if len(a):
+            self._defer("interval", kind, a, b)
 
     def spread(
         self,
@@ -230,8 +233,55 @@ class _Bins:
         per_second: NDArray[np.float64] | float,
     ) -> None:
         """Requests at a steady rate over [a, b)."""
+        if len(a):
+            rate = np.broadcast_to(np.asarray(per_second, dtype=np.float64), a.shape)
+            self._defer("spread", kind, a, b, rate)
+
+    def at(
+        self, kind: str, t: NDArray[np.float64], weight: NDArray[np.float64] | float = 1.0
+    ) -> None:
+        """Discrete requests at times t."""
+        if len(t):
+            w = np.broadcast_to(np.asarray(weight, dtype=np.float64), t.shape)
+            self._defer("at", kind, t, w)
+
+    def backlog(
+        self, start: NDArray[np.float64], end: NDArray[np.float64], rate: float, cap: float
+    ) -> None:
+        """Expected outbox backlog of undeliverable stretches (see ``_backlog``)."""
+        if rate > 0 and len(start):
+            self._defer("backlog", f"{rate!r}|{cap!r}", start, end)
+
+    def _bin(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
+        return np.clip((t / self.resolution).astype(np.int64), 0, self.count)
+
+    def _interval(self, kind: str, a: NDArray[np.float64], b: NDArray[np.float64]) -> None:
         keep = b > a
-        rate = np.broadcast_to(np.asarray(per_second, dtype=np.float64), a.shape)[keep]
+        a, b = a[keep], b[keep]
+        if not len(a):
+            return
+        arr = self.level[kind]
+        # time-weighted: spread per second of state, exact at bin resolution
+        r = self.resolution
+        ia, ib = self._bin(a), self._bin(b)
+        same = ia == ib
+        _add(arr, ia[same], (b[same] - a[same]) / r)
+        d = ~same
+        _add(arr, ia[d], ((ia[d] + 1) * r - a[d]) / r)
+        _add(arr, ib[d], (b[d] - ib[d] * r) / r)
+        full_a, full_b = ia[d] + 1, ib[d]
+        span = full_b > full_a
+        if span.any():
+            cover = np.zeros(self.count + 2)
+            _add(cover, full_a[span], 1.0)
+            _add(cover, full_b[span], -1.0)
+            arr += np.cumsum(cover)[: self.count + 1]
+
+    def _spread(
+        self, kind: str, a: NDArray[np.float64], b: NDArray[np.float64], rate: NDArray[np.float64]
+    ) -> None:
+        keep = b > a
+        rate = rate[keep]
         a, b = a[keep], b[keep]
         if not len(a):
             return
@@ -239,41 +289,35 @@ class _Bins:
         r = self.resolution
         ia, ib = self._bin(a), self._bin(b)
         # approximate within the first and last bin by the share of the bin covered
-        np.add.at(cover, ia, rate * (1 - (a - ia * r) / r))
-        np.add.at(cover, ia + 1, rate * (a - ia * r) / r)
-        np.add.at(cover, ib, -rate * (1 - (b - ib * r) / r))
-        np.add.at(cover, ib + 1, -rate * (b - ib * r) / r)
+        _add(cover, ia, rate * (1 - (a - ia * r) / r))
+        _add(cover, ia + 1, rate * (a - ia * r) / r)
+        _add(cover, ib, -rate * (1 - (b - ib * r) / r))
+        _add(cover, ib + 1, -rate * (b - ib * r) / r)
         self.rate[kind] += np.cumsum(cover)[: self.count + 1]
 
-    def at(
-        self, kind: str, t: NDArray[np.float64], weight: NDArray[np.float64] | float = 1.0
-    ) -> None:
-        """Discrete requests at times t."""
-        w = np.broadcast_to(np.asarray(weight, dtype=np.float64), t.shape)
-        np.add.at(self.events[kind], self._bin(t), w)
+    def _at(self, kind: str, t: NDArray[np.float64], w: NDArray[np.float64]) -> None:
+        _add(self.events[kind], self._bin(t), w)
 
-    def backlog(
-        self, start: NDArray[np.float64], end: NDArray[np.float64], rate: float, cap: float
-    ) -> None:
-        """Expected outbox backlog of undeliverable stretches, at bin edges: it grows at
-        ``rate`` from ``start`` up to ``cap`` and is gone at ``end``."""
-        if rate <= 0 or not len(start):
-            return
+    def _backlog(self, key: str, start: NDArray[np.float64], end: NDArray[np.float64]) -> None:
+        """Backlog at bin edges: it grows at ``rate`` from ``start`` up to ``cap`` and is
+        gone at ``end``."""
+        rate, cap = (float(v) for v in key.split("|"))
         r, top = self.resolution, self.count + 1
         full = np.minimum(end, start + cap / rate)
         i0 = np.clip(np.floor(start / r).astype(np.int64) + 1, 0, top)
         i1 = np.clip(np.floor(full / r).astype(np.int64) + 1, 0, top)
         i2 = np.clip(np.ceil(end / r).astype(np.int64), 0, top)
         ramp = i1 > i0
-        np.add.at(self.backlog_slope, i0[ramp], rate)
-        np.add.at(self.backlog_slope, i1[ramp], -rate)
-        np.add.at(self.backlog_step, i0[ramp], -rate * start[ramp])
-        np.add.at(self.backlog_step, i1[ramp], rate * start[ramp])
+        _add(self.backlog_slope, i0[ramp], rate)
+        _add(self.backlog_slope, i1[ramp], -rate)
+        _add(self.backlog_step, i0[ramp], -rate * start[ramp])
+        _add(self.backlog_step, i1[ramp], rate * start[ramp])
         flat = i2 > i1
-        np.add.at(self.backlog_step, i1[flat], cap)
-        np.add.at(self.backlog_step, i2[flat], -cap)
+        _add(self.backlog_step, i1[flat], cap)
+        _add(self.backlog_step, i2[flat], -cap)
 
     def frame(self) -> pd.DataFrame:
+        self._flush()
         idx = pd.Index(np.arange(self.count) * self.resolution / HOUR, name="hours")
         data: dict[str, NDArray[np.float64]] = {}
         for k, v in self.level.items():
@@ -577,26 +621,23 @@ def simulate(scenario: Scenario) -> SimulationResult:
             np.minimum.at(pt_revoked, pt_dev, pt_detect)
     track = np.unique(rt_dev)
     # pass 1: waits = approval time alone; the queue gives real waits; pass 2 replays
-    first, *_ = _replay(
-        s,
-        fleet,
-        None,
-        np.random.default_rng(rngs[6].integers(2**63)),
-        pt_revoked,
-        None,
-        np.empty(0, dtype=np.int64),
-    )
-    dev, at, wait = _queue(s, first, rngs[7])
+    replay_seed = int(rngs[6].integers(2**63))
     bins = _Bins(horizon, s.timeline_resolution)
     second, tot, tracked, stretches = _replay(
-        s,
-        fleet,
-        _waits(dev, at, wait),
-        np.random.default_rng(rngs[6].integers(2**63)),
-        pt_revoked,
-        bins,
-        track,
+        s, fleet, None, np.random.default_rng(replay_seed), pt_revoked, bins, track
     )
+    if second.lockout_device:  # waits met the queue: replay with the queue's waits
+        dev, at, wait = _queue(s, second, rngs[7])
+        bins = _Bins(horizon, s.timeline_resolution)
+        second, tot, tracked, stretches = _replay(
+            s,
+            fleet,
+            _waits(dev, at, wait),
+            np.random.default_rng(replay_seed),
+            pt_revoked,
+            bins,
+            track,
+        )
     dev, at, wait = _queue(s, second, rngs[8])
     approved = at + wait
     # storms' attempts and duplicate-ID pairs (steady reconnect rates)

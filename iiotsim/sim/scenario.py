@@ -228,6 +228,10 @@ class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             node[keys[-1]] = msgspec.to_builtins(value)
         return Scenario.from_dict(data)
 
+    def to_builtins(self) -> dict[str, Any]:
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        return data
+
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
 
