@@ -335,7 +335,7 @@ class _Bins:
 def _replay(
     s: Scenario,
     fleet: _Fleet,
-    waits: dict[int, list[float]] | None,
+    waits: _Waits | None,
     rng: np.random.Generator,
     pt_revoked: NDArray[np.float64],
     bins: _Bins | None,
@@ -380,8 +380,6 @@ def _replay(
     stretch_d: list[NDArray[np.int64]] = []
     lam = s.messages.rate_per_hour / HOUR
     cap = float(s.messages.outbox_capacity)
-    approval_draw = sample(s.provisioning.approval_time, rng, 4 * n + 16)
-    draw_at = 0
     for k in range(online.shape[1]):
         t0 = times[:, k]
         t1 = times[:, k + 1]
@@ -409,19 +407,13 @@ def _replay(
                     result.permanent_time.append(t0[for_good])
                 recover = idx[~stuck]
                 if len(recover):
-                    w = np.empty(len(recover))
-                    for i, d in enumerate(recover):
-                        queue = waits.get(int(d)) if waits is not None else None
-                        if queue:
-                            w[i] = queue.pop(0)
-                        else:
-                            if draw_at >= len(approval_draw):
-                                approval_draw = sample(
-                                    s.provisioning.approval_time, rng, len(approval_draw)
-                                )
-                                draw_at = 0
-                            w[i] = approval_draw[draw_at]
-                            draw_at += 1
+                    # the queue's wait for this lockout of this device (its k-th), else
+                    # a fresh draw of the approval time
+                    w = sample(s.provisioning.approval_time, rng, len(recover))
+                    if waits is not None:
+                        slot = waits.start[recover] + lockout_count[recover]
+                        known = slot < waits.start[recover + 1]
+                        w[known] = waits.values[slot[known]]
                     age[recover] = -w
                     lockout_count[recover] += 1
                     tot["lockouts"][recover] += 1
@@ -527,14 +519,22 @@ def _queue(
     return dev, at, done - at
 
 
+@dataclass
+class _Waits:
+    """Queue waits by device, in lockout order: device d's are
+    ``values[start[d]:start[d + 1]]``."""
+
+    values: NDArray[np.float64]
+    start: NDArray[np.int64]
+
+
 def _waits(
-    dev: NDArray[np.int64], at: NDArray[np.float64], wait: NDArray[np.float64]
-) -> dict[int, list[float]]:
+    dev: NDArray[np.int64], at: NDArray[np.float64], wait: NDArray[np.float64], n: int
+) -> _Waits:
     order = np.lexsort((at, dev))
-    out: dict[int, list[float]] = {}
-    for d, w in zip(dev[order], wait[order], strict=True):
-        out.setdefault(int(d), []).append(float(w))
-    return out
+    counts = np.bincount(dev, minlength=n)
+    start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return _Waits(wait[order], start)
 
 
 def _leak_exposure(
@@ -632,7 +632,7 @@ def simulate(scenario: Scenario) -> SimulationResult:
         second, tot, tracked, stretches = _replay(
             s,
             fleet,
-            _waits(dev, at, wait),
+            _waits(dev, at, wait, n),
             np.random.default_rng(replay_seed),
             pt_revoked,
             bins,

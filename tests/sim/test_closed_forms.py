@@ -218,3 +218,16 @@ def test_same_scenario_and_seed_give_identical_frames() -> None:
     pd.testing.assert_series_equal(a.summary, b.summary)
     other = simulate(scenario.replace(seed=43))
     assert not a.devices.equals(other.devices)
+
+
+@pytest.mark.parametrize("hours", [None, (8.0, 17.0)])
+def test_queue_recursion_matches_the_simpy_resource(hours: tuple[float, float] | None) -> None:
+    """Large fleets use the FCFS recursion; it must give simpy's approval times exactly."""
+    rng = np.random.default_rng(8)
+    arrivals = rng.uniform(0, 10 * 86400, 3000)
+    provisioning = Provisioning(
+        technicians=3, approval_time=Distribution.lognormal(1800, 1.0), working_hours=hours
+    )
+    simpy_done = approve(arrivals, provisioning, np.random.default_rng(9), engine="simpy")
+    fcfs_done = approve(arrivals, provisioning, np.random.default_rng(9), engine="recursion")
+    np.testing.assert_allclose(fcfs_done, simpy_done, rtol=0, atol=1e-6)
