@@ -1,10 +1,10 @@
-# The two commands a newcomer types: `make serve` and `make test` (see README.md).
+# The commands a newcomer types: `make lab`, `make serve` and `make test` (see README.md).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 UV := .tools/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=.venv
 PY := .venv/bin/python
 
-.PHONY: venv serve test lint unit notebooks clean
+.PHONY: venv serve lab test lint unit notebooks clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -17,6 +17,9 @@ venv: $(UV)
 serve: venv
 	.venv/bin/iiotsim serve
 
+lab: venv
+	.venv/bin/iiotsim lab
+
 lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
@@ -25,7 +28,12 @@ lint: venv
 unit: venv
 	.venv/bin/pytest
 
-test: lint unit
+# nbval's imports cost seconds of start-up: the notebooks run in their own pytest call
+notebooks: venv
+	.venv/bin/pytest --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with notebooks/sanitize.cfg notebooks/
+
+test: lint unit notebooks
 
 clean:
 	rm -rf .venv .tools

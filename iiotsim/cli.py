@@ -2,6 +2,7 @@
 
     iiotsim serve [--host H] [--port P] [--mqtt-port M] [--database-url URL]
     iiotsim simulate SCENARIO.json --out DIR [--processes N]
+    iiotsim lab [JUPYTER ARGS...]
 
 ``serve`` runs the platform (HTTP API and MQTT broker) in the foreground, printing its
 URL and, on first start, the admin API key. ``simulate`` runs one scenario, or a sweep
@@ -34,7 +35,35 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", type=Path, required=True, help="output directory")
     simulate.add_argument("--processes", type=int, default=None, help="for sweeps")
     simulate.set_defaults(run=_simulate)
+    lab = commands.add_parser(
+        "lab", help="open JupyterLab on the notebooks (extra arguments go to jupyter lab)"
+    )
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(run=_lab)
     return parser
+
+
+def _lab(args: argparse.Namespace) -> int:
+    """JupyterLab on ``notebooks/`` with this environment's kernel."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    notebooks = root / "notebooks"
+    if not notebooks.is_dir():
+        print(f"error: no notebooks directory at {notebooks}", file=sys.stderr)
+        return 1
+    command = [
+        sys.executable, "-m", "jupyterlab", f"--notebook-dir={notebooks}",
+        "--ServerApp.ip=127.0.0.1", *args.jupyter_args,
+    ]  # fmt: skip
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")  # containers and CI run as root
+    env = {**os.environ, "JUPYTER_PREFER_ENV_PATH": "1"}  # this environment's kernel first
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -54,7 +83,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.jupyter_args = [*extra, *args.jupyter_args]
     return int(args.run(args))
 
 

@@ -106,3 +106,8 @@ class ManualClock:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def wall_clock_now() -> datetime:
+    """The real current time (UTC): the default for displays such as the approval panel."""
+    return datetime.now(UTC)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -88,3 +89,39 @@ def test_no_command_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "serve" in result.stderr
+
+
+def test_lab_serves_the_notebooks_with_this_environments_kernel() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iiotsim.cli", "lab", "--no-browser",
+         f"--ServerApp.port={port}", "--IdentityProvider.token=test-token"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": "token test-token"}
+        for _ in range(600):  # JupyterLab takes a few seconds to start
+            try:
+                contents = httpx.get(f"{base}/api/contents", headers=headers, timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None:
+                    raise AssertionError("iiotsim lab exited") from None
+                threading.Event().wait(0.1)
+        else:
+            raise AssertionError("JupyterLab did not answer")
+        names = {item["name"] for item in contents.json()["content"]}
+        assert "01_quickstart.ipynb" in names
+        specs = httpx.get(f"{base}/api/kernelspecs", headers=headers).json()
+        argv = specs["kernelspecs"][specs["default"]]["spec"]["argv"]
+        assert (
+            argv[0] in (sys.executable, "python")
+            or Path(argv[0]).resolve() == Path(sys.executable).resolve()
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
