@@ -105,3 +105,51 @@ def test_cancel_from_code(platform: Platform, panel: ApprovalPanel) -> None:
     panel.row(op["verificationCode"]).cancel_button.click()
     assert platform.admin.get_operation(op["provisioningOperationId"]).state == "cancelled"
     assert "No operation is waiting" in panel.list.children[0].value
+
+
+def test_device_view_shows_and_edits_the_twin(platform: Platform) -> None:
+    from iiotsim.widgets import DeviceView
+
+    from .mqtt import Device, provision
+
+    reg = provision(platform, "view-0001")
+    mqtt = Device(platform, reg.device_id, reg.password)
+    assert mqtt.connect() == 0
+    mqtt.publish("devices/view-0001/messages/telemetry/mid=v1", b'{"t": 21.5}')
+    view = DeviceView(platform.admin, "view-0001")
+    try:
+        assert "connected" in view.header.value
+        assert "21.5" in view.recent.value
+        view.desired_patch.value = '{"interval": 10}'
+        view.apply_desired.click()
+        assert platform.admin.get_twin("view-0001").desired.properties == {"interval": 10}
+        assert (
+            "v1" in view.sections["desired"].value and "interval" in view.sections["desired"].value
+        )
+        view.tags_patch.value = "[1, 2]"  # not an object: said in the panel
+        view.apply_tags.click()
+        assert "JSON object" in view.status.value
+        view.tags_patch.value = '{"site": "hall-3"}'
+        view.apply_tags.click()
+        assert platform.admin.get_twin("view-0001").tags.properties == {"site": "hall-3"}
+    finally:
+        mqtt.close()
+
+
+def test_policy_explorer_reruns_the_simulator_on_change() -> None:
+    from iiotsim.sim import Scenario
+    from iiotsim.widgets import PanelError, PolicyExplorer
+
+    explorer = PolicyExplorer(
+        Scenario(fleet_size=60, duration_days=5, seed=1), lifetimes_hours=(1, 24)
+    )
+    short = explorer.set(lifetime_hours=1.0, off_mean_hours=2.0)
+    assert short.scenario.token.lifetime == 3600
+    assert short.summary["lockouts"] > 0
+    assert "lockouts per 1,000 device-days" in explorer.summary.value
+    explorer.controls["lifetime_hours"].value = 1000.0  # a slider move re-runs
+    assert explorer.result.scenario.token.lifetime == pytest.approx(3_600_000)
+    assert explorer.result.summary["lockouts"] < short.summary["lockouts"]
+    assert list(explorer.sweep["token.lifetime"]) == [3600, 86400]
+    with pytest.raises(PanelError, match="not a control"):
+        explorer.set(colour="blue")
