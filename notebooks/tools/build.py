@@ -1,0 +1,420 @@
+"""Writes the notebooks from their cell sources (outputs stripped; the outputs of
+``# NBVAL_CHECK_OUTPUT`` cells are the expected ones). Run after editing:
+
+    .venv/bin/python notebooks/tools/build.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat as nbf
+
+HERE = Path(__file__).resolve().parents[1]
+KERNEL = {
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
+
+
+def md(text: str) -> nbf.NotebookNode:
+    return nbf.v4.new_markdown_cell(text.strip())
+
+
+def code(text: str, expected: str | None = None, parameters: bool = False) -> nbf.NotebookNode:
+    cell = nbf.v4.new_code_cell(text.strip())
+    if parameters:
+        cell.metadata["tags"] = ["parameters"]
+    if expected is not None:
+        cell.source = "# NBVAL_CHECK_OUTPUT\n" + cell.source
+        cell.outputs = [nbf.v4.new_output("stream", name="stdout", text=expected)]
+        cell.execution_count = 1
+    return cell
+
+
+def write(name: str, cells: list[nbf.NotebookNode]) -> None:
+    nb = nbf.v4.new_notebook()
+    nb.cells = cells
+    nb.metadata = KERNEL
+    nbf.write(nb, HERE / name)
+
+
+POLICIES = [
+    md("""
+# 2. Token lifetime policies
+
+A fleet of pumps on cellular links: usually online for about half a day, then out of
+coverage for a lognormal while (median under an hour, a long tail of multi-day outages
+when a site loses power). Which Registration Token lifetime keeps them working without
+giving a leaked token a long life?
+
+The **policy explorer** re-runs the simulator as you move its controls. Below it, a
+**sweep** over lifetimes with repetitions gives the trade-off curve and a recommendation.
+"""),
+    code("""
+# Parameters (small fleet so CI runs fast; raise FLEET and DAYS for real answers)
+FLEET = 300
+DAYS = 30
+LIFETIMES_H = [1, 6, 24, 72, 168, 720]
+REPETITIONS = 2
+TARGET_LOCKOUTS = 1.0   # per 1,000 device-days: what the operations team accepts
+""", parameters=True),
+    code("""
+import numpy as np
+import pandas as pd
+
+from iiotsim.sim import Connectivity, Distribution, Scenario, plots, sweep
+from iiotsim.widgets import PolicyExplorer
+
+fleet = Scenario(
+    fleet_size=FLEET,
+    duration_days=DAYS,
+    connectivity=Connectivity(on=Distribution.exponential(12 * 3600),
+                              off=Distribution.lognormal(2 * 3600, 1.5)),
+    seed=2026,
+)
+fleet.connectivity
+"""),
+    md("## The policy explorer"),
+    code("""
+explorer = PolicyExplorer(fleet, lifetimes_hours=(1, 24, 168))
+explorer
+"""),
+    code("""
+short = explorer.set(lifetime_hours=1, technicians=1)
+long = explorer.set(lifetime_hours=720, technicians=1)
+assert short.summary["lockouts_per_1000_device_days"] > long.summary["lockouts_per_1000_device_days"]
+"""),
+    md("## A sweep over lifetimes"),
+    code("""
+grid = sweep(fleet, token__lifetime=[h * 3600 for h in LIFETIMES_H] + [None],
+             repetitions=REPETITIONS, processes=2)
+table = (grid.groupby("token.lifetime", dropna=False)
+         [["lockouts_per_1000_device_days", "lockout_recovery_p95_h", "rt_leak_exposure_mean_h",
+           "technician_approvals_per_day", "peak_refresh_per_s"]].mean())
+table.index = [f"{v / 3600:g} h" if pd.notna(v) else "infinite" for v in table.index]
+table.round(2)
+"""),
+    code("""
+plots.tradeoff(grid);
+"""),
+    code("""
+finite = table.iloc[:-1]
+lockouts = finite["lockouts_per_1000_device_days"].to_numpy()
+exposure = finite["rt_leak_exposure_mean_h"].to_numpy()
+assert table.loc["infinite", "lockouts_per_1000_device_days"] == 0
+assert lockouts[0] > lockouts[-1]              # longer tokens: fewer lockouts...
+assert exposure[0] < exposure[-1]              # ...and a longer life for a leaked token
+assert np.all(np.diff(exposure) > 0)
+"""),
+    md("""
+## Recommendation
+
+The shortest lifetime whose lockout rate the operations team accepts: it bounds a leaked
+token's life as tightly as the fleet's connectivity allows.
+"""),
+    code("""
+acceptable = finite[finite["lockouts_per_1000_device_days"] <= TARGET_LOCKOUTS]
+recommended = acceptable.index[0] if len(acceptable) else finite.index[-1]
+row = table.loc[recommended]
+print(f"Recommended lifetime: {recommended} "
+      f"({row.lockouts_per_1000_device_days:.2f} lockouts per 1,000 device-days, "
+      f"leaked token usable {row.rt_leak_exposure_mean_h:.1f} h on average)")
+"""),
+    code("""
+assert recommended in table.index
+assert table.loc[recommended, "lockouts_per_1000_device_days"] <= TARGET_LOCKOUTS or recommended == finite.index[-1]
+"""),
+]
+
+STORMS = [
+    md("""
+# 4. Outages and reconnect storms
+
+A 30-minute broker outage disconnects the whole fleet. When the broker is back, every
+device reconnects with its back-off policy, and the broker admits a limited number of
+connections per second. How long until everyone is back, and what does the broker see?
+"""),
+    code("""
+FLEET = 2000
+OUTAGE_S = 1800
+CAPACITY = 5           # connections per second a small broker admits
+""", parameters=True),
+    code("""
+import numpy as np
+import pandas as pd
+import matplotlib.pyplot as plt
+
+from iiotsim.sim import Backoff, Outage, Outages, Scenario, simulate
+from iiotsim.sim.storm import simulate_storm
+
+policies = {
+    "fixed 1 s (no back-off)": Backoff(kind="fixed", base=1),
+    "exponential, no jitter": Backoff(kind="exponential", base=1, cap=300),
+    "exponential, full jitter": Backoff(kind="full_jitter", base=1, cap=300),
+    "full jitter, reset at every connect": Backoff(kind="full_jitter", base=1, cap=300, reset="connect"),
+}
+storms = {name: simulate_storm(FLEET, OUTAGE_S, b, np.random.default_rng(1), CAPACITY)
+          for name, b in policies.items()}
+rows = []
+for name, st in storms.items():
+    after = st.attempt_times[st.attempt_times >= OUTAGE_S]
+    per_second = np.bincount((after - OUTAGE_S).astype(int)) if len(after) else np.zeros(1)
+    rows.append({"policy": name, "all back after s": st.delays.max(),
+                 "attempts after outage": len(after), "peak attempts/s": per_second.max()})
+storm_table = pd.DataFrame(rows).set_index("policy")
+storm_table
+"""),
+    code("""
+fig, ax = plt.subplots(figsize=(9, 4))
+for name, st in storms.items():
+    t = st.attempt_times[(st.attempt_times >= OUTAGE_S - 60) & (st.attempt_times < OUTAGE_S + 600)]
+    counts = np.bincount((t - (OUTAGE_S - 60)).astype(int), minlength=660)
+    ax.plot(np.arange(len(counts)) - 60, counts, label=name)
+ax.axhline(CAPACITY, color="grey", ls=":", label="broker capacity")
+ax.set_yscale("symlog"); ax.set_xlabel("seconds after the outage ends"); ax.set_ylabel("connection attempts/s")
+ax.legend(fontsize=8);
+"""),
+    code("""
+fixed = storm_table.loc["fixed 1 s (no back-off)"]
+jitter = storm_table.loc["exponential, full jitter"]
+no_jitter = storm_table.loc["exponential, no jitter"]
+reset = storm_table.loc["full jitter, reset at every connect"]
+assert jitter["peak attempts/s"] < no_jitter["peak attempts/s"]   # jitter spreads the herd
+assert jitter["attempts after outage"] < fixed["attempts after outage"]
+assert no_jitter["all back after s"] > 10 * jitter["all back after s"]   # lock-step retries
+assert reset["peak attempts/s"] > 2 * jitter["peak attempts/s"]   # the pitfall: back to base delay
+assert reset["attempts after outage"] > jitter["attempts after outage"]
+assert jitter["all back after s"] >= FLEET / CAPACITY - 1
+"""),
+    md("## The same outage inside a fleet simulation"),
+    code("""
+outage = Outages(scheduled=(Outage(start=2 * 86400, duration=OUTAGE_S),), broker_connects_per_second=CAPACITY)
+base = Scenario(fleet_size=FLEET // 4, duration_days=4, outages=outage, timeline_resolution=60, seed=4)
+results = {name: simulate(base.replace(backoff=b)) for name, b in list(policies.items())[1:3]}
+fig, ax = plt.subplots(figsize=(9, 4))
+for name, r in results.items():
+    window = r.timeline.loc[47.5:60.0]
+    ax.plot(window.index, window["online"], label=name)
+ax.set_xlabel("hours"); ax.set_ylabel("devices online"); ax.legend(fontsize=8);
+"""),
+    code("""
+def recovery_hours(r, start_h=48 + OUTAGE_S / 3600):
+    before = r.timeline.loc[40:47.5, "online"].mean()
+    after = r.timeline.loc[start_h:]
+    back = after[after["online"] >= 0.95 * before]
+    return (back.index[0] - start_h) if len(back) else float("inf")
+
+recovery = {name: recovery_hours(r) for name, r in results.items()}
+recovery
+"""),
+    code("""
+assert recovery["exponential, full jitter"] < recovery["exponential, no jitter"]
+"""),
+]
+
+SECURITY = [
+    md("""
+# 5. Security incidents
+
+Three incidents on the real embedded platform, and what the simulator says about their cost:
+
+1. a **leaked Provisioning Token**: approval stops it;
+2. a **leaked Registration Token**: revocation ends it; its exposure window depends on the lifetime;
+3. **duplicate Device IDs**: two devices fighting over one connection, recorded as takeovers.
+"""),
+    code("""
+LIFETIMES_H = [1, 24, 168]
+FLEET = 200
+""", parameters=True),
+    code("""
+import threading
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from iiot_device import DeviceClient, ProvisioningOperationCancelled
+from iiotsim import Platform
+from iiotsim.widgets import ApprovalPanel
+
+platform = Platform().start()
+token = platform.admin.create_provisioning_token("line-4", max_registration_token_lifetime=86400)
+panel = ApprovalPanel(platform.admin, auto_refresh=False)
+device = DeviceClient.start(token.provisioning_token, platform.data_dir / "pump.db",
+                            server_url=platform.http_url, device_id="pump-0100",
+                            on_provisioning_operation=lambda op: panel.approve(op.verification_code))
+device.device_id
+"""),
+    md("## 1. A leaked Provisioning Token: approval stops it"),
+    code("""
+rogue_ops = []
+def rogue():
+    try:
+        DeviceClient.start(token.provisioning_token, platform.data_dir / "rogue.db",
+                           server_url=platform.http_url, device_id="pump-0666",
+                           on_provisioning_operation=rogue_ops.append, provisioning_attempts=1)
+    except ProvisioningOperationCancelled as exc:
+        rogue_ops.append(exc)
+
+attacker = threading.Thread(target=rogue); attacker.start()
+while not rogue_ops: threading.Event().wait(0.05)
+panel.refresh()
+panel   # the technician sees an operation nobody expected...
+"""),
+    code("""
+panel.cancel(rogue_ops[0].verification_code)   # ...and cancels it
+attacker.join(30)
+assert isinstance(rogue_ops[-1], ProvisioningOperationCancelled)
+platform.admin.revoke_provisioning_token(token.id)   # and the leaked PT is revoked
+refused = httpx.post(f"{platform.http_url}/provisioning-operations/init", json={"deviceId": "pump-0667"},
+                     headers={"Authorization": f"DeviceToken {token.provisioning_token}"})
+assert refused.status_code == 401
+[d.device_id for d in platform.admin.list_devices()]
+"""),
+    code("""
+print(sorted(d.device_id for d in platform.admin.list_devices()))
+""", expected="['pump-0100']\n"),
+    md("## 2. A leaked Registration Token: revoke it"),
+    code("""
+import sqlite3, json
+# someone pulls the pump's flash: its local database holds the Registration Token
+device.close()
+with sqlite3.connect(platform.data_dir / "pump.db") as db:
+    leaked_rt = json.loads(db.execute("select value from state where key='rt'").fetchone()[0])["token"]
+def upload(rt):
+    return httpx.post(f"{platform.http_url}/devices/messages", params={"stream": "x"}, content=b"forged",
+                      headers={"Authorization": f"DeviceToken {rt}"}).status_code
+before = upload(leaked_rt)
+platform.admin.revoke_device("pump-0100")
+after = upload(leaked_rt)
+before, after
+"""),
+    code("""
+assert before == 201 and after in (401, 403)
+"""),
+    code("""
+from iiotsim.sim import Scenario, sweep
+exposure = sweep(Scenario(fleet_size=FLEET, duration_days=20, seed=5),
+                 token__lifetime=[h * 3600 for h in LIFETIMES_H], processes=1, progress=False)
+exposure[["token.lifetime", "rt_leak_exposure_mean_h", "rt_leak_exposure_p95_h"]]
+"""),
+    code("""
+assert exposure["rt_leak_exposure_mean_h"].is_monotonic_increasing
+"""),
+    md("## 3. Duplicate Device IDs fight over one connection"),
+    code("""
+# A second physical device flashed with the same identity: the same MQTT credentials.
+token2 = platform.admin.create_provisioning_token("clone-test")
+auth = {"Authorization": f"DeviceToken {token2.provisioning_token}"}
+op = httpx.post(f"{platform.http_url}/provisioning-operations/init", json={"deviceId": "pump-0200"}, headers=auth).json()
+platform.admin.approve_operation(op["provisioningOperationId"])
+rt = httpx.put(f"{platform.http_url}/provisioning-operations/complete",
+               json={"provisioningOperationId": op["provisioningOperationId"]}, headers=auth).json()["registrationToken"]
+creds = httpx.put(f"{platform.http_url}/devices/register", headers={"Authorization": f"DeviceToken {rt}"}).json()
+
+def twin_device():
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pump-0200", protocol=mqtt.MQTTv311)
+    c.username_pw_set("pump-0200", creds["mqttPassword"])
+    return c
+
+first, second = twin_device(), twin_device()
+kicked = threading.Event()
+first.on_disconnect = lambda *a: kicked.set()
+first.connect(platform.mqtt_host, platform.mqtt_port); first.loop_start()
+threading.Event().wait(0.5)
+second.connect(platform.mqtt_host, platform.mqtt_port); second.loop_start()
+assert kicked.wait(10)
+platform.admin.get_device("pump-0200").connection_takeovers
+"""),
+    code("""
+assert platform.admin.get_device("pump-0200").connection_takeovers >= 1
+for c in (first, second):
+    c.disconnect(); c.loop_stop()
+panel.close(); platform.stop()
+"""),
+]
+
+TWIN = [
+    md("""
+# 3. Device twin and fleet configurations
+
+Three real devices (the SDK) at two sites. A **fleet configuration** targets devices by tags
+and sets desired properties; the devices receive them, apply them and report them back; the
+configuration's metrics count targeted and applied devices.
+"""),
+    code("""
+DEVICES = 3
+""", parameters=True),
+    code("""
+import threading
+from iiot_device import DeviceClient
+from iiotsim import Platform
+from iiotsim.widgets import DeviceView
+
+platform = Platform().start()
+token = platform.admin.create_provisioning_token("pumps")
+devices = {}
+def applied(name):
+    def on_desired(desired):   # a device applies what it is told and reports it back
+        devices[name].update_reported_properties(
+            {k: v for k, v in desired.properties.items()} | {"applied_version": desired.version})
+    return on_desired
+
+for i in range(DEVICES):
+    name = f"pump-{i:04d}"
+    devices[name] = DeviceClient.start(token.provisioning_token, platform.data_dir / f"{name}.db",
+                                       server_url=platform.http_url, device_id=name,
+                                       on_provisioning_operation=lambda op: platform.admin.approve_operation(op.id),
+                                       on_desired_properties=applied(name))
+for i, name in enumerate(devices):
+    platform.admin.update_tags(name, {"site": "hall-3" if i % 2 == 0 else "hall-7"})
+sorted(devices)
+"""),
+    code("""
+config = platform.admin.create_fleet_configuration(
+    {"eq": {"path": "tags.site", "value": "hall-3"}}, {"interval": 30}, priority=1,
+    configuration_id="hall3-slow")
+override = platform.admin.create_fleet_configuration(
+    {"eq": {"path": "tags.site", "value": "hall-3"}}, {"interval": 5}, priority=9,
+    configuration_id="hall3-urgent")
+(config.metrics, override.metrics)
+"""),
+    code("""
+def wait(check, timeout=30):
+    deadline = threading.Event()
+    for _ in range(int(timeout / 0.05)):
+        if check(): return True
+        deadline.wait(0.05)
+    return check()
+
+hall3 = [n for i, n in enumerate(devices) if i % 2 == 0]
+assert wait(lambda: all(devices[n].desired_properties.properties.get("interval") == 5 for n in hall3))
+assert wait(lambda: platform.admin.get_fleet_configuration("hall3-urgent").metrics.applied == len(hall3))
+metrics = platform.admin.get_fleet_configuration("hall3-urgent").metrics
+metrics
+"""),
+    code("""
+m = platform.admin.get_fleet_configuration("hall3-urgent").metrics
+print(m.targeted, m.applied)
+""", expected="2 2\n"),
+    code("""
+view = DeviceView(platform.admin, "pump-0000")
+view
+"""),
+    code("""
+platform.admin.delete_fleet_configuration("hall3-urgent")   # the lower priority takes over
+assert wait(lambda: all(devices[n].desired_properties.properties.get("interval") == 30 for n in hall3))
+assert "pump-0001" not in hall3 and "interval" not in devices["pump-0001"].desired_properties.properties
+"""),
+    code("""
+for d in devices.values():
+    d.close()
+platform.stop()
+"""),
+]
+
+if __name__ == "__main__":
+    write("02_token_lifetime_policies.ipynb", POLICIES)
+    write("03_twin_and_fleet_configurations.ipynb", TWIN)
+    write("04_outages_and_reconnect_storms.ipynb", STORMS)
+    write("05_security_incidents.ipynb", SECURITY)
