@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Container
 from datetime import UTC, datetime, timedelta
 
 _EVENT_POLL_SECONDS = 0.005  # how often a thread wait re-checks an event it cannot hook
@@ -33,6 +34,7 @@ class ManualClock:
         self._async_waiters: list[tuple[datetime, asyncio.AbstractEventLoop, asyncio.Future[None]]]
         self._async_waiters = []
         self._thread_deadlines: list[datetime] = []
+        self._thread_waits: list[tuple[datetime, threading.Event | None, str]] = []
 
     def now(self) -> datetime:
         with self._cond:
@@ -52,11 +54,24 @@ class ManualClock:
                 raise ValueError(f"time cannot go back from {self._now} to {when}")
             return self._move_to(when)
 
-    def next_deadline(self) -> datetime | None:
-        """The earliest time some wait is waiting for, or None if nothing waits."""
+    @property
+    def idle_threads(self) -> int:
+        """Threads blocked in :meth:`wait` with nothing to wake them yet: their deadline
+        is ahead and their event unset. Hybrid runs move time on only when every device
+        is idle."""
+        with self._cond:
+            return sum(
+                1
+                for deadline, event, _name in self._thread_waits
+                if deadline > self._now and (event is None or not event.is_set())
+            )
+
+    def next_deadline(self, exclude_threads: Container[str] = ()) -> datetime | None:
+        """The earliest time some wait is waiting for, or None if nothing waits; waits of
+        threads named in ``exclude_threads`` are left out."""
         with self._cond:
             deadlines = [d for d, _, f in self._async_waiters if not f.done()]
-            deadlines += self._thread_deadlines
+            deadlines += [d for d, _, name in self._thread_waits if name not in exclude_threads]
             return min(deadlines, default=None)
 
     def _move_to(self, when: datetime) -> datetime:
@@ -92,6 +107,8 @@ class ManualClock:
         with self._cond:
             deadline = self._now + timedelta(seconds=max(0.0, seconds))
             self._thread_deadlines.append(deadline)
+            waiting = (deadline, event, threading.current_thread().name)
+            self._thread_waits.append(waiting)
             try:
                 while True:
                     if event is not None and event.is_set():
@@ -101,6 +118,7 @@ class ManualClock:
                     self._cond.wait(timeout=_EVENT_POLL_SECONDS if event is not None else None)
             finally:
                 self._thread_deadlines.remove(deadline)
+                self._thread_waits.remove(waiting)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -129,6 +129,7 @@ class DeviceClient:
         keepalive: int = 60,
         http_timeout: float = 10.0,
         rng: random.Random | None = None,
+        mqtt_address: tuple[str, int] | None = None,
     ) -> None:
         if not provisioning_token:
             raise ValueError("provisioning_token is required")
@@ -150,6 +151,8 @@ class DeviceClient:
         self._backoff = backoff or Backoff(base=1.0, cap=300.0, rng=self._rng)
         self._attempts = provisioning_attempts
         self._keepalive = keepalive
+        self._mqtt_address = mqtt_address
+        """connect here instead of the broker named at registration (a gateway or proxy)"""
         self._store = LocalStore(db_path, limits=outbox, durability=durability)
         self._api = DeviceApi(server_url, timeout=http_timeout)
 
@@ -602,8 +605,11 @@ class DeviceClient:
             outcome.append(rc)
             answered.set()
 
+        subscribed = threading.Event()
+
         def on_disconnect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
             answered.set()
+            subscribed.set()  # nothing more will come on this connection
             self._events.append((gen, "disconnect", rc))
             self._wake.set()
 
@@ -619,7 +625,8 @@ class DeviceClient:
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
         client.on_message = on_message
-        client.connect(reg.mqtt_host, reg.mqtt_port, keepalive=self._keepalive)
+        host, port = self._mqtt_address or (reg.mqtt_host, reg.mqtt_port)
+        client.connect(host, port, keepalive=self._keepalive)
         client.loop_start()
         if not answered.wait(_CONNACK_WAIT) or not outcome or outcome[0].is_failure:
             client.disconnect()
@@ -634,12 +641,11 @@ class DeviceClient:
         self._rep_cursor = 0
         self._blocked_on_upload = False
         base = f"devices/{reg.device_id}/twin"
-        subscribed = threading.Event()
         client.on_subscribe = lambda *_: subscribed.set()
         client.subscribe(f"{base}/+", 1)
         # only once the subscription is in place is no desired patch missed: anything
         # before it is in the answer to the twin request that follows
-        if not subscribed.wait(_CONNACK_WAIT):
+        if not subscribed.wait(_CONNACK_WAIT) or not client.is_connected():
             self._drop_connection()
             raise _ConnectFailed("MQTT subscription to the twin topics not acknowledged")
         client.publish(f"{base}/get", b"{}", qos=1)  # the full twin after every (re)connect

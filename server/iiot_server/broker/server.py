@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import json
 import logging
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, Server
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.constants import QOS_0, QOS_1
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
@@ -263,6 +264,53 @@ class PlatformBroker(Broker):
             delivered: asyncio.Future[Any] = loop.create_future()
             delivered.set_result(queue.get_nowait())
             await self._handle_message_delivery(client_session, handler, delivered)
+
+    # broadcasts: a snapshot of the subscriptions, and only the filters that can match ---
+
+    def _candidate_filters(self, topic: str) -> list[tuple[str, list[tuple[Session, int]]]]:
+        """Subscriptions whose filter may match ``topic``. A device's topic can only be
+        matched by that device's own filters (the ACL allows nothing else), so for
+        ``devices/{id}/...`` only those few are looked at instead of every filter."""
+        parsed = parse_topic(topic)
+        if parsed is None:
+            return [(f, list(subs)) for f, subs in list(self._subscriptions.items())]
+        prefix = f"devices/{parsed.device_id}/"
+        names = (topic, f"{prefix}#", f"{prefix}twin/+")
+        return [(f, list(self._subscriptions[f])) for f in names if f in self._subscriptions]
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
+        """amqtt 0.12.1's, iterating a snapshot: it iterated the live subscription dict
+        across awaits, so a device subscribing or leaving meanwhile raised
+        ``RuntimeError: dictionary changed size during iteration`` and the message
+        (a twin answer, a desired patch) was lost."""
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        for k_filter, subscriptions in self._candidate_filters(topic):
+            if not self._matches(topic, k_filter):
+                continue
+            for target_session, sub_qos in subscriptions:
+                qos = broadcast.get("qos", sub_qos)
+                if not await self._topic_filtering(
+                    target_session, topic=topic, action=Action.RECEIVE
+                ):
+                    continue
+                if (
+                    target_session.transitions.state != "connected"
+                    and not target_session.clean_session
+                    and qos in (QOS_1, QOS_2)
+                    and not target_session.is_anonymous
+                ):
+                    await self._retain_broadcast_message(broadcast, qos, target_session)
+                    continue
+                if target_session.transitions.state != "connected":
+                    continue
+                handler = self._get_handler(target_session)
+                if handler:
+                    running_tasks.append(
+                        asyncio.ensure_future(
+                            handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
+                        )
+                    )
 
     # flaw (a): retained messages only on the session's own, permitted subscriptions ---
 
