@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from iiot_device import Backoff, DeviceClient, ProvisioningOperation
 
 from .clock import ManualClock
@@ -96,7 +95,9 @@ class ProxyHub:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="iiot-proxies", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="iiot-proxies", daemon=True
+        )
         self.thread.start()
         self.links: list[_Link] = []
 
@@ -132,11 +133,15 @@ class HybridRun:
     real devices; lockouts counted from what the platform and devices did, beside the
     simulator's prediction for the same scenario."""
 
-    def __init__(self, scenario: Scenario, *, devices: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, scenario: Scenario, *, devices: int | None = None, data_dir: Path | None = None
+    ) -> None:
         n = devices or scenario.fleet_size
         self.scenario = scenario.replace(fleet_size=n)
         self.clock = ManualClock()
-        self._tmp = tempfile.TemporaryDirectory(prefix="iiotsim-hybrid-") if data_dir is None else None
+        self._tmp = (
+            tempfile.TemporaryDirectory(prefix="iiotsim-hybrid-") if data_dir is None else None
+        )
         self.data_dir = Path(self._tmp.name) if self._tmp else Path(data_dir or ".")
         self.platform = Platform(self.data_dir / "platform", clock=self.clock)
         self.hub: ProxyHub | None = None
@@ -149,7 +154,10 @@ class HybridRun:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -182,7 +190,9 @@ class HybridRun:
                 device_id=f"hybrid-{i:04d}",
                 clock=self.clock,
                 on_provisioning_operation=self._approve,
-                backoff=Backoff(base=s.backoff.base, cap=min(s.backoff.cap, 60.0), rng=random.Random(i)),
+                backoff=Backoff(
+                    base=s.backoff.base, cap=min(s.backoff.cap, 60.0), rng=random.Random(i)
+                ),
             )
             self.clients.append(client)
         self.settle()
