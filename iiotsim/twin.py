@@ -259,18 +259,31 @@ class HybridRun:
             self.settle()
         self._advance_to(s.duration, start)
         lockouts = self.operations - provisioned
+        refreshes = self._refreshes()
         predicted = simulate(s)
         sim_lockouts = int(predicted.summary["lockouts"])
         sim_off = int(predicted.devices["connects"].sum())
+        sim_refreshes = int(predicted.devices["refreshes"].sum())
         comparison = pd.DataFrame(
             {
-                "hybrid": [lockouts, off_periods, lockouts / max(1, off_periods)],
-                "simulator": [sim_lockouts, sim_off, sim_lockouts / max(1, sim_off)],
+                "hybrid": [lockouts, off_periods, lockouts / max(1, off_periods), refreshes],
+                "simulator": [sim_lockouts, sim_off, sim_lockouts / max(1, sim_off), sim_refreshes],
             },
-            index=["lockouts", "off periods", "lockouts per off period"],
+            index=["lockouts", "off periods", "lockouts per off period", "token refreshes"],
         )
         frame = pd.DataFrame(log, columns=["time", "device", "kind"])
         return HybridResult(comparison, lockouts, off_periods, predicted, frame)
+
+    def _refreshes(self) -> int:
+        """Registration Tokens the platform issued by refresh (each has a parent)."""
+        import sqlite3
+
+        path = self.platform.data_dir / "iiot.db"
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT count(*) FROM registration_tokens WHERE parent_id IS NOT NULL"
+            ).fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         for client in self.clients:

@@ -423,8 +423,9 @@ model** opens and closes (a device goes offline by its sockets being closed). Pl
 devices and simulation share one `ManualClock`, so days of token lifetime pass in
 seconds; time stands still while any real call is in flight.
 
-The lockouts the platform actually saw are set beside the simulator's prediction for the
-same scenario.
+The lockouts and token refreshes the platform actually saw are set beside the
+simulator's prediction for the same scenario. Tolerances: lockouts per off period within
+0.05 absolute, refreshes within 10%.
 """),
     code("""
 DEVICES = 50          # at least 50 real devices
@@ -459,6 +460,8 @@ predicted = result.comparison.loc["lockouts per off period", "simulator"]
 assert result.off_periods >= DEVICES
 assert result.lockouts > 0
 assert abs(hybrid - predicted) <= TOLERANCE, (hybrid, predicted)
+refreshes = result.comparison.loc["token refreshes"]
+assert abs(refreshes["hybrid"] - refreshes["simulator"]) <= 0.1 * refreshes["simulator"]
 """),
 ]
 

@@ -64,3 +64,6 @@ def test_small_hybrid_run_matches_the_simulator() -> None:
     assert result.off_periods > 0
     row = result.comparison.loc["lockouts per off period"]
     assert abs(row["hybrid"] - row["simulator"]) <= 0.1
+    refreshes = result.comparison.loc["token refreshes"]
+    assert refreshes["hybrid"] > 0
+    assert abs(refreshes["hybrid"] - refreshes["simulator"]) <= 0.1 * refreshes["simulator"]
