@@ -162,6 +162,8 @@ class DeviceClient:
         self._status = Status.STARTING
         self.last_error: BaseException | None = None
         """The latest background failure (also logged); None after a clean start."""
+        self.connection_attempts = 0
+        """MQTT connection attempts so far (how hard this device knocks on the broker)."""
 
         rt = self._store.get("rt")
         self._rt: dict[str, Any] | None = rt
@@ -586,6 +588,7 @@ class DeviceClient:
     # MQTT --------------------------------------------------------------------------
 
     def _connect(self, reg: Registration) -> None:
+        self.connection_attempts += 1
         self._generation += 1
         gen = self._generation
         client = mqtt.Client(

@@ -378,3 +378,30 @@ def test_the_sdk_installs_on_its_own(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
+
+
+def test_new_messages_do_not_cut_the_reconnect_backoff_short(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    """Offline, with clock time standing still, the device waits out its back-off: sending
+    messages must not make it retry (it did once: each message woke the supervisor)."""
+    platform = Platform(data_dir=tmp_path / "data", clock=clock).start()
+    try:
+        pt = platform.admin.create_provisioning_token("b").provisioning_token
+        device = start_device(platform, clock, pt, tmp_path / "d.db", device_id="sdk-0014")
+        try:
+            assert wait_for(lambda: device.status is Status.CONNECTED)
+            platform.stop()
+            # the supervisor notices the drop, then waits out its back-off on the frozen clock
+            assert wait_for(lambda: device.status is Status.OFFLINE)
+            assert wait_for(lambda: clock.idle_threads >= 1)
+            attempts = device.connection_attempts
+            for i in range(20):
+                device.send_message(f"offline {i}".encode())
+                assert wait_for(lambda: clock.idle_threads >= 1)  # back to waiting
+            assert device.connection_attempts == attempts
+            assert device.pending_messages_count == 20
+        finally:
+            device.close()
+    finally:
+        platform.stop()
