@@ -25,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from iiot_device import Backoff, DeviceClient, ProvisioningOperation
 
@@ -298,4 +297,4 @@ class HybridRun:
             self._tmp.cleanup()
 
 
-__all__ = ["HybridResult", "HybridRun", "ProxyHub", "np"]
+__all__ = ["HybridResult", "HybridRun", "ProxyHub"]

@@ -109,7 +109,6 @@ def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
     else:
         group = np.zeros(n, dtype=np.int64)
     # own connectivity, per group, padded to one matrix
-    own: list[NDArray[np.float64]] = [np.empty(0)] * n
     width = 0
     per_group: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = []
     for g in range(max(1, len(groups))):
@@ -121,7 +120,6 @@ def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
         matrix = np.stack(cols, axis=1) if cols else np.empty((len(members), 0))
         per_group.append((members, matrix))
         width = max(width, matrix.shape[1])
-    del own
     own_times = np.full((n, width), np.inf)
     for members, matrix in per_group:
         own_times[members, : matrix.shape[1]] = matrix

@@ -42,11 +42,7 @@ def tradeoff(
     repetitions), the Pareto front drawn through the undominated ones."""
     frame = sweep.groupby(label, dropna=False)[[x, y]].mean().reset_index()
     finite = frame[np.isfinite(frame[y])]
-    fig: Any
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, (7, 4.5))
     ax.scatter(finite[x], finite[y], color="tab:blue", zorder=3)
     for _, row in finite.iterrows():
         value = row[label]
@@ -68,11 +64,7 @@ def tradeoff(
 def fleet_state(result: SimulationResult, ax: Axes | None = None) -> Figure:
     """Devices online, awaiting approval, offline and locked out for good, over time."""
     t = result.timeline
-    fig: Any
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(9, 4))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, (9, 4))
     cols = ["online", "awaiting_approval", "offline", "locked_out"]
     ax.stackplot(t.index / 24, *(t[c] for c in cols), labels=[c.replace("_", " ") for c in cols])
     ax.set_xlabel("days")
@@ -85,11 +77,7 @@ def fleet_state(result: SimulationResult, ax: Axes | None = None) -> Figure:
 def server_load(result: SimulationResult, ax: Axes | None = None) -> Figure:
     """Requests per second by kind over time (a reconnect storm shows as a spike)."""
     t = result.timeline
-    fig: Any
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(9, 4))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, (9, 4))
     for kind in ("connect", "refresh", "provisioning", "twin_get"):
         ax.plot(t.index / 24, t[f"{kind}_per_s"], label=kind)
     ax.set_yscale("symlog", linthresh=0.01)
@@ -98,6 +86,13 @@ def server_load(result: SimulationResult, ax: Axes | None = None) -> Figure:
     ax.set_title("Server load by kind")
     ax.legend(fontsize=8)
     return fig  # type: ignore[no-any-return]
+
+
+def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Any, Axes]:
+    """The figure and axes to draw on: ``ax`` if given, else a new figure."""
+    if ax is None:
+        return plt.subplots(figsize=size)
+    return ax.figure, ax
 
 
 def _duration(seconds: float) -> str:

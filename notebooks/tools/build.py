@@ -1,5 +1,4 @@
-"""Writes the notebooks from their cell sources (outputs stripped; the outputs of
-``# NBVAL_CHECK_OUTPUT`` cells are the expected ones). Run after editing:
+"""Writes the notebooks from their cell sources, outputs stripped. Run after editing:
 
     .venv/bin/python notebooks/tools/build.py
 """
@@ -21,14 +20,10 @@ def md(text: str) -> nbf.NotebookNode:
     return nbf.v4.new_markdown_cell(text.strip())
 
 
-def code(text: str, expected: str | None = None, parameters: bool = False) -> nbf.NotebookNode:
+def code(text: str, parameters: bool = False) -> nbf.NotebookNode:
     cell = nbf.v4.new_code_cell(text.strip())
     if parameters:
         cell.metadata["tags"] = ["parameters"]
-    if expected is not None:
-        cell.source = "# NBVAL_CHECK_OUTPUT\n" + cell.source
-        cell.outputs = [nbf.v4.new_output("stream", name="stdout", text=expected)]
-        cell.execution_count = 1
     return cell
 
 
@@ -272,8 +267,8 @@ assert refused.status_code == 401
 [d.device_id for d in platform.admin.list_devices()]
 """),
     code("""
-print(sorted(d.device_id for d in platform.admin.list_devices()))
-""", expected="['pump-0100']\n"),
+assert sorted(d.device_id for d in platform.admin.list_devices()) == ["pump-0100"]
+"""),
     md("## 2. A leaked Registration Token: revoke it"),
     code("""
 import sqlite3, json
@@ -395,8 +390,8 @@ metrics
 """),
     code("""
 m = platform.admin.get_fleet_configuration("hall3-urgent").metrics
-print(m.targeted, m.applied)
-""", expected="2 2\n"),
+assert (m.targeted, m.applied) == (len(hall3), len(hall3))
+"""),
     code("""
 view = DeviceView(platform.admin, "pump-0000")
 view

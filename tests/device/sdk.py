@@ -16,16 +16,6 @@ from iiotsim.platform import Platform
 WAIT = 20.0  # real seconds: bound on network events on a loaded machine
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll a condition on real network effects (bounded; not a wait for clock time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 def run_clock_until(
     clock: ManualClock, condition: Callable[[], bool], step: float = 0.5, timeout: float = WAIT
 ) -> bool:

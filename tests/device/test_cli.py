@@ -8,7 +8,7 @@ from pathlib import Path
 
 from iiotsim.platform import Platform
 
-from .sdk import wait_for
+from ..integration.mqtt import wait_for
 
 
 def test_run_provisions_and_sends(platform: Platform, tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from iiot_device import (
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
-from .sdk import Approver, run_clock_until, start_device, wait_for
+from ..integration.mqtt import wait_for
+from .sdk import Approver, run_clock_until, start_device
 
 
 def stored_ids(platform: Platform, device_id: str, stream: str = "default") -> list[str | None]:

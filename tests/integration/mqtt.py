@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,16 @@ import paho.mqtt.client as mqtt
 from iiotsim.platform import Platform
 
 WAIT = 10.0  # seconds: generous bound for network events on a loaded machine
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 2 * WAIT) -> bool:
+    """Poll a condition on real network effects (bounded; not a wait for clock time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
-from .mqtt import WAIT, Device, provision
+from .mqtt import WAIT, Device, provision, wait_for
 
 
 @pytest.fixture
@@ -30,16 +30,6 @@ def connect(platform: Platform, devices: list[Device]) -> Callable[..., Device]:
         return device
 
     return open_device
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll a condition on real network effects (bounded; not a wait for clock time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def stored(platform: Platform, device_id: str) -> list[tuple[str, str | None, str]]:

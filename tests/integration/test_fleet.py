@@ -10,8 +10,7 @@ import pytest
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
 
-from .mqtt import WAIT, Device, provision
-from .test_broker import wait_for
+from .mqtt import WAIT, Device, provision, wait_for
 
 PLANT7 = {"eq": {"path": "tags.site", "value": "plant-7"}}
 EVERYONE: dict[str, list[object]] = {"and": []}

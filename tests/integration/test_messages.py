@@ -13,8 +13,8 @@ import pytest
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
 
-from .mqtt import Device, provision
-from .test_broker import stored, wait_for
+from .mqtt import Device, provision, wait_for
+from .test_broker import stored
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 from iiotsim.platform import Platform
 
-from .mqtt import provision
-from .test_broker import stored, wait_for
+from .mqtt import provision, wait_for
+from .test_broker import stored
 
 MISSING = shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None
 pytestmark = pytest.mark.skipif(

@@ -13,8 +13,7 @@ from iiotsim.clock import ManualClock
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
 
-from .mqtt import WAIT, Device, provision
-from .test_broker import wait_for
+from .mqtt import WAIT, Device, provision, wait_for
 
 
 @pytest.fixture
