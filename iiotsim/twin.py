@@ -109,9 +109,17 @@ class ProxyHub:
         self.links.append(link)
         return link
 
-    def close(self) -> None:
+    async def _shutdown(self) -> None:
         for link in self.links:
-            self.call(link.down())
+            await link.down()
+        # connections still being opened or forwarded end here, not with a closed loop
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def close(self) -> None:
+        self.call(self._shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
