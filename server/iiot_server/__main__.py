@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from .runner import ServerRunner
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,15 +34,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the server with parsed :func:`add_arguments` options until SIGINT/SIGTERM."""
-    settings = Settings.from_environment(
-        host=args.host,
-        port=args.port,
-        database_url=args.database_url,
-        mqtt_host=args.host,
-        mqtt_port=args.mqtt_port,
-        mqtt_enabled=not args.no_mqtt,
-    )
+    """Run the server with parsed :func:`add_arguments` options until SIGINT/SIGTERM.
+    Exit code 2 (a usage error, as argparse's) when a setting is refused."""
+    try:
+        settings = Settings.from_environment(
+            host=args.host,
+            port=args.port,
+            database_url=args.database_url,
+            mqtt_host=args.host,
+            mqtt_port=args.mqtt_port,
+            mqtt_enabled=not args.no_mqtt,
+        )
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     def show_admin_key(secret: str) -> None:
         print(f"Admin API key (shown once, keep it): {secret}", flush=True)

@@ -13,6 +13,11 @@ from .domain.tokens import DEFAULT_REFRESH_GRACE_PERIOD
 DEFAULT_DATA_DIR = Path("iiot-data")
 
 
+class SettingsError(ValueError):
+    """A setting the platform cannot run with; the message names the setting (and its
+    environment variable) so ``iiotsim serve`` can print it as it is."""
+
+
 def sqlite_url(directory: Path) -> str:
     """The database URL of the embedded SQLite file in ``directory``."""
     return f"sqlite:///{(directory / 'iiot.db').as_posix()}"
@@ -44,6 +49,15 @@ class Settings(msgspec.Struct, kw_only=True):
     code_lookups_per_second: float = 1.0
     code_lookup_burst: float = 20.0
 
+    def __post_init__(self) -> None:
+        # A key without the prefix would be stored, then refused on every request
+        # ("expected an API key (ak_…)"): refuse it here, where the operator sees why.
+        if self.admin_key is not None and not self.admin_key.startswith("ak_"):
+            raise SettingsError(
+                "IIOT_ADMIN_KEY (admin_key) must be an API key starting with 'ak_', "
+                "e.g. ak_<random>; unset it to have one generated"
+            )
+
     @classmethod
     def from_environment(cls, **overrides: object) -> Settings:
         """Settings with ``IIOT_ADMIN_KEY`` and ``IIOT_DATABASE_URL`` read from the environment."""
@@ -53,4 +67,7 @@ class Settings(msgspec.Struct, kw_only=True):
         if url := os.environ.get("IIOT_DATABASE_URL"):
             values["database_url"] = url
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return msgspec.convert(values, cls)
+        try:
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:  # __post_init__'s SettingsError, wrapped
+            raise SettingsError(str(exc).removesuffix(" - at `$`")) from None

@@ -72,6 +72,11 @@ class ApiKeyService:
         """Make sure an admin key exists: ``secret`` if given (registered if new), else a
         generated one when no admin key exists yet. Returns only a *generated* secret (to
         print once): a key the operator chose is never echoed."""
+        if secret is not None and not has_kind(secret, SecretKind.API_KEY):
+            # Settings refuse it first; this guards callers that build services directly.
+            raise ValidationError(
+                "IIOT_ADMIN_KEY must be an API key starting with 'ak_'", field="IIOT_ADMIN_KEY"
+            )
 
         def known(conn: Connection) -> bool:
             if secret is not None:
