@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, get
+from litestar import Litestar, Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, Reference, SecurityScheme
 
 from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
+from .api.auth import ACCESS, DEPENDENCIES, Access, authorize
 from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
 from .api.models import Health
 from .api.problems import EXCEPTION_HANDLERS
+from .api.requests import PlatformRequest
 from .broker import start_broker, stop_broker
 from .clock import Clock, SystemClock
 from .services import Services
@@ -21,7 +24,25 @@ from .settings import Settings
 Hook = Callable[[Services], Awaitable[None]]
 
 
-@get("/health", tags=["health"])
+PUBLIC = {ACCESS: Access.PUBLIC}
+
+SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "apiKey": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="An API key (`ak_…`) of a technician or an admin.",
+    ),
+    "deviceToken": SecurityScheme(
+        type="apiKey",
+        name="Authorization",
+        security_scheme_in="header",
+        description="`DeviceToken pt_…` (Provisioning Token) or `DeviceToken rt_…` "
+        "(Registration Token), as each device route says.",
+    ),
+}
+
+
+@get("/health", tags=["health"], opt=PUBLIC)
 async def health(services: NamedDependency[Services]) -> Health:
     """200 when the platform is ready."""
     return Health(time=services.clock.now())
@@ -45,9 +66,10 @@ def create_app(
     holder: dict[str, Services] = {}
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await Services.open(settings, clock)
         holder["services"] = services
+        app.state.services = services  # for the guard, which runs before dependencies
         try:
             created = await services.api_keys.ensure_bootstrap_admin(settings.admin_key)
             if created is not None and on_admin_key is not None:
@@ -71,20 +93,28 @@ def create_app(
     def provide_services() -> Services:
         return holder["services"]
 
+    # Every route passes the one guard; a route's Access defaults to admin (fail closed).
+    api = Router("/api/v1", route_handlers=ADMIN_CONTROLLERS, security=[{"apiKey": []}])
     return Litestar(
         route_handlers=[
             health,
             DeviceProvisioningController,
             DeviceRegistrationController,
-            *ADMIN_CONTROLLERS,
+            api,
         ],
-        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        guards=[authorize],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False), **DEPENDENCIES},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_class=PlatformRequest,  # JSON bodies bounded (depth, UTF-8): 400, never 500
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="iiotsim platform",
             version="0.1.0",
             description="Zero-touch IIoT device provisioning: tokens, operations, devices.",
+            components=Components(security_schemes=SECURITY_SCHEMES),
+            openapi_router=Router(
+                "/schema", route_handlers=[], include_in_schema=False, opt=PUBLIC
+            ),
         ),
         debug=False,
         # Litestar's default logging config starts a queue-listener thread per app that

@@ -7,7 +7,7 @@ import io
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, patch, post, put
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ..domain.errors import ValidationError
@@ -16,7 +16,7 @@ from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
 from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.twin import Section
-from .auth import provide_admin, provide_technician
+from .auth import ACCESS, Access
 from .models import (
     ApiKeyOut,
     ApproveRequest,
@@ -36,8 +36,9 @@ from .models import (
     TwinOut,
 )
 
-ADMIN = {"principal": Provide(provide_admin)}
-TECHNICIAN = {"principal": Provide(provide_technician)}
+# Access is the guard's (api/auth.py): admin unless a controller or route says otherwise.
+TECHNICIAN = {ACCESS: Access.TECHNICIAN}
+ADMIN = {ACCESS: Access.ADMIN}
 
 
 def _options(
@@ -56,15 +57,13 @@ def _options(
 
 
 class ProvisioningTokensController(Controller):
-    path = "/api/v1/provisioning-tokens"
+    path = "/provisioning-tokens"
     tags = ["provisioning tokens"]
-    dependencies = ADMIN
 
     @post("/", status_code=201)
     async def create(
         self,
         data: JSONBody[CreateProvisioningTokenRequest],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> CreatedProvisioningTokenOut:
         """Create a Provisioning Token; its secret is in the response, once."""
@@ -81,7 +80,6 @@ class ProvisioningTokensController(Controller):
     async def bulk(
         self,
         data: JSONBody[BulkProvisioningTokensRequest],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
         output: Annotated[str, QueryParameter(name="format", pattern="^(json|csv)$")] = "json",
     ) -> Response[Any]:
@@ -117,16 +115,13 @@ class ProvisioningTokensController(Controller):
         return Response(items, status_code=201)
 
     @get("/")
-    async def list_tokens(
-        self, principal: NamedDependency[ApiKey], services: NamedDependency[Services]
-    ) -> list[ProvisioningTokenOut]:
+    async def list_tokens(self, services: NamedDependency[Services]) -> list[ProvisioningTokenOut]:
         return [ProvisioningTokenOut.of(t) for t in await services.provisioning.list_tokens()]
 
     @get("/{token_id:str}")
     async def get_token(
         self,
         token_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> ProvisioningTokenOut:
         return ProvisioningTokenOut.of(await services.provisioning.get_token(token_id))
@@ -135,7 +130,6 @@ class ProvisioningTokensController(Controller):
     async def revoke(
         self,
         token_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> ProvisioningTokenOut:
         """Revoke: the token starts no more operations, its pending ones cannot be approved."""
@@ -143,9 +137,9 @@ class ProvisioningTokensController(Controller):
 
 
 class ProvisioningOperationsController(Controller):
-    path = "/api/v1/provisioning-operations"
+    path = "/provisioning-operations"
     tags = ["provisioning operations"]
-    dependencies = TECHNICIAN
+    opt = TECHNICIAN
 
     @get("/")
     async def list_operations(
@@ -172,7 +166,6 @@ class ProvisioningOperationsController(Controller):
     async def get_operation(
         self,
         operation_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> OperationOut:
         return OperationOut.of(await services.provisioning.get_operation(operation_id))
@@ -181,7 +174,6 @@ class ProvisioningOperationsController(Controller):
     async def approve(
         self,
         operation_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
         data: JSONBody[ApproveRequest | None] = None,
     ) -> OperationOut:
@@ -200,21 +192,19 @@ class ProvisioningOperationsController(Controller):
     async def cancel(
         self,
         operation_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> OperationOut:
         return OperationOut.of(await services.provisioning.cancel_operation(operation_id))
 
 
 class DevicesController(Controller):
-    path = "/api/v1/devices"
+    path = "/devices"
     tags = ["devices"]
-    dependencies = TECHNICIAN
+    opt = TECHNICIAN
 
     @get("/")
     async def list_devices(
         self,
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
         after: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
@@ -226,7 +216,6 @@ class DevicesController(Controller):
     async def get_device(
         self,
         device_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> DeviceOut:
         return DeviceOut.of(await services.devices.get(device_id))
@@ -235,7 +224,6 @@ class DevicesController(Controller):
     async def list_messages(
         self,
         device_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
         stream: FromQuery[str | None] = None,
         after: Annotated[int, QueryParameter(ge=0)] = 0,
@@ -250,50 +238,45 @@ class DevicesController(Controller):
     async def get_twin(
         self,
         device_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> TwinOut:
         """Desired and reported properties and tags, each with version and last update."""
         return TwinOut.of(await services.twins.get(device_id))
 
-    @patch("/{device_id:str}/twin/desired", dependencies=ADMIN)
+    @patch("/{device_id:str}/twin/desired", opt=ADMIN)
     async def patch_desired(
         self,
         device_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> TwinOut:
         """JSON merge-patch of the desired properties (a null removes a key); the device
         receives the patch with its ``$version`` over MQTT."""
         return TwinOut.of(await services.twins.patch(device_id, Section.DESIRED, data))
 
-    @patch("/{device_id:str}/twin/tags", dependencies=ADMIN)
+    @patch("/{device_id:str}/twin/tags", opt=ADMIN)
     async def patch_tags(
         self,
         device_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> TwinOut:
         """JSON merge-patch of the tags (platform only; never sent to the device)."""
         return TwinOut.of(await services.twins.patch(device_id, Section.TAGS, data))
 
-    @delete("/{device_id:str}", status_code=204, dependencies=ADMIN)
+    @delete("/{device_id:str}", status_code=204, opt=ADMIN)
     async def delete_device(
         self,
         device_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> None:
         """Forget the device; its tokens stop working and its MQTT session ends."""
         await services.registration.delete_device(device_id)
 
-    @post("/{device_id:str}/revoke", status_code=200, dependencies=ADMIN)
+    @post("/{device_id:str}/revoke", status_code=200, opt=ADMIN)
     async def revoke(
         self,
         device_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> RevokeDeviceOut:
         """Revoke every Registration Token of the device; it must provision again."""
@@ -302,15 +285,13 @@ class DevicesController(Controller):
 
 
 class ApiKeysController(Controller):
-    path = "/api/v1/api-keys"
+    path = "/api-keys"
     tags = ["api keys"]
-    dependencies = ADMIN
 
     @post("/", status_code=201)
     async def create(
         self,
         data: JSONBody[CreateApiKeyRequest],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> CreatedApiKeyOut:
         created = await services.api_keys.create(data.name, data.role)
@@ -320,31 +301,26 @@ class ApiKeysController(Controller):
         )
 
     @get("/")
-    async def list_keys(
-        self, principal: NamedDependency[ApiKey], services: NamedDependency[Services]
-    ) -> list[ApiKeyOut]:
+    async def list_keys(self, services: NamedDependency[Services]) -> list[ApiKeyOut]:
         return [ApiKeyOut.of(k) for k in await services.api_keys.list()]
 
     @post("/{key_id:str}/revoke", status_code=200)
     async def revoke(
         self,
         key_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> ApiKeyOut:
         return ApiKeyOut.of(await services.api_keys.revoke(key_id))
 
 
 class FleetConfigurationsController(Controller):
-    path = "/api/v1/fleet-configurations"
+    path = "/fleet-configurations"
     tags = ["fleet configurations"]
-    dependencies = ADMIN
 
     @post("/", status_code=201)
     async def create(
         self,
         data: JSONBody[FleetConfigurationIn],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> FleetConfigurationOut:
         """Create a configuration; the fleet is re-evaluated at once."""
@@ -358,7 +334,7 @@ class FleetConfigurationsController(Controller):
 
     @get("/")
     async def list_configurations(
-        self, principal: NamedDependency[ApiKey], services: NamedDependency[Services]
+        self, services: NamedDependency[Services]
     ) -> list[FleetConfigurationOut]:
         metrics = await services.fleet.metrics()
         return [FleetConfigurationOut.of(c, metrics.get(c.id)) for c in await services.fleet.list()]
@@ -367,7 +343,6 @@ class FleetConfigurationsController(Controller):
     async def get_configuration(
         self,
         configuration_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> FleetConfigurationOut:
         config = await services.fleet.get(configuration_id)
@@ -378,7 +353,6 @@ class FleetConfigurationsController(Controller):
         self,
         configuration_id: FromPath[str],
         data: JSONBody[FleetConfigurationIn],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> FleetConfigurationOut:
         """Change a configuration; the fleet is re-evaluated at once."""
@@ -396,7 +370,6 @@ class FleetConfigurationsController(Controller):
     async def delete_configuration(
         self,
         configuration_id: FromPath[str],
-        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> None:
         """Delete; properties only it set are removed from the devices' desired properties."""

@@ -1,21 +1,70 @@
-"""Who is calling: API keys (``Bearer``) for people, PT/RT (``DeviceToken``) for devices."""
+"""Who is calling, decided once for every route: fail closed.
+
+One app-level guard, :func:`authorize`, runs before any handler and before its inputs are
+parsed. It reads the route's :class:`Access` from ``opt={"access": ...}`` (set on the
+handler, its controller or a router) and defaults to :attr:`Access.ADMIN`: a route that
+says nothing needs an admin API key, so a new handler cannot be public by forgetting a
+parameter. Public routes (``/health``, the OpenAPI document) opt out explicitly.
+
+People use API keys (``Authorization: Bearer ak_…``); devices use their Provisioning or
+Registration Token (``Authorization: DeviceToken pt_…`` / ``rt_…``). The guard leaves
+what it authenticated in the connection's scope, and handlers receive it through the
+``principal``, ``pt`` and ``rt`` dependencies.
+"""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from litestar import Request
-from litestar.di import NamedDependency
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
 
 from ..domain.errors import Unauthorized
 from ..security import Role
 from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.provisioning import ProvisioningToken
+from ..services.registration import RegistrationToken
+
+ACCESS = "access"
+"""The ``opt`` key naming a route's :class:`Access`."""
+
+_SCOPE_KEY = "iiot_principal"
 
 
-def _credential(request: Request[Any, Any, Any], scheme: str) -> str:
-    header = request.headers.get("authorization")
+class Access(StrEnum):
+    """What a route asks of its caller."""
+
+    PUBLIC = "public"
+    """Nothing: health and the OpenAPI document only."""
+    PROVISIONING_TOKEN = "provisioningToken"
+    """``DeviceToken pt_…``: a device before it has a Registration Token."""
+    REGISTRATION_TOKEN = "registrationToken"
+    """``DeviceToken rt_…``: a provisioned device."""
+    TECHNICIAN = "technician"
+    """``Bearer ak_…`` of any role."""
+    ADMIN = "admin"
+    """``Bearer ak_…`` with the admin role (the default)."""
+
+
+SCHEMES = {
+    Access.PROVISIONING_TOKEN: "DeviceToken",
+    Access.REGISTRATION_TOKEN: "DeviceToken",
+    Access.TECHNICIAN: "Bearer",
+    Access.ADMIN: "Bearer",
+}
+
+
+def access_of(handler: BaseRouteHandler) -> Access:
+    """The route's access level; :attr:`Access.ADMIN` unless it says otherwise."""
+    return Access(handler.opt.get(ACCESS, Access.ADMIN))
+
+
+def _credential(connection: ASGIConnection[Any, Any, Any, Any], scheme: str) -> str:
+    header = connection.headers.get("authorization")
     if not header:
         raise Unauthorized(f"send 'Authorization: {scheme} <secret>'", field="Authorization")
     given, _, value = header.partition(" ")
@@ -24,24 +73,59 @@ def _credential(request: Request[Any, Any, Any], scheme: str) -> str:
     return value.strip()
 
 
-async def provide_technician(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> ApiKey:
-    """Any live API key (technicians and admins)."""
-    return await services.api_keys.authenticate(_credential(request, "Bearer"))
+async def authorize(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """The app's one guard: authenticate the caller as the route's :class:`Access` asks."""
+    access = access_of(handler)
+    if access is Access.PUBLIC:
+        return
+    secret = _credential(connection, SCHEMES[access])
+    services: Services = connection.app.state.services
+    principal: ApiKey | ProvisioningToken | RegistrationToken
+    if access is Access.PROVISIONING_TOKEN:
+        principal = await services.provisioning.authenticate(secret)
+    elif access is Access.REGISTRATION_TOKEN:
+        principal = await services.registration.authenticate(secret)
+    else:
+        required = Role.ADMIN if access is Access.ADMIN else None
+        principal = await services.api_keys.authenticate(secret, required=required)
+    connection.scope[_SCOPE_KEY] = principal  # type: ignore[literal-required]
 
 
-async def provide_admin(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> ApiKey:
-    return await services.api_keys.authenticate(_credential(request, "Bearer"), required=Role.ADMIN)
+def _principal(request: Request[Any, Any, Any], kind: type[Any]) -> Any:
+    principal = request.scope.get(_SCOPE_KEY)  # type: ignore[misc]
+    if not isinstance(principal, kind):  # a route whose Access does not give this kind
+        raise Unauthorized(f"this route does not authenticate a {kind.__name__}")
+    return principal
 
 
-async def provide_provisioning_token(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> ProvisioningToken:
-    return await services.provisioning.authenticate(_credential(request, "DeviceToken"))
+def provide_api_key(request: Request[Any, Any, Any]) -> ApiKey:
+    """The API key :func:`authorize` accepted (technician and admin routes)."""
+    key: ApiKey = _principal(request, ApiKey)
+    return key
+
+
+def provide_provisioning_token(request: Request[Any, Any, Any]) -> ProvisioningToken:
+    """The Provisioning Token :func:`authorize` accepted."""
+    token: ProvisioningToken = _principal(request, ProvisioningToken)
+    return token
+
+
+def provide_registration_token(request: Request[Any, Any, Any]) -> RegistrationToken:
+    """The Registration Token :func:`authorize` accepted."""
+    token: RegistrationToken = _principal(request, RegistrationToken)
+    return token
 
 
 def registration_token_secret(request: Request[Any, Any, Any]) -> str:
+    """The RT secret itself (registration binds the MQTT credential to it)."""
     return _credential(request, "DeviceToken")
+
+
+DEPENDENCIES = {
+    "principal": Provide(provide_api_key, sync_to_thread=False),
+    "pt": Provide(provide_provisioning_token, sync_to_thread=False),
+    "rt": Provide(provide_registration_token, sync_to_thread=False),
+}
+"""App-level dependencies giving handlers what the guard authenticated."""

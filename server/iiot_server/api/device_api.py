@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post, put
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ..domain.topics import DEFAULT_STREAM
 from ..services import Services
 from ..services.provisioning import ProvisioningToken
-from .auth import provide_provisioning_token, registration_token_secret
+from ..services.registration import RegistrationToken
+from .auth import ACCESS, Access, registration_token_secret
 from .models import (
     CompleteOperationRequest,
     InitOperationRequest,
@@ -30,7 +31,8 @@ class DeviceProvisioningController(Controller):
 
     path = "/provisioning-operations"
     tags = ["device"]
-    dependencies = {"pt": Provide(provide_provisioning_token)}
+    opt = {ACCESS: Access.PROVISIONING_TOKEN}
+    security = [{"deviceToken": []}]
 
     @post("/init", status_code=200)
     async def init(
@@ -85,6 +87,8 @@ class DeviceRegistrationController(Controller):
 
     path = "/devices"
     tags = ["device"]
+    opt = {ACCESS: Access.REGISTRATION_TOKEN}
+    security = [{"deviceToken": []}]
 
     @put("/register", status_code=200)
     async def register(
@@ -98,20 +102,20 @@ class DeviceRegistrationController(Controller):
     async def upload_message(
         self,
         request: Request[Any, Any, Any],
+        rt: NamedDependency[RegistrationToken],
         services: NamedDependency[Services],
         stream: FromQuery[str] = DEFAULT_STREAM,
         message_id: Annotated[str | None, QueryParameter(name="messageId")] = None,
     ) -> Response[UploadOut]:
         """Upload a message too large for MQTT (raw body); 201 stored, 200 already stored."""
-        token = await services.registration.authenticate(registration_token_secret(request))
         body = await request.body()
-        stored = await services.messages.store(token.device_id, stream, body, message_id)
+        stored = await services.messages.store(rt.device_id, stream, body, message_id)
         return Response(UploadOut(stored=stored), status_code=201 if stored else 200)
 
     @put(
         "/registration-tokens/refresh",
         status_code=201,
-        dependencies={"pt": Provide(provide_provisioning_token)},
+        opt={ACCESS: Access.PROVISIONING_TOKEN},
     )
     async def refresh(
         self,
