@@ -9,6 +9,7 @@ from .backoff import Backoff
 from .client import DesiredProperties, DeviceClient, Status
 from .clock import Clock, SystemClock
 from .errors import (
+    BrokerConnectionFailed,
     ClientClosed,
     DatabaseInUse,
     DeviceError,
@@ -24,6 +25,7 @@ from .store import Durability, OutboxLimits, OverflowPolicy
 
 __all__ = [
     "Backoff",
+    "BrokerConnectionFailed",
     "ClientClosed",
     "Clock",
     "DatabaseInUse",

@@ -1,14 +1,24 @@
-"""The platform's device API over HTTP (see ``docs/protocol.md``)."""
+"""The platform's device API over HTTP (see ``docs/protocol.md``).
+
+Every refusal becomes an SDK exception through one table, :data:`REFUSALS`: first the
+problem's ``type`` (the platform's most specific word), then the HTTP status read with the
+credential the call presented (a 401 to a Provisioning Token call is a refused PT, to a
+Registration Token call an invalid RT), then the field a 400 names. Anything else is a
+:class:`PlatformError` carrying the problem.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 
 import httpx
 
 from .errors import (
+    DeviceError,
     DeviceIdRefused,
     PlatformError,
     ProvisioningOperationCancelled,
@@ -62,6 +72,93 @@ class Registration:
     max_mqtt_message_size: int
 
 
+class Credential(Enum):
+    """The secret a call presents: it decides what a 401 or 403 means."""
+
+    PROVISIONING_TOKEN = "Provisioning Token"
+    REGISTRATION_TOKEN = "Registration Token"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An SDK exception for one kind of platform refusal, and what its message says
+    (``{detail}`` is the problem's detail, ``{device_id}`` the Device ID asked for)."""
+
+    exception: type[DeviceError]
+    message: str
+
+
+@dataclass(frozen=True)
+class RefusalTable:
+    """Problem → exception, most specific key first (see the module docstring)."""
+
+    by_problem_type: Mapping[str, Refusal]
+    by_status: Mapping[tuple[Credential, int], Refusal]
+    by_field: Mapping[tuple[int, str], Refusal]
+
+    def exception_for(
+        self, problem: PlatformError, credential: Credential, *, device_id: str | None = None
+    ) -> DeviceError:
+        """The exception to raise for ``problem`` (the problem itself if no rule fits).
+
+        >>> REFUSALS.exception_for(
+        ...     PlatformError(401, "/problems/unauthorized", "unknown token"),
+        ...     Credential.PROVISIONING_TOKEN,
+        ... )
+        ProvisioningTokenRefused('the platform refused the Provisioning Token: unknown token')
+        >>> REFUSALS.exception_for(
+        ...     PlatformError(401, "/problems/unauthorized", "unknown token"),
+        ...     Credential.REGISTRATION_TOKEN,
+        ... )
+        RegistrationTokenInvalid('Registration Token refused: unknown token')
+        >>> REFUSALS.exception_for(
+        ...     PlatformError(409, "/problems/conflict", "busy"), Credential.PROVISIONING_TOKEN
+        ... )
+        PlatformError('platform refused the request: 409 /problems/conflict: busy')
+        """
+        refusal = (
+            self.by_problem_type.get(problem.problem_type)
+            or self.by_status.get((credential, problem.status))
+            or (self.by_field.get((problem.status, problem.field)) if problem.field else None)
+        )
+        if refusal is None:
+            return problem
+        return refusal.exception(refusal.message.format(detail=problem.detail, device_id=device_id))
+
+
+_RT_REFUSED = Refusal(RegistrationTokenInvalid, "Registration Token refused: {detail}")
+
+REFUSALS: Final = RefusalTable(
+    by_problem_type={
+        CANCELLED: Refusal(
+            ProvisioningOperationCancelled, "Provisioning Operation cancelled: {detail}"
+        ),
+        EXPIRED: Refusal(ProvisioningOperationExpired, "Provisioning Operation expired: {detail}"),
+        RT_EXPIRED: Refusal(
+            RegistrationTokenInvalid,
+            "Registration Token expired (cannot be used or refreshed): {detail}",
+        ),
+        RT_REVOKED: Refusal(
+            RegistrationTokenInvalid,
+            "Registration Token revoked (cannot be used or refreshed): {detail}",
+        ),
+    },
+    by_status={
+        (Credential.PROVISIONING_TOKEN, 401): Refusal(
+            ProvisioningTokenRefused, "the platform refused the Provisioning Token: {detail}"
+        ),
+        (Credential.REGISTRATION_TOKEN, 401): _RT_REFUSED,
+        (Credential.REGISTRATION_TOKEN, 403): _RT_REFUSED,
+    },
+    by_field={
+        (400, "deviceId"): Refusal(
+            DeviceIdRefused, "the platform refused Device ID {device_id!r}: {detail}"
+        ),
+    },
+)
+"""The one problem → exception table every :class:`DeviceApi` call raises through."""
+
+
 def _problem(response: httpx.Response) -> PlatformError:
     try:
         body: dict[str, Any] = response.json()
@@ -73,6 +170,12 @@ def _problem(response: httpx.Response) -> PlatformError:
         body.get("detail") or body.get("title") or response.reason_phrase,
         body.get("field"),
     )
+
+
+def _refused(
+    response: httpx.Response, credential: Credential, *, device_id: str | None = None
+) -> DeviceError:
+    return REFUSALS.exception_for(_problem(response), credential, device_id=device_id)
 
 
 class DeviceApi:
@@ -97,16 +200,8 @@ class DeviceApi:
         if attributes:
             body["attributes"] = attributes
         r = self.http.post("/provisioning-operations/init", json=body, headers=self._auth(pt))
-        if r.status_code == 401:
-            raise ProvisioningTokenRefused(
-                f"the platform refused the Provisioning Token: {_problem(r).detail}"
-            )
-        if r.status_code == 400 and _problem(r).field == "deviceId":
-            raise DeviceIdRefused(
-                f"the platform refused Device ID {device_id!r}: {_problem(r).detail}"
-            )
         if r.status_code != 200:
-            raise _problem(r)
+            raise _refused(r, Credential.PROVISIONING_TOKEN, device_id=device_id)
         b = r.json()
         return ProvisioningOperation(
             b["provisioningOperationId"],
@@ -121,12 +216,8 @@ class DeviceApi:
         r = self.http.get(f"/provisioning-operations/{operation_id}", headers=self._auth(pt))
         if r.status_code == 404:
             return None
-        if r.status_code == 401:
-            raise ProvisioningTokenRefused(
-                f"the platform refused the Provisioning Token: {_problem(r).detail}"
-            )
         if r.status_code != 200:
-            raise _problem(r)
+            raise _refused(r, Credential.PROVISIONING_TOKEN)
         return str(r.json()["state"])
 
     def complete(self, pt: str, operation_id: str) -> IssuedToken | Pending:
@@ -143,18 +234,7 @@ class DeviceApi:
             return Pending(retry)
         if r.status_code == 200:
             return self._issued(r.json())
-        problem = _problem(r)
-        if problem.type == CANCELLED:
-            raise ProvisioningOperationCancelled(
-                f"Provisioning Operation cancelled: {problem.detail}"
-            )
-        if problem.type == EXPIRED:
-            raise ProvisioningOperationExpired(f"Provisioning Operation expired: {problem.detail}")
-        if r.status_code == 401:
-            raise ProvisioningTokenRefused(
-                f"the platform refused the Provisioning Token: {problem.detail}"
-            )
-        raise problem
+        raise _refused(r, Credential.PROVISIONING_TOKEN)
 
     @staticmethod
     def _issued(b: dict[str, Any]) -> IssuedToken:
@@ -165,10 +245,8 @@ class DeviceApi:
 
     def register(self, rt: str) -> Registration:
         r = self.http.put("/devices/register", headers=self._auth(rt))
-        if r.status_code in (401, 403):
-            raise RegistrationTokenInvalid(f"Registration Token refused: {_problem(r).detail}")
         if r.status_code != 200:
-            raise _problem(r)
+            raise _refused(r, Credential.REGISTRATION_TOKEN)
         b = r.json()
         return Registration(
             b["deviceId"],
@@ -189,16 +267,8 @@ class DeviceApi:
         )
         if r.status_code == 201:
             return self._issued(r.json())
-        problem = _problem(r)
-        if problem.type in (RT_EXPIRED, RT_REVOKED):
-            raise RegistrationTokenInvalid(
-                f"Registration Token cannot be refreshed: {problem.detail}"
-            )
-        if r.status_code == 401:
-            raise ProvisioningTokenRefused(
-                f"the platform refused the Provisioning Token: {problem.detail}"
-            )
-        raise problem
+        # the RT travels in the body: the PT authenticates the call
+        raise _refused(r, Credential.PROVISIONING_TOKEN)
 
     def upload(self, rt: str, stream: str, message_id: str, payload: bytes) -> bool:
         """Store a large message over HTTP; False if it was already stored."""
@@ -208,8 +278,6 @@ class DeviceApi:
             content=payload,
             headers={**self._auth(rt), "Content-Type": "application/octet-stream"},
         )
-        if r.status_code in (401, 403):
-            raise RegistrationTokenInvalid(f"Registration Token refused: {_problem(r).detail}")
         if r.status_code not in (200, 201):
-            raise _problem(r)
+            raise _refused(r, Credential.REGISTRATION_TOKEN)
         return r.status_code == 201

@@ -19,29 +19,31 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import Enum, IntEnum, StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlencode
 
 import httpx
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, ConnackCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .api import DeviceApi, IssuedToken, Pending, ProvisioningOperation, Registration
 from .backoff import Backoff
 from .clock import Clock, SystemClock
 from .errors import (
+    BrokerConnectionFailed,
     ClientClosed,
-    DeviceError,
     PlatformError,
     ProvisioningOperationCancelled,
     ProvisioningOperationExpired,
     ProvisioningTokenRefused,
     RegistrationTokenInvalid,
 )
-from .store import Durability, LocalStore, OutboxLimits, StoredMessage
+from .store import TOKEN_KEY, Durability, LocalStore, OutboxLimits, StoredMessage, TokenState
 
 log = logging.getLogger("iiot_device")
 
@@ -49,6 +51,9 @@ _STREAM = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 _MESSAGE_ID = re.compile(r"^[0-9A-Za-z_.:-]{1,128}$")
 _CONNACK_WAIT = 10.0  # real seconds: a network event, not clock time
 _IDLE_WAIT = 3600.0  # clock seconds between checks when nothing is scheduled
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class Status(StrEnum):
@@ -73,11 +78,89 @@ class DesiredProperties:
 
 
 class _Stopped(Exception):
-    pass
+    """Control flow, not an error: the client is closing (the supervisor loop ends)."""
 
 
-class _ConnectFailed(DeviceError):
-    pass
+class ConnackReason(IntEnum):
+    """The CONNACK reason codes the client tells apart (MQTT 5 numbering).
+
+    paho 2 reports an MQTT 3.1.1 return code as its MQTT 5 equivalent (3.1.1's 4, bad
+    user name or password, arrives as 134); the 3.1.1 numbers are paho's ``ConnackCode``.
+    """
+
+    SUCCESS = 0
+    BAD_USER_NAME_OR_PASSWORD = 134
+    NOT_AUTHORIZED = 135
+
+
+_CREDENTIALS_REFUSED: frozenset[int] = frozenset(
+    {
+        ConnackCode.CONNACK_REFUSED_BAD_USERNAME_PASSWORD,
+        ConnackCode.CONNACK_REFUSED_NOT_AUTHORIZED,
+        ConnackReason.BAD_USER_NAME_OR_PASSWORD,
+        ConnackReason.NOT_AUTHORIZED,
+    }
+)
+
+
+def credentials_refused(reason: ReasonCode) -> bool:
+    """Did the broker refuse the MQTT credentials (so the device registers again: the
+    token may have moved on), rather than fail for another reason?
+
+    >>> from paho.mqtt.client import convert_connack_rc_to_reason_code as from_v311
+    >>> credentials_refused(from_v311(ConnackCode.CONNACK_REFUSED_NOT_AUTHORIZED))
+    True
+    >>> credentials_refused(from_v311(ConnackCode.CONNACK_REFUSED_SERVER_UNAVAILABLE))
+    False
+    """
+    return reason.value in _CREDENTIALS_REFUSED
+
+
+# what paho's network thread hands the supervisor (one deque; tagged by connection, so
+# events of a connection already dropped are ignored)
+
+
+@dataclass(frozen=True, slots=True)
+class _Acknowledged:
+    """PUBACK for the publish with this paho message id."""
+
+    generation: int
+    mid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """A message on a subscribed (twin) topic."""
+
+    generation: int
+    topic: str
+    payload: bytes | bytearray
+    """as paho has it (its type says either)"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Disconnected:
+    generation: int
+    reason: ReasonCode
+
+
+_ConnectionEvent = _Acknowledged | _Received | _Disconnected
+
+
+class _Outbound(Enum):
+    """What an in-flight publish carries, so its PUBACK deletes the right row."""
+
+    MESSAGE = "message"
+    """an outbox message"""
+    REPORTED = "reported"
+    """a reported-properties patch"""
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    kind: _Outbound
+    seq: int
+    """the row's sequence number in its table"""
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +248,7 @@ class DeviceClient:
         self.connection_attempts = 0
         """MQTT connection attempts so far (how hard this device knocks on the broker)."""
 
-        rt = self._store.get("rt")
-        self._rt: dict[str, Any] | None = rt
+        self._rt: TokenState | None = self._store.registration_token()
         self._registration: Registration | None = None
         desired = self._store.get("desired") or {"properties": {}, "version": 0}
         self._desired = DesiredProperties(desired["properties"], int(desired["version"]))
@@ -174,8 +256,9 @@ class DeviceClient:
         # the live connection (supervisor thread only, except the event deques)
         self._mqtt: mqtt.Client | None = None
         self._generation = 0
-        self._events: collections.deque[tuple[int, str, Any]] = collections.deque()
-        self._inflight: dict[int, tuple[str, int]] = {}
+        self._events: collections.deque[_ConnectionEvent] = collections.deque()
+        self._inflight: dict[int, _InFlight] = {}
+        """paho message id -> what the publish carries"""
         self._msg_cursor = 0
         self._rep_cursor = 0
         self._blocked_on_upload = False
@@ -217,16 +300,14 @@ class DeviceClient:
 
     @property
     def device_id(self) -> str | None:
-        return None if self._rt is None else str(self._rt["device_id"])
+        return None if self._rt is None else self._rt.device_id
 
     @property
     def registration_token_expires_at(self) -> datetime | None:
         """When the current Registration Token expires (the device's clock); None if it
         never does or the device holds none."""
-        rt = self._rt
-        if rt is None or rt["lifetime"] is None:
-            return None
-        return datetime.fromtimestamp(rt["obtained_at"] + rt["lifetime"], UTC)
+        expires_at = None if self._rt is None else self._rt.expires_at
+        return None if expires_at is None else datetime.fromtimestamp(expires_at, UTC)
 
     @property
     def status(self) -> Status:
@@ -360,12 +441,8 @@ class DeviceClient:
     # provisioning ------------------------------------------------------------------
 
     def _rt_expired(self) -> bool:
-        rt = self._rt
-        return (
-            rt is not None
-            and rt["lifetime"] is not None
-            and (self._now() >= rt["obtained_at"] + rt["lifetime"])
-        )
+        expires_at = None if self._rt is None else self._rt.expires_at
+        return expires_at is not None and self._now() >= expires_at
 
     def _provision(self) -> None:
         """Get a Registration Token through a Provisioning Operation (resuming a stored
@@ -411,9 +488,7 @@ class DeviceClient:
                     stored.get("device_id"),
                 )
             self._store.set("operation", None)
-        op: ProvisioningOperation = self._call(
-            self._api.init, self._pt, self._requested_device_id, self._attributes
-        )
+        op = self._call(self._api.init, self._pt, self._requested_device_id, self._attributes)
         self._store.set(
             "operation",
             {
@@ -437,12 +512,12 @@ class DeviceClient:
             self._wait_or_stop(max(op.poll_interval, result.retry_after) * backoff)
             backoff = min(backoff * 1.25, 4.0)
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """An HTTP call, retried with back-off while the platform is unreachable."""
         backoff = Backoff(base=1.0, cap=60.0, rng=self._rng)
         while True:
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             except httpx.TransportError as exc:
                 failure: Exception = exc
             except PlatformError as exc:
@@ -461,16 +536,11 @@ class DeviceClient:
             raise ClientClosed("the client is closed")
 
     def _accept_token(self, issued: IssuedToken, *, clear_operation: bool) -> None:
-        rt = {
-            "token": issued.registration_token,
-            "lifetime": issued.lifetime,
-            "obtained_at": self._now(),
-            "device_id": issued.device_id,
-        }
-        values: dict[str, Any] = {"rt": rt}
+        rt = TokenState(issued.registration_token, issued.lifetime, self._now(), issued.device_id)
+        values: dict[str, Any] = {TOKEN_KEY: rt.to_json()}
         if clear_operation:
             values["operation"] = None
-        if self._rt is not None and self._rt["device_id"] != issued.device_id:
+        if self._rt is not None and self._rt.device_id != issued.device_id:
             values["desired"] = None  # another identity: its twin is not ours
             self._desired = DesiredProperties({}, 0)
         self._store.set_many(values)
@@ -478,18 +548,13 @@ class DeviceClient:
         self._registration = None
 
     def _refresh_due(self) -> bool:
-        rt = self._rt
-        return (
-            rt is not None
-            and rt["lifetime"] is not None
-            and (self._now() >= rt["obtained_at"] + rt["lifetime"] / 2)
-        )
+        refresh_at = None if self._rt is None else self._rt.refresh_at
+        return refresh_at is not None and self._now() >= refresh_at
 
     def _next_deadline(self) -> float:
-        rt = self._rt
-        if rt is None or rt["lifetime"] is None:
+        refresh_at = None if self._rt is None else self._rt.refresh_at
+        if refresh_at is None:
             return _IDLE_WAIT
-        refresh_at = float(rt["obtained_at"] + rt["lifetime"] / 2)
         return min(_IDLE_WAIT, max(0.0, refresh_at - self._now()))
 
     # the supervisor ----------------------------------------------------------------
@@ -505,7 +570,7 @@ class DeviceClient:
                 self._drop_connection()
                 self._rt = None
                 self._registration = None
-                self._store.set("rt", None)
+                self._store.set(TOKEN_KEY, None)
             except ProvisioningTokenRefused as exc:
                 self._status = Status.PROVISIONING_TOKEN_REFUSED
                 self._fail(exc, "provisioning token refused; messages are kept")
@@ -516,7 +581,7 @@ class DeviceClient:
                 httpx.TransportError,
                 OSError,
                 PlatformError,
-                _ConnectFailed,
+                BrokerConnectionFailed,
             ) as exc:
                 if self._status is not Status.PROVISIONING_TOKEN_REFUSED:
                     self._status = Status.OFFLINE
@@ -560,7 +625,7 @@ class DeviceClient:
             return
         if self._registration is None:
             self._status = Status.REGISTERING
-            self._registration = self._api.register(self._rt["token"])
+            self._registration = self._api.register(self._rt.token)
             return
         if self._mqtt is None:
             self._status = Status.CONNECTING
@@ -580,7 +645,7 @@ class DeviceClient:
 
     def _refresh(self) -> None:
         assert self._rt is not None
-        issued = self._api.refresh(self._pt, self._rt["token"])
+        issued = self._api.refresh(self._pt, self._rt.token)
         log.info("device %s refreshed its Registration Token", issued.device_id)
         self._accept_token(issued, clear_operation=False)
         self._drop_connection()  # reconnect with the new token's MQTT password
@@ -602,27 +667,55 @@ class DeviceClient:
         client.max_inflight_messages_set(self._max_inflight)
         client.max_queued_messages_set(0)
         answered = threading.Event()
-        outcome: list[Any] = []
+        outcome: list[ReasonCode] = []
 
-        def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-            outcome.append(rc)
+        # paho 2 callbacks (CallbackAPIVersion.VERSION2), run on paho's network thread
+        def on_connect(
+            _client: mqtt.Client,
+            _userdata: object,
+            _flags: mqtt.ConnectFlags,
+            reason: ReasonCode,
+            _properties: Properties | None,
+        ) -> None:
+            outcome.append(reason)
             answered.set()
 
         subscribed = threading.Event()
 
-        def on_disconnect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        def on_disconnect(
+            _client: mqtt.Client,
+            _userdata: object,
+            _flags: mqtt.DisconnectFlags,
+            reason: ReasonCode,
+            _properties: Properties | None,
+        ) -> None:
             answered.set()
             subscribed.set()  # nothing more will come on this connection
-            self._events.append((gen, "disconnect", rc))
+            self._events.append(_Disconnected(gen, reason))
             self._wake.set()
 
-        def on_publish(_c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
-            self._events.append((gen, "ack", mid))
+        def on_publish(
+            _client: mqtt.Client,
+            _userdata: object,
+            mid: int,
+            _reason: ReasonCode,
+            _properties: Properties,
+        ) -> None:
+            self._events.append(_Acknowledged(gen, mid))
             self._wake.set()
 
-        def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            self._events.append((gen, "message", (msg.topic, msg.payload)))
+        def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+            self._events.append(_Received(gen, msg.topic, msg.payload))
             self._wake.set()
+
+        def on_subscribe(
+            _client: mqtt.Client,
+            _userdata: object,
+            _mid: int,
+            _reasons: list[ReasonCode],
+            _properties: Properties | None,
+        ) -> None:
+            subscribed.set()
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -634,23 +727,23 @@ class DeviceClient:
         if not answered.wait(_CONNACK_WAIT) or not outcome or outcome[0].is_failure:
             client.disconnect()
             client.loop_stop()
-            reason = outcome[0] if outcome else "no answer"
-            if outcome and outcome[0].value in (4, 5, 134, 135):  # bad credentials
+            if outcome and credentials_refused(outcome[0]):
                 self._registration = None  # register again (the token may have moved on)
-            raise _ConnectFailed(f"MQTT connection refused: {reason}")
+            reason = outcome[0] if outcome else "no answer"
+            raise BrokerConnectionFailed(f"MQTT connection refused: {reason}")
         self._mqtt = client
         self._inflight.clear()
         self._msg_cursor = 0
         self._rep_cursor = 0
         self._blocked_on_upload = False
         base = f"devices/{reg.device_id}/twin"
-        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_subscribe = on_subscribe
         client.subscribe(f"{base}/+", 1)
         # only once the subscription is in place is no desired patch missed: anything
         # before it is in the answer to the twin request that follows
         if not subscribed.wait(_CONNACK_WAIT) or not client.is_connected():
             self._drop_connection()
-            raise _ConnectFailed("MQTT subscription to the twin topics not acknowledged")
+            raise BrokerConnectionFailed("MQTT subscription to the twin topics not acknowledged")
         client.publish(f"{base}/get", b"{}", qos=1)  # the full twin after every (re)connect
 
     def _drop_connection(self) -> None:
@@ -665,18 +758,23 @@ class DeviceClient:
         acked_messages: list[int] = []
         acked_reported: list[int] = []
         while self._events:
-            gen, kind, value = self._events.popleft()
-            if gen != self._generation:
+            event = self._events.popleft()
+            if event.generation != self._generation:
                 continue  # from a connection already dropped
-            if kind == "ack":
-                entry = self._inflight.pop(value, None)
-                if entry is not None:
-                    (acked_messages if entry[0] == "m" else acked_reported).append(entry[1])
-            elif kind == "message":
-                self._on_twin(*value)
-            elif kind == "disconnect":
-                log.info("device %s disconnected: %s", self.device_id, value)
-                self._drop_connection()
+            match event:
+                case _Acknowledged(mid=mid):
+                    entry = self._inflight.pop(mid, None)
+                    if entry is None:
+                        pass
+                    elif entry.kind is _Outbound.MESSAGE:
+                        acked_messages.append(entry.seq)
+                    else:
+                        acked_reported.append(entry.seq)
+                case _Received(topic=topic, payload=payload):
+                    self._on_twin(topic, payload)
+                case _Disconnected(reason=reason):
+                    log.info("device %s disconnected: %s", self.device_id, reason)
+                    self._drop_connection()
         if acked_messages or acked_reported:
             self._store.delete_messages(acked_messages)
             self._store.delete_reported(acked_reported)
@@ -692,7 +790,7 @@ class DeviceClient:
         if room > 0:
             for seq, patch in self._store.next_reported(self._rep_cursor, room):
                 info = client.publish(f"{base}/twin/reported", patch, qos=1)
-                self._inflight[info.mid] = ("r", seq)
+                self._inflight[info.mid] = _InFlight(_Outbound.REPORTED, seq)
                 self._rep_cursor = seq
             room = self._max_inflight - len(self._inflight)
         while room > 0 and self._mqtt is not None:
@@ -702,7 +800,7 @@ class DeviceClient:
             for message in batch:
                 payload, props = self._encode(message)
                 if len(payload) > reg.max_mqtt_message_size:
-                    if any(kind == "m" for kind, _ in self._inflight.values()):
+                    if any(i.kind is _Outbound.MESSAGE for i in self._inflight.values()):
                         return  # keep order: upload once what precedes it is acknowledged
                     self._upload(message)
                     self._msg_cursor = message.seq
@@ -711,7 +809,7 @@ class DeviceClient:
                 info = client.publish(topic, payload, qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     return  # the disconnect event follows
-                self._inflight[info.mid] = ("m", message.seq)
+                self._inflight[info.mid] = _InFlight(_Outbound.MESSAGE, message.seq)
                 self._msg_cursor = message.seq
             room = self._max_inflight - len(self._inflight)
 
@@ -729,14 +827,14 @@ class DeviceClient:
 
     def _upload(self, message: StoredMessage) -> None:
         assert self._rt is not None
-        self._api.upload(self._rt["token"], message.stream, message.message_id, message.payload)
+        self._api.upload(self._rt.token, message.stream, message.message_id, message.payload)
         self._store.delete_messages([message.seq])
         with self._sent:
             self._sent.notify_all()
 
     # twin --------------------------------------------------------------------------
 
-    def _on_twin(self, topic: str, payload: bytes) -> None:
+    def _on_twin(self, topic: str, payload: bytes | bytearray) -> None:
         suffix = topic.rsplit("/", 1)[-1]
         try:
             body = json.loads(payload or b"{}")

@@ -69,6 +69,61 @@ class OutboxLimits:
         object.__setattr__(self, "policy", OverflowPolicy(self.policy))
 
 
+TOKEN_KEY = "rt"
+"""The ``state`` row that holds the Registration Token (:class:`TokenState` as JSON)."""
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """The Registration Token the device holds.
+
+    Stored under :data:`TOKEN_KEY` as a JSON object with exactly these four keys, in this
+    order: the format every device database has had, so databases written by earlier
+    SDK versions read back unchanged (and tools that read the row keep working).
+
+    >>> state = TokenState("rt_x", 7200.0, 1_000.0, "pump-7")
+    >>> state.to_json()
+    {'token': 'rt_x', 'lifetime': 7200.0, 'obtained_at': 1000.0, 'device_id': 'pump-7'}
+    >>> TokenState.from_json(state.to_json()) == state, state.expires_at, state.refresh_at
+    (True, 8200.0, 4600.0)
+    """
+
+    token: str
+    lifetime: float | None
+    """seconds from ``obtained_at``; None = never expires"""
+    obtained_at: float
+    """the device clock's POSIX time when the device received the token"""
+    device_id: str
+
+    @property
+    def expires_at(self) -> float | None:
+        """POSIX time (device clock) the token stops working; None if never."""
+        return None if self.lifetime is None else self.obtained_at + self.lifetime
+
+    @property
+    def refresh_at(self) -> float | None:
+        """POSIX time (device clock) the SDK refreshes it: at half its lifetime."""
+        return None if self.lifetime is None else self.obtained_at + self.lifetime / 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "lifetime": self.lifetime,
+            "obtained_at": self.obtained_at,
+            "device_id": self.device_id,
+        }
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> TokenState:
+        lifetime = stored["lifetime"]
+        return cls(
+            str(stored["token"]),
+            None if lifetime is None else float(lifetime),
+            float(stored["obtained_at"]),
+            str(stored["device_id"]),
+        )
+
+
 @dataclass(frozen=True)
 class StoredMessage:
     seq: int
@@ -137,6 +192,11 @@ class LocalStore:
         with self._lock:
             row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def registration_token(self) -> TokenState | None:
+        """The stored Registration Token, None if the device holds none."""
+        stored = self.get(TOKEN_KEY)
+        return None if stored is None else TokenState.from_json(stored)
 
     def set(self, key: str, value: Any) -> None:
         self.set_many({key: value})

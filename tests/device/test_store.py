@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from iiot_device import Backoff, DatabaseInUse, OutboxFull, OutboxLimits
-from iiot_device.store import LocalStore
+from iiot_device.store import TOKEN_KEY, LocalStore, TokenState
 
 
 def test_refuse_policy_keeps_everything_stored(tmp_path: Path) -> None:
@@ -76,3 +77,35 @@ def test_full_jitter_spreads_a_fleet() -> None:
         bounds.append(b.bound())
         b.next()
     assert bounds == [1, 2, 4, 8, 8, 8]
+
+
+def test_token_state_reads_and_writes_the_stored_format(tmp_path: Path) -> None:
+    # the row exactly as every SDK version so far wrote it (json.dumps of a dict)
+    written_before = {
+        "token": "rt_abc",
+        "lifetime": 7200.0,
+        "obtained_at": 1767225600.25,
+        "device_id": "pump-7",
+    }
+    store = LocalStore(tmp_path / "d.db")
+    store._conn.execute(
+        "INSERT INTO state (key, value) VALUES ('rt', ?)", (json.dumps(written_before),)
+    )
+    state = store.registration_token()
+    assert state == TokenState("rt_abc", 7200.0, 1767225600.25, "pump-7")
+    assert state.expires_at == 1767232800.25
+
+    store.set_many({TOKEN_KEY: TokenState("rt_new", None, 5.0, "pump-7").to_json()})
+    [(text,)] = store._conn.execute("SELECT value FROM state WHERE key = 'rt'").fetchall()
+    assert json.loads(text) == {
+        "token": "rt_new",
+        "lifetime": None,
+        "obtained_at": 5.0,
+        "device_id": "pump-7",
+    }
+    store.close()
+    reopened = LocalStore(tmp_path / "d.db")
+    assert reopened.registration_token() == TokenState("rt_new", None, 5.0, "pump-7")
+    reopened.set(TOKEN_KEY, None)
+    assert reopened.registration_token() is None
+    reopened.close()
