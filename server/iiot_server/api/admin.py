@@ -18,6 +18,7 @@ from ..services.api_keys import ApiKey
 from ..services.twin import Section
 from .auth import ACCESS, Access
 from .models import (
+    INT64_MAX,
     ApiKeyOut,
     ApproveRequest,
     BulkProvisioningTokensRequest,
@@ -41,6 +42,12 @@ TECHNICIAN = {ACCESS: Access.TECHNICIAN}
 ADMIN = {ACCESS: Access.ADMIN}
 
 
+class ApiController(Controller):
+    """A resource of the technician/admin API: admin unless it says otherwise."""
+
+    security = [{"apiKey": []}]
+
+
 def _options(
     data: JSONBody[TokenOptionsFields], *, device_id: str | None
 ) -> ProvisioningTokenOptions:
@@ -56,8 +63,8 @@ def _options(
     )
 
 
-class ProvisioningTokensController(Controller):
-    path = "/provisioning-tokens"
+class ProvisioningTokensController(ApiController):
+    path = "/api/v1/provisioning-tokens"
     tags = ["provisioning tokens"]
 
     @post("/", status_code=201)
@@ -136,8 +143,8 @@ class ProvisioningTokensController(Controller):
         return ProvisioningTokenOut.of(await services.provisioning.revoke_token(token_id))
 
 
-class ProvisioningOperationsController(Controller):
-    path = "/provisioning-operations"
+class ProvisioningOperationsController(ApiController):
+    path = "/api/v1/provisioning-operations"
     tags = ["provisioning operations"]
     opt = TECHNICIAN
 
@@ -197,8 +204,8 @@ class ProvisioningOperationsController(Controller):
         return OperationOut.of(await services.provisioning.cancel_operation(operation_id))
 
 
-class DevicesController(Controller):
-    path = "/devices"
+class DevicesController(ApiController):
+    path = "/api/v1/devices"
     tags = ["devices"]
     opt = TECHNICIAN
 
@@ -226,7 +233,7 @@ class DevicesController(Controller):
         device_id: FromPath[str],
         services: NamedDependency[Services],
         stream: FromQuery[str | None] = None,
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=INT64_MAX)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
     ) -> list[MessageOut]:
         """Stored messages of a device, oldest first; page with ``after`` (last ``seq``)."""
@@ -284,8 +291,8 @@ class DevicesController(Controller):
         return RevokeDeviceOut(device_id=device_id, revoked_tokens=count)
 
 
-class ApiKeysController(Controller):
-    path = "/api-keys"
+class ApiKeysController(ApiController):
+    path = "/api/v1/api-keys"
     tags = ["api keys"]
 
     @post("/", status_code=201)
@@ -313,8 +320,8 @@ class ApiKeysController(Controller):
         return ApiKeyOut.of(await services.api_keys.revoke(key_id))
 
 
-class FleetConfigurationsController(Controller):
-    path = "/fleet-configurations"
+class FleetConfigurationsController(ApiController):
+    path = "/api/v1/fleet-configurations"
     tags = ["fleet configurations"]
 
     @post("/", status_code=201)

@@ -21,6 +21,10 @@ from ..services.registration import IssuedToken, Registration
 from ..services.twin import Twin, TwinSection
 
 Seconds = Annotated[float, msgspec.Meta(ge=1, le=100 * 365 * 86400, description="seconds")]
+INT64_MAX = 2**63 - 1
+"""Largest integer storage holds (SQLite and PostgreSQL BIGINT); larger ones crashed a
+handler with OverflowError (a 500) before they were bounded on the wire."""
+Priority = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 
 
 class Wire(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=False):
@@ -347,7 +351,7 @@ class FleetConfigurationIn(Wire):
 
     target_condition: dict[str, Any]
     desired_properties: dict[str, Any]
-    priority: int = 0
+    priority: Priority = 0
     id: str | None = None
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from .device_id import DEVICE_ID_PATTERN
+from .documents import check_json_depth
 from .errors import ValidationError
 from .twin import JSON, merge_patch, validate_patch
 
@@ -39,7 +40,13 @@ class Condition:
 
 
 def parse_condition(raw: object, *, field: str = "targetCondition") -> Condition:
-    """Validate and parse a condition; errors name the offending field path."""
+    """Validate and parse a condition; errors name the offending field path. Its depth is
+    checked first: parsing (and matching) recurse once per level."""
+    check_json_depth(raw, field=field)
+    return _parse(raw, field)
+
+
+def _parse(raw: object, field: str) -> Condition:
     if not isinstance(raw, dict) or len(raw) != 1:
         raise ValidationError(
             "a condition is an object with exactly one of eq, in, exists, and, or, not",
@@ -50,10 +57,10 @@ def parse_condition(raw: object, *, field: str = "targetCondition") -> Condition
     if op in ("and", "or"):
         if not isinstance(operand, list):
             raise ValidationError(f"{op} takes a list of conditions", field=here)
-        children = tuple(parse_condition(c, field=f"{here}[{i}]") for i, c in enumerate(operand))
+        children = tuple(_parse(c, f"{here}[{i}]") for i, c in enumerate(operand))
         return Condition(op, children=children)
     if op == "not":
-        return Condition(op, children=(parse_condition(operand, field=here),))
+        return Condition(op, children=(_parse(operand, here),))
     if op == "exists":
         return Condition(op, path=_path(operand, here))
     if op == "eq":
