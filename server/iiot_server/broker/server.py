@@ -447,9 +447,12 @@ class PlatformBroker(Broker):
                 handled.set_result(None)
 
     async def _answer_twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
+        from ..domain.documents import decode_json_document  # here: one edit in this file
+
         twins = self.services.twins
-        try:
-            body = json.loads(payload or b"{}")
+        try:  # bounded decode: a too-deep document is a refused patch, never a RecursionError
+            section = "reported" if kind is TopicKind.TWIN_REPORTED else "request"
+            body = decode_json_document(payload or b"{}", field=section)
             if kind is TopicKind.TWIN_REPORTED:
                 await twins.patch(device_id, Section.REPORTED, body)
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .documents import check_json_depth
 from .errors import ValidationError
 
 JSON = dict[str, Any]
@@ -18,18 +19,19 @@ MAX_DEPTH = 10
 
 
 def validate_patch(patch: object, *, field: str) -> JSON:
-    """A merge patch: a JSON object without reserved (``$``) keys, bounded in size and depth."""
+    """A merge patch: a JSON object without reserved (``$``) keys, bounded in size and
+    depth (objects and arrays both count: ``[[[...]]]`` is as deep as ``{"a":{"a":...}}``)."""
     if not isinstance(patch, dict):
         raise ValidationError("a patch must be a JSON object", field=field)
-    _check(patch, field, 1)
+    check_json_depth(patch, field=field, max_depth=MAX_DEPTH)  # before any recursion
+    _check_keys(patch, field)
     if len(json.dumps(patch, separators=(",", ":"))) > MAX_DOCUMENT_BYTES:
         raise ValidationError(f"a patch is at most {MAX_DOCUMENT_BYTES} bytes", field=field)
     return patch
 
 
-def _check(value: object, path: str, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise ValidationError(f"documents nest at most {MAX_DEPTH} levels", field=path)
+def _check_keys(value: object, path: str) -> None:
+    """Property names of the document's objects (arrays are values: not looked into)."""
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str) or not key or key.startswith("$"):
@@ -37,7 +39,7 @@ def _check(value: object, path: str, depth: int) -> None:
                     f"property names must be non-empty and not start with '$': {key!r}",
                     field=f"{path}.{key}",
                 )
-            _check(item, f"{path}.{key}", depth + 1)
+            _check_keys(item, f"{path}.{key}")
 
 
 def merge_patch(target: JSON, patch: JSON) -> JSON:
