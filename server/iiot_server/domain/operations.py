@@ -4,6 +4,12 @@
 expiry, or when another operation with the same Device ID is approved. Completing an
 approved operation yields a Registration Token; completing it again re-issues one (and
 invalidates the earlier) until the operation expires.
+
+Revoking or deleting a device closes every operation for its Device ID that could still
+yield a token (pending, approved, or completed and not yet expired): they become
+``cancelled`` with reason ``device_revoked`` / ``device_deleted``, so completing one again
+answers 410 instead of handing the device a fresh token (issue 10, item 3). Revocation is
+one switch; the device must provision again, through a technician.
 """
 
 from __future__ import annotations
@@ -40,6 +46,13 @@ class CancelReason(StrEnum):
     TECHNICIAN = "technician"
     EXPIRED = "expired"
     SUPERSEDED = "superseded"  # another operation with the same Device ID was approved
+    DEVICE_REVOKED = "device_revoked"  # an admin revoked the device: no token from it again
+    DEVICE_DELETED = "device_deleted"  # an admin deleted the device
+
+
+CLOSED_BY_DEVICE_END = (OperationState.PENDING, OperationState.APPROVED, OperationState.COMPLETED)
+"""States of an unexpired operation that revoking or deleting its device cancels: each can
+still yield a Registration Token (completed ones re-issue until expiry)."""
 
 
 @dataclass(frozen=True)

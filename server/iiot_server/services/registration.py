@@ -17,6 +17,7 @@ from ..domain.errors import (
     RegistrationTokenRevoked,
     Unauthorized,
 )
+from ..domain.operations import CLOSED_BY_DEVICE_END, CancelReason
 from ..domain.tokens import (
     DEFAULT_REFRESH_FRACTION,
     TokenStatus,
@@ -335,6 +336,7 @@ class RegistrationService:
 
         def revoke(conn: Connection) -> int:
             _require_device(conn, device_id)
+            _close_operations(conn, device_id, t, CancelReason.DEVICE_REVOKED)
             return _revoke_all(conn, device_id, t)
 
         count = await self._db.write(revoke)
@@ -347,6 +349,7 @@ class RegistrationService:
 
         def forget(conn: Connection) -> None:
             _require_device(conn, device_id)
+            _close_operations(conn, device_id, t, CancelReason.DEVICE_DELETED)
             _revoke_all(conn, device_id, t)
             conn.execute(delete(mqtt_credentials).where(mqtt_credentials.c.device_id == device_id))
             conn.execute(delete(devices).where(devices.c.device_id == device_id))
@@ -401,6 +404,19 @@ class RegistrationService:
 def _revoke_all(conn: Connection, device_id: str, t: float) -> int:
     result = conn.execute(sql.REVOKE_DEVICE_TOKENS, {"b_device_id": device_id, "b_now": t})
     return int(result.rowcount)
+
+
+def _close_operations(conn: Connection, device_id: str, t: float, reason: CancelReason) -> None:
+    """Revocation is one switch: no operation of the device may yield a token again."""
+    conn.execute(
+        sql.CLOSE_DEVICE_OPERATIONS,
+        {
+            "b_device_id": device_id,
+            "b_states": [state.value for state in CLOSED_BY_DEVICE_END],
+            "b_now": t,
+            "b_reason": reason.value,
+        },
+    )
 
 
 def _require_device(conn: Connection, device_id: str) -> None:

@@ -28,6 +28,16 @@ OPEN_CODE_CLASH = select(_op.id).where(_op.verification_code == bindparam("b_cod
 OPEN_OPERATIONS_FOR_DEVICE = select(provisioning_operations).where(
     _op.device_id == bindparam("b_device_id"), _op.id != bindparam("b_id"), OPEN_OPERATION
 )
+CLOSE_DEVICE_OPERATIONS = (
+    update(provisioning_operations)
+    .where(
+        _op.device_id == bindparam("b_device_id"),
+        _op.state.in_(bindparam("b_states", expanding=True)),
+        _op.expires_at > bindparam("b_now"),
+    )
+    .values(state="cancelled", cancelled_at=bindparam("b_now"), cancel_reason=bindparam("b_reason"))
+)
+"""Revoking or deleting a device: ``operations.CLOSED_BY_DEVICE_END`` → cancelled."""
 COMPLETE_OPERATION = UPDATE_OPERATION.values(
     state=bindparam("b_state"), completed_at=bindparam("b_now")
 )
