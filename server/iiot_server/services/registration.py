@@ -247,12 +247,17 @@ class RegistrationService:
 
     async def register(self, secret: str) -> Registration:
         """MQTT connection details for a device holding a usable token. The password is
-        new for each registration and bound to this token: it dies with it."""
+        new for each registration and bound to this token: it dies with it. It replaces
+        the token's earlier password (refused at CONNECT from now on): one live credential
+        per token, so a device retrying register piles nothing up, and one that lost its
+        password registers again. A session already open on the earlier password is not
+        cut; a new CONNECT with the same Device ID takes it over."""
         now = self._clock.now()
         password = new_secret(SecretKind.MQTT_PASSWORD)
 
         def register_device(conn: Connection) -> RegistrationToken:
             token = self._require_usable(self._find(conn, secret), now)
+            conn.execute(sql.DELETE_MQTT_CREDENTIALS_OF_TOKEN, {"b_token_id": token.id})
             conn.execute(
                 sql.INSERT_MQTT_CREDENTIAL,
                 {

@@ -9,7 +9,7 @@ an UPDATE's SET clause.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 
 from .schema import devices, mqtt_credentials, provisioning_operations, provisioning_tokens
 from .schema import registration_tokens as rt
@@ -68,6 +68,9 @@ REVOKE_DEVICE_TOKENS = (
 )
 
 INSERT_MQTT_CREDENTIAL = insert(mqtt_credentials)
+DELETE_MQTT_CREDENTIALS_OF_TOKEN = delete(mqtt_credentials).where(
+    mqtt_credentials.c.registration_token_id == bindparam("b_token_id")
+)
 
 DEVICE_EXISTS = select(devices.c.device_id).where(devices.c.device_id == bindparam("b_device_id"))
 INSERT_DEVICE = insert(devices)
