@@ -28,7 +28,13 @@ def code(text: str, parameters: bool = False) -> nbf.NotebookNode:
 
 
 def write(name: str, cells: list[nbf.NotebookNode]) -> None:
+    """Write one notebook. Cell ids are the notebook's name and the cell's position
+    (nbformat 4.5: 1-64 of ``[a-zA-Z0-9-_]``), not nbformat's random ones, so a rebuild
+    that changes no cell rewrites no notebook."""
     nb = nbf.v4.new_notebook()
+    stem = Path(name).stem[:56]
+    for index, cell in enumerate(cells):
+        cell.id = f"{stem}-{index:03d}"
     nb.cells = cells
     nb.metadata = KERNEL
     nbf.write(nb, HERE / name)
