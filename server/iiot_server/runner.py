@@ -20,6 +20,7 @@ import uvicorn
 
 from .app import Hook, create_app
 from .clock import Clock, SystemClock
+from .http_timeouts import deadline_protocol
 from .services import Services
 from .settings import Settings
 
@@ -101,7 +102,12 @@ class ServerRunner:
             log_level="warning",
             access_log=False,
             lifespan="on",
-            http="httptools",
+            # httptools, with deadlines on incomplete requests (uvicorn has no header
+            # timeout; see http_timeouts.py) and a bounded idle keep-alive
+            http=deadline_protocol(
+                self.settings.http_header_timeout, self.settings.http_body_timeout
+            ),
+            timeout_keep_alive=self.settings.http_keep_alive_timeout,  # type: ignore[arg-type]
             timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)

@@ -48,6 +48,18 @@ class Settings(msgspec.Struct, kw_only=True):
     """Seconds a device should wait between completion polls."""
     code_lookups_per_second: float = 1.0
     code_lookup_burst: float = 20.0
+    http_keep_alive_timeout: float = 5.0
+    """Seconds (real time: they guard sockets) an HTTP connection may sit idle after a
+    response before the server closes it. Devices poll every ``poll_interval`` (2 s) and
+    so reuse their connection; a silent one should not hold a socket."""
+    http_header_timeout: float = 10.0
+    """Seconds a connection has, from opening (or from its first byte after a response),
+    to finish a request's headers. uvicorn has none (its keep-alive timer is cancelled by
+    any byte and never armed on a fresh connection): 400 idle or header-trickling
+    connections stayed open indefinitely (issue 10)."""
+    http_body_timeout: float = 60.0
+    """Seconds from a request's headers to the end of its body: room for the largest
+    upload over a slow cellular link (256 KiB at 5 KB/s is ~50 s), not for a stalled one."""
 
     def __post_init__(self) -> None:
         # A key without the prefix would be stored, then refused on every request
