@@ -77,11 +77,7 @@ class ProvisioningTokensController(ApiController):
         created = await services.provisioning.create_token(
             data.name, _options(data, device_id=data.device_id)
         )
-        out = ProvisioningTokenOut.of(created.token)
-        return CreatedProvisioningTokenOut(
-            **{f: getattr(out, f) for f in out.__struct_fields__},
-            provisioning_token=created.secret,
-        )
+        return CreatedProvisioningTokenOut.of(created)
 
     @post("/bulk", status_code=201)
     async def bulk(
@@ -110,16 +106,7 @@ class ProvisioningTokensController(ApiController):
             for c in created:
                 writer.writerow([c.token.options.device_id, c.token.id, c.secret])
             return Response(buffer.getvalue(), status_code=201, media_type="text/csv")
-        items = []
-        for c in created:
-            out = ProvisioningTokenOut.of(c.token)
-            items.append(
-                CreatedProvisioningTokenOut(
-                    **{f: getattr(out, f) for f in out.__struct_fields__},
-                    provisioning_token=c.secret,
-                )
-            )
-        return Response(items, status_code=201)
+        return Response([CreatedProvisioningTokenOut.of(c) for c in created], status_code=201)
 
     @get("/")
     async def list_tokens(self, services: NamedDependency[Services]) -> list[ProvisioningTokenOut]:
@@ -302,10 +289,7 @@ class ApiKeysController(ApiController):
         services: NamedDependency[Services],
     ) -> CreatedApiKeyOut:
         created = await services.api_keys.create(data.name, data.role)
-        out = ApiKeyOut.of(created.key)
-        return CreatedApiKeyOut(
-            **{f: getattr(out, f) for f in out.__struct_fields__}, api_key=created.secret
-        )
+        return CreatedApiKeyOut.of(created)
 
     @get("/")
     async def list_keys(self, services: NamedDependency[Services]) -> list[ApiKeyOut]:

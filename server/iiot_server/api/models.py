@@ -12,11 +12,11 @@ from ..domain.fleet import FleetConfiguration
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from ..security import Role
-from ..services.api_keys import ApiKey
+from ..services.api_keys import ApiKey, CreatedApiKey
 from ..services.devices import Device
 from ..services.fleet import ConfigurationMetrics
 from ..services.messages import StoredMessage
-from ..services.provisioning import OperationView, ProvisioningToken
+from ..services.provisioning import CreatedProvisioningToken, OperationView, ProvisioningToken
 from ..services.registration import IssuedToken, Registration
 from ..services.twin import Twin, TwinSection
 
@@ -168,6 +168,13 @@ class CreatedProvisioningTokenOut(ProvisioningTokenOut):
     provisioning_token: str
     """The secret: shown once, never again."""
 
+    @classmethod
+    def of(  # type: ignore[override]  # from the creation: only it carries the secret
+        cls, created: CreatedProvisioningToken
+    ) -> CreatedProvisioningTokenOut:
+        token = ProvisioningTokenOut.of(created.token)
+        return cls(**msgspec.structs.asdict(token), provisioning_token=created.secret)
+
 
 class ApproveRequest(Wire):
     device_id: str | None = None
@@ -280,6 +287,13 @@ class ApiKeyOut(Wire):
 class CreatedApiKeyOut(ApiKeyOut):
     api_key: str
     """The secret: shown once, never again."""
+
+    @classmethod
+    def of(  # type: ignore[override]  # from the creation: only it carries the secret
+        cls, created: CreatedApiKey
+    ) -> CreatedApiKeyOut:
+        key = ApiKeyOut.of(created.key)
+        return cls(**msgspec.structs.asdict(key), api_key=created.secret)
 
 
 class MessageOut(Wire):
