@@ -9,12 +9,13 @@ from litestar import Litestar, Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, Reference, SecurityScheme
+from litestar.routes import HTTPRoute
 
 from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
 from .api.auth import ACCESS, DEPENDENCIES, Access, authorize
 from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
 from .api.models import Health
-from .api.problems import EXCEPTION_HANDLERS
+from .api.problems import EXCEPTION_HANDLERS, document_problems
 from .api.requests import PlatformRequest
 from .broker import start_broker, stop_broker
 from .clock import Clock, SystemClock
@@ -94,13 +95,12 @@ def create_app(
         return holder["services"]
 
     # Every route passes the one guard; a route's Access defaults to admin (fail closed).
-    api = Router("/api/v1", route_handlers=ADMIN_CONTROLLERS, security=[{"apiKey": []}])
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health,
             DeviceProvisioningController,
             DeviceRegistrationController,
-            api,
+            *ADMIN_CONTROLLERS,
         ],
         guards=[authorize],
         dependencies={"services": Provide(provide_services, sync_to_thread=False), **DEPENDENCIES},
@@ -121,6 +121,20 @@ def create_app(
         # outlives it; the platform logs through the standard library's own handlers.
         logging_config=None,
     )
+    document_problems(app)
+    _answer_options_with_every_method(app)
+    return app
+
+
+def _answer_options_with_every_method(app: Litestar) -> None:
+    """Litestar 2.x builds a path's OPTIONS answer when the path's first handler is
+    registered, so ``Allow`` names only that handler's method when several share the path
+    (litestar#4169, fixed in 3.0): rebuild each OPTIONS answer from the finished route."""
+    for route in app.routes:
+        if isinstance(route, HTTPRoute) and "OPTIONS" in route.route_handler_map:
+            handler, _ = route.route_handler_map["OPTIONS"]
+            if handler.http_methods == {"OPTIONS"} and not handler.include_in_schema:
+                handler._fn = route.create_options_handler(route.path)._fn
 
 
 __all__ = ["create_app"]

@@ -151,3 +151,20 @@ def test_the_public_routes_answer_without_a_credential(running: tuple[Platform, 
     with httpx.Client(base_url=platform.http_url, timeout=30) as http:
         assert http.get("/health").status_code == 200
         assert http.get("/schema/openapi.json").status_code == 200
+
+
+def test_an_api_key_cannot_revoke_itself(running: tuple[Platform, str]) -> None:
+    """Found by the OpenAPI fuzz: listing the keys and revoking the one in use locked the
+    admin out. Rotation still works: a new admin key revokes the old one."""
+    platform, _ = running
+    me = next(k for k in platform.admin.list_api_keys() if k.role == "admin" and not k.revoked_at)
+    with httpx.Client(base_url=platform.http_url, timeout=30) as http:
+        auth = {"Authorization": f"Bearer {platform.admin_key}"}
+        refused = http.post(f"/api/v1/api-keys/{me.id}/revoke", headers=auth)
+        assert _is_problem(refused, 409)
+        assert refused.json()["field"] == "keyId"
+        assert http.get("/api/v1/api-keys", headers=auth).status_code == 200
+        other = platform.admin.create_api_key("rotation", role="admin")
+        rotated = http.post(f"/api/v1/api-keys/{other.id}/revoke", headers=auth)
+        assert rotated.status_code == 200
+        assert rotated.json()["revokedAt"] is not None

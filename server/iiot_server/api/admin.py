@@ -13,12 +13,14 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from ..domain.errors import ValidationError
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
+from ..domain.topics import STREAM_PATTERN
+from ..domain.verification import CODE_PATTERN
 from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.twin import Section
 from .auth import ACCESS, Access
 from .models import (
-    INT64_MAX,
+    MAX_WIRE_INT,
     ApiKeyOut,
     ApproveRequest,
     BulkProvisioningTokensRequest,
@@ -36,6 +38,7 @@ from .models import (
     TokenOptionsFields,
     TwinOut,
 )
+from .problems import PROBLEMS
 
 # Access is the guard's (api/auth.py): admin unless a controller or route says otherwise.
 TECHNICIAN = {ACCESS: Access.TECHNICIAN}
@@ -135,24 +138,24 @@ class ProvisioningOperationsController(ApiController):
     tags = ["provisioning operations"]
     opt = TECHNICIAN
 
-    @get("/")
+    @get("/", opt={PROBLEMS: (429,)})  # code look-ups are rate-limited per API key
     async def list_operations(
         self,
         principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
-        operation_state: Annotated[str | None, QueryParameter(name="state")] = None,
-        verification_code: Annotated[str | None, QueryParameter(name="verificationCode")] = None,
+        operation_state: Annotated[OperationState | None, QueryParameter(name="state")] = None,
+        verification_code: Annotated[
+            str | None, QueryParameter(name="verificationCode", pattern=CODE_PATTERN)
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 500,
     ) -> list[OperationOut]:
         """Operations, newest first; filter by ``state`` and ``verificationCode``
         (code lookups are rate-limited per API key)."""
-        try:
-            state = OperationState(operation_state) if operation_state else None
-        except ValueError:
-            allowed = ", ".join(s.value for s in OperationState)
-            raise ValidationError(f"state must be one of {allowed}", field="state") from None
         views = await services.provisioning.list_operations(
-            state=state, verification_code=verification_code, requester=principal.id, limit=limit
+            state=operation_state,
+            verification_code=verification_code,
+            requester=principal.id,
+            limit=limit,
         )
         return [OperationOut.of(v) for v in views]
 
@@ -164,7 +167,7 @@ class ProvisioningOperationsController(ApiController):
     ) -> OperationOut:
         return OperationOut.of(await services.provisioning.get_operation(operation_id))
 
-    @post("/{operation_id:str}/approve", status_code=200)
+    @post("/{operation_id:str}/approve", status_code=200, opt={PROBLEMS: (409,)})
     async def approve(
         self,
         operation_id: FromPath[str],
@@ -182,7 +185,7 @@ class ProvisioningOperationsController(ApiController):
         )
         return OperationOut.of(view)
 
-    @post("/{operation_id:str}/cancel", status_code=200)
+    @post("/{operation_id:str}/cancel", status_code=200, opt={PROBLEMS: (409,)})
     async def cancel(
         self,
         operation_id: FromPath[str],
@@ -219,8 +222,8 @@ class DevicesController(ApiController):
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
-        stream: FromQuery[str | None] = None,
-        after: Annotated[int, QueryParameter(ge=0, le=INT64_MAX)] = 0,
+        stream: Annotated[str | None, QueryParameter(pattern=f"^{STREAM_PATTERN.pattern}$")] = None,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_WIRE_INT)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
     ) -> list[MessageOut]:
         """Stored messages of a device, oldest first; page with ``after`` (last ``seq``)."""
@@ -295,20 +298,22 @@ class ApiKeysController(ApiController):
     async def list_keys(self, services: NamedDependency[Services]) -> list[ApiKeyOut]:
         return [ApiKeyOut.of(k) for k in await services.api_keys.list()]
 
-    @post("/{key_id:str}/revoke", status_code=200)
+    @post("/{key_id:str}/revoke", status_code=200, opt={PROBLEMS: (409,)})
     async def revoke(
         self,
         key_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> ApiKeyOut:
-        return ApiKeyOut.of(await services.api_keys.revoke(key_id))
+        """Revoke a key at once (409 for the key making the request: no self-lockout)."""
+        return ApiKeyOut.of(await services.api_keys.revoke(key_id, by=principal.id))
 
 
 class FleetConfigurationsController(ApiController):
     path = "/api/v1/fleet-configurations"
     tags = ["fleet configurations"]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, opt={PROBLEMS: (409,)})
     async def create(
         self,
         data: JSONBody[FleetConfigurationIn],

@@ -59,7 +59,10 @@ SCHEMES = {
 
 
 def access_of(handler: BaseRouteHandler) -> Access:
-    """The route's access level; :attr:`Access.ADMIN` unless it says otherwise."""
+    """The route's access level; :attr:`Access.ADMIN` unless it says otherwise. Litestar's
+    own OPTIONS answers (``Allow`` only, as a CORS preflight needs them) are public."""
+    if getattr(handler, "http_methods", None) == {"OPTIONS"}:
+        return Access.PUBLIC
     return Access(handler.opt.get(ACCESS, Access.ADMIN))
 
 

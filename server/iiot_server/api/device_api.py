@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody, QueryParameter
 
-from ..domain.topics import DEFAULT_STREAM
+from ..domain.topics import DEFAULT_STREAM, MESSAGE_ID_PATTERN, STREAM_PATTERN
 from ..services import Services
 from ..services.provisioning import ProvisioningToken
 from ..services.registration import RegistrationToken
@@ -24,6 +25,7 @@ from .models import (
     RegistrationTokenResponse,
     UploadOut,
 )
+from .problems import PROBLEMS
 
 
 class DeviceProvisioningController(Controller):
@@ -50,7 +52,16 @@ class DeviceProvisioningController(Controller):
             poll_interval=services.settings.poll_interval,
         )
 
-    @put("/complete", status_code=200)
+    @put(
+        "/complete",
+        status_code=200,
+        responses={
+            202: ResponseSpec(
+                None, description="Still pending: poll again after `Retry-After` seconds."
+            )
+        },
+        opt={PROBLEMS: (410,)},
+    )
     async def complete(
         self,
         data: JSONBody[CompleteOperationRequest],
@@ -98,14 +109,23 @@ class DeviceRegistrationController(Controller):
         secret = registration_token_secret(request)
         return RegisterResponse.of(await services.registration.register(secret))
 
-    @post("/messages", status_code=201)
+    @post(
+        "/messages",
+        status_code=201,
+        responses={200: ResponseSpec(UploadOut, description="Already stored (same messageId).")},
+    )
     async def upload_message(
         self,
         request: Request[Any, Any, Any],
         rt: NamedDependency[RegistrationToken],
         services: NamedDependency[Services],
-        stream: FromQuery[str] = DEFAULT_STREAM,
-        message_id: Annotated[str | None, QueryParameter(name="messageId")] = None,
+        stream: Annotated[str, QueryParameter(pattern=f"^{STREAM_PATTERN.pattern}$")] = (
+            DEFAULT_STREAM
+        ),
+        message_id: Annotated[
+            str | None,
+            QueryParameter(name="messageId", pattern=f"^{MESSAGE_ID_PATTERN.pattern}$"),
+        ] = None,
     ) -> Response[UploadOut]:
         """Upload a message too large for MQTT (raw body); 201 stored, 200 already stored."""
         body = await request.body()
@@ -115,7 +135,8 @@ class DeviceRegistrationController(Controller):
     @put(
         "/registration-tokens/refresh",
         status_code=201,
-        opt={ACCESS: Access.PROVISIONING_TOKEN},
+        # an unknown, expired or revoked Registration Token to refresh: 403
+        opt={ACCESS: Access.PROVISIONING_TOKEN, PROBLEMS: (403,)},
     )
     async def refresh(
         self,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ..domain.device_id import DEVICE_ID_PATTERN
 from ..domain.fleet import FleetConfiguration
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
@@ -21,10 +22,18 @@ from ..services.registration import IssuedToken, Registration
 from ..services.twin import Twin, TwinSection
 
 Seconds = Annotated[float, msgspec.Meta(ge=1, le=100 * 365 * 86400, description="seconds")]
-INT64_MAX = 2**63 - 1
-"""Largest integer storage holds (SQLite and PostgreSQL BIGINT); larger ones crashed a
-handler with OverflowError (a 500) before they were bounded on the wire."""
+MAX_WIRE_INT = 2**53 - 1
+"""Largest integer accepted on the wire: storage holds 2**63 - 1 (SQLite and PostgreSQL
+BIGINT; larger ones crashed a handler with OverflowError, a 500, before they were bounded),
+but 2**53 - 1 is the largest every JSON parser holds exactly, so a client reading the
+OpenAPI document's bound gets the same number the server checks."""
 Priority = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+# The domain's rules, also in the schema, so the OpenAPI document promises nothing the
+# domain then refuses (schemathesis checks that schema-valid input is accepted).
+DeviceId = Annotated[
+    str, msgspec.Meta(pattern=f"^{DEVICE_ID_PATTERN.pattern}$", description="a Device ID")
+]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class Wire(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=False):
@@ -35,7 +44,7 @@ class Wire(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=F
 
 
 class InitOperationRequest(Wire):
-    device_id: str | None = None
+    device_id: DeviceId | None = None
     attributes: dict[str, str] | None = None
 
 
@@ -111,7 +120,7 @@ class RegisterResponse(Wire):
 
 
 class TokenOptionsFields(Wire):
-    device_id: str | None = None
+    device_id: DeviceId | None = None
     device_id_override: DeviceIdOverrideMode | None = None
     max_registration_token_lifetime: Seconds | None = None
     registration_token_lifetime_override: LifetimeOverrideMode = LifetimeOverrideMode.DISABLED
@@ -129,8 +138,8 @@ class BulkProvisioningTokensRequest(TokenOptionsFields, kw_only=True):
     """Per-device tokens for a factory run: give ``deviceIds``, or ``count`` and
     ``deviceIdPrefix`` (IDs ``{prefix}{00001..count}``)."""
 
-    name: str
-    device_ids: list[str] | None = None
+    name: Name
+    device_ids: list[DeviceId] | None = None
     count: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
     device_id_prefix: str | None = None
 
@@ -177,7 +186,7 @@ class CreatedProvisioningTokenOut(ProvisioningTokenOut):
 
 
 class ApproveRequest(Wire):
-    device_id: str | None = None
+    device_id: DeviceId | None = None
     registration_token_lifetime: Seconds | None = None
     infinite_lifetime: bool = False
 
@@ -266,7 +275,7 @@ class RevokeDeviceOut(Wire):
 
 
 class CreateApiKeyRequest(Wire):
-    name: str
+    name: Name
     role: Role
 
 

@@ -6,10 +6,15 @@ import logging
 import re
 from typing import Any
 
-from litestar import Request, Response
+import msgspec
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers.http_handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.routes import HTTPRoute
 
 from ..domain import errors
+from .auth import Access, access_of
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,18 @@ def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
     return problem(status, exc.problem_type, exc.title, exc.detail, exc.field, headers)
 
 
-def validation_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
+    """The name a client sent a parameter under (``messageId``), not the handler's
+    (``message_id``)."""
+    parameter = request.route_handler.parsed_fn_signature.parameters.get(key)
+    kwarg = getattr(parameter, "kwarg_definition", None)
+    for alias in ("name", "query", "header", "cookie"):
+        if name := getattr(kwarg, alias, None):
+            return str(name)
+    return key
+
+
+def validation_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Litestar's own input validation (bodies decoded by msgspec, query and path params)."""
     assert isinstance(exc, ValidationException)
     fields: list[str] = []
@@ -86,13 +102,17 @@ def validation_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict
             continue
         message = str(item.get("message", ""))
         key = item.get("key")
+        if key == "data" and message == "'data'":  # Litestar's word for "no body at all"
+            message = "a JSON request body is required"
         at = _JSON_PATH.search(message)
         missing = _MISSING.search(message)
         path = [p for p in (at.group(1) if at else "", missing.group(1) if missing else "") if p]
         if path:
             fields.append(".".join(path))
-        elif key and key != "data":
-            fields.append(str(key))
+        elif key == "data" and item.get("source") == "body":
+            fields.append("body")  # the body as a whole: missing, or not the right type
+        elif key:
+            fields.append(_wire_name(request, str(key)))
         details.append(message)
     detail = "; ".join(details) or str(exc.detail)
     field = ",".join(dict.fromkeys(fields)) or None
@@ -124,3 +144,66 @@ EXCEPTION_HANDLERS = {
     HTTPException: http_error,
     Exception: unexpected_error,
 }
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An RFC 9457 problem: what every error response of the API carries."""
+
+    type: str
+    """A stable slug naming the kind of problem, e.g. ``/problems/unauthorized``."""
+    title: str
+    status: int
+    detail: str | None = None
+    field: str | None = None
+    """The input at fault (a body field, a query parameter, ``Authorization``)."""
+
+
+PROBLEMS = "problems"
+"""The ``opt`` key of a route's further problem statuses (e.g. ``(409, 410)``)."""
+
+_DESCRIPTIONS = {
+    400: "Invalid input: the problem's `field` names it.",
+    401: "Missing, unknown, expired or revoked credential.",
+    403: "A valid credential that may not do this.",
+    404: "No such resource.",
+    409: "The resource's state does not allow this.",
+    410: "The Provisioning Operation was cancelled or has expired.",
+    413: "The body is too large.",
+    429: "Too many requests: wait for `Retry-After` seconds.",
+}
+
+
+def problem_statuses(handler: HTTPRouteHandler) -> list[int]:
+    """The problem statuses a route can answer, from what it takes and who may call it,
+    plus what it declares in ``opt={"problems": (...)}``."""
+    access = access_of(handler)
+    if access is Access.PUBLIC:
+        return sorted(handler.opt.get(PROBLEMS, ()))
+    statuses = {400, 401, *handler.opt.get(PROBLEMS, ())}
+    if access in (Access.TECHNICIAN, Access.ADMIN, Access.REGISTRATION_TOKEN):
+        statuses.add(403)  # a technician on an admin route; an expired or revoked RT
+    if access in (Access.PROVISIONING_TOKEN, Access.REGISTRATION_TOKEN):
+        statuses.add(429)  # the device API's rate and open-operation limits
+    if handler.parsed_fn_signature.parameters.keys() & {"data"} or "{" in "".join(handler.paths):
+        statuses.add(404)
+    return sorted(statuses)
+
+
+def document_problems(app: Litestar) -> None:
+    """Publish every route's problem responses (``application/problem+json``) in the
+    OpenAPI document, replacing Litestar's generic 400 schema, which is not what the API
+    sends. The document is built lazily, on first request, from these handlers."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            responses: dict[int, ResponseSpec] = {
+                status: ResponseSpec(
+                    data_container=Problem,
+                    media_type=PROBLEM_JSON,
+                    description=_DESCRIPTIONS.get(status, "A problem."),
+                    generate_examples=False,
+                )
+                for status in problem_statuses(handler)
+            }
+            handler.responses = {**responses, **(handler.responses or {})}

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from ..clock import Clock
-from ..domain.errors import Forbidden, NotFound, Unauthorized, ValidationError
+from ..domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from ..security import Role, SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import api_keys
@@ -99,7 +99,15 @@ class ApiKeyService:
 
         return await self._db.scan(rows)
 
-    async def revoke(self, key_id: str) -> ApiKey:
+    async def revoke(self, key_id: str, *, by: str | None = None) -> ApiKey:
+        """Revoke a key at once. A key may not revoke itself (``by``): that locks out an
+        admin holding only it; rotate by creating the new key, then revoking the old
+        one with it."""
+        if by is not None and by == key_id:
+            raise Conflict(
+                "an API key cannot revoke itself: revoke it with another admin key",
+                field="keyId",
+            )
         now = to_epoch(self._clock.now())
 
         def revoke_key(conn: Connection) -> ApiKey:

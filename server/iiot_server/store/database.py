@@ -30,6 +30,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
 
 from .schema import metadata
 
@@ -91,9 +92,17 @@ class Database:
     def open(cls, url: str) -> Database:
         """Create the engine and the schema (idempotent) for ``url``."""
         parsed = sync_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            # An in-memory database lives and dies with its one connection: every unit of
+            # work shares it (StaticPool), so a scan sees what the loop wrote.
+            engine = create_engine(
+                parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+            threads = 1
+        elif parsed.get_backend_name() == "sqlite":
+            assert parsed.database is not None
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # Units of work inline on the loop (one writer, serialised by the loop itself);
             # one thread for scans.
             engine = create_engine(
