@@ -42,6 +42,23 @@ class Settings(msgspec.Struct, kw_only=True):
     mqtt_port: int = 1883
     """Port of the embedded broker (0 = a free port); registration reports the real one."""
     max_mqtt_message_size: int = 256 * 1024
+    mqtt_max_packet_size: int | None = None
+    """Largest MQTT packet (bytes, headers included) the broker reads; a bigger announced
+    length closes the connection before its body is read. None: ``max_mqtt_message_size``
+    plus 4 KiB for the topic and headers. Without it one device made the broker buffer a
+    64 MB PUBLISH (issue 10)."""
+    mqtt_max_connect_size: int = 16 * 1024
+    """Largest CONNECT (bytes): it arrives before authentication, so it bounds what a
+    stranger makes the broker buffer per connection. Holds the ids, the password and a
+    small Will (an "offline" status); a bigger one closes the connection."""
+    mqtt_connect_timeout: float = 5.0
+    """Seconds (real time: it guards sockets, not simulated time) a new MQTT connection has
+    to send its CONNECT before it is closed, so silent sockets cannot pile up."""
+    mqtt_max_connections: int | None = None
+    """Open MQTT connections (authenticated or not) beyond which a new one is closed at
+    once. None: three quarters of the process's open-file limit, keeping descriptors for
+    the HTTP API and the database: stuck sockets took ``/health`` down under
+    ``ulimit -n 256`` (issue 10)."""
     operation_lifetime: float = DEFAULT_OPERATION_LIFETIME
     refresh_grace_period: float = DEFAULT_REFRESH_GRACE_PERIOD
     poll_interval: float = 2.0

@@ -48,7 +48,11 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         super().__init__(context)
 
     async def authenticate(self, *, session: Session) -> bool | None:
-        identity = await _broker(self).services.registration.authenticate_mqtt(
+        broker = _broker(self)
+        # before the token is read: a revoke from here on is caught once the session is
+        # recorded (PlatformBroker.session_connected)
+        session.iiot_auth_epoch = broker.registration_epoch(session.client_id or "")  # type: ignore[attr-defined]
+        identity = await broker.services.registration.authenticate_mqtt(
             session.client_id, session.username, session.password
         )
         session.iiot_identity = identity  # type: ignore[attr-defined]

@@ -1,15 +1,15 @@
 """The platform's MQTT broker: amqtt 0.12.1, hardened, asking the platform's services.
 
-:class:`PlatformBroker` subclasses amqtt's ``Broker`` to close two upstream flaws
-(``docs/amqtt-retained-acl-bypass.md``, ``docs/amqtt-session-hijack-before-auth.md``)
-and to let the platform end sessions: amqtt authenticates only at CONNECT, so revoking,
-deleting or expiring a device's Registration Token must disconnect it from here.
+:class:`PlatformBroker` subclasses amqtt's ``Broker`` to close upstream flaws
+(``docs/amqtt-retained-acl-bypass.md``, ``docs/amqtt-session-hijack-before-auth.md``,
+and issue 10: Wills outside the ACL, sockets never closed, unbounded packets) and to let
+the platform end sessions: amqtt authenticates only at CONNECT, so revoking, deleting or
+expiring a device's Registration Token must disconnect it from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 from collections import deque
@@ -18,15 +18,17 @@ from datetime import datetime
 from typing import Any
 
 import amqtt
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, Server
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
+from amqtt.utils import gen_client_id
 
 from ..domain.errors import DomainError, ValidationError
 from ..domain.topics import TopicAction, TopicKind, device_may, parse_topic, twin_topic
@@ -36,6 +38,13 @@ from ..services import Services
 from ..services.messages import IncomingMessage
 from ..services.registration import MqttIdentity
 from ..services.twin import Section
+from .connections import (
+    AbortableStreamWriter,
+    PacketSizeLimit,
+    close_connection,
+    connection_limit,
+    max_packet_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +53,6 @@ if amqtt.__version__ != "0.12.1":  # pragma: no cover - the overrides below trac
         f"iiot_server.broker is written against amqtt 0.12.1, found {amqtt.__version__}"
     )
 
-# Client ids whose clean-session delete amqtt asked for before authentication (flaw b).
-_DEFERRED_DELETES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "iiot_deferred_deletes", default=None
-)
 INGEST_BATCH = 512
 
 
@@ -151,6 +156,11 @@ class PlatformBroker(Broker):
         self._ingest_task: asyncio.Task[None] | None = None
         self.dropped_messages = 0
         self._tasks: set[asyncio.Future[None]] = set()
+        self.open_connections = 0
+        self._connection_limit = connection_limit(services.settings)
+        # registration_ended events per Device ID, to catch a revoke that lands between a
+        # CONNECT's token check and the record of its session (issue 10, item 4)
+        self._registration_endings: dict[str, int] = {}
         self._listeners: list[tuple[str, Any]] = [
             ("registration_ended", self._on_registration_ended),
             ("registration_superseded", self._on_registration_superseded),
@@ -183,32 +193,133 @@ class PlatformBroker(Broker):
         sockets = getattr(server.instance, "sockets", None) or []
         return int(sockets[0].getsockname()[1])
 
+    # connections: limited, CONNECT in time and in size, always closed (issue 10) -----
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        await self._client_connected(
+            listener_name, StreamReaderAdapter(reader), AbortableStreamWriter(writer)
+        )
+
+    async def _client_connected(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        """amqtt's, closing the connection on every way out: it returned without closing
+        when the peer ended before a valid CONNECT (EOF, garbage), so each such socket
+        stayed in CLOSE-WAIT. Adds a connection limit (beyond it a connection is closed at
+        once; amqtt's own limit queues sockets on a semaphore, holding their descriptors),
+        a CONNECT timeout and packet size limits (:class:`PacketSizeLimit`)."""
+        if self.open_connections >= self._connection_limit:
+            log.warning("%d MQTT connections open: refusing one more", self.open_connections)
+            await close_connection(writer)
+            return
+        self.open_connections += 1
+        settings = self.services.settings
+        bounded = PacketSizeLimit(
+            reader,
+            first_packet_limit=settings.mqtt_max_connect_size,
+            limit=max_packet_size(settings),
+        )
+        try:
+            await self._serve_connection(listener_name, bounded, writer)
+        except Exception as exc:  # whatever the peer sent: log it, never leak the socket
+            log.info("MQTT connection ended: %r", exc)
+        finally:
+            self.open_connections -= 1
+            await close_connection(writer)
+
+    async def _serve_connection(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        server = self._servers[listener_name]
+        peer = writer.get_peer_info()
+        if peer is None:
+            return
+        timeout = self.services.settings.mqtt_connect_timeout
+        try:
+            handler, session = await asyncio.wait_for(
+                self._initialize_client_session(reader, writer, *peer), timeout
+            )
+        except TimeoutError:
+            log.info("no CONNECT from %s:%d within %.1f s: closed", *peer, timeout)
+            return
+        await self._handle_client_session(reader, writer, session, handler, server, listener_name)
+
     # flaw (b): nothing about an existing session changes before authentication -------
 
     async def _initialize_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
     ) -> tuple[BrokerProtocolHandler, Session]:
-        deferred: list[str] = []
-        token = _DEFERRED_DELETES.set(deferred)
-        try:
-            handler, session = await super()._initialize_client_session(
-                reader, writer, remote_address, remote_port
-            )
-        finally:
-            _DEFERRED_DELETES.reset(token)
+        """The CONNECT as a new session, always. amqtt deleted a clean session's
+        predecessor, or copied the CONNECT's Will, keep-alive and credentials onto an
+        existing persistent session, while parsing, before authentication; here both wait
+        for :meth:`_adopt_session`, after authentication and the Will check."""
+        handler, session = await BrokerProtocolHandler.init_from_connect(
+            reader, writer, self.plugins_manager
+        )
         handler.__class__ = _IngestingHandler  # amqtt names its handler class inline
-        session.iiot_clean_start = bool(deferred)  # type: ignore[attr-defined]
-        # a reused (persistent) session must be authenticated afresh on every CONNECT
-        session.iiot_identity = None  # type: ignore[attr-defined]
-        session.iiot_authenticated = None  # type: ignore[attr-defined]
+        session.iiot_clean_start = session.clean_session and bool(session.client_id)  # type: ignore[attr-defined]
+        if session.clean_session and not session.client_id:
+            session.client_id = gen_client_id()
+        session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
         return handler, session
 
-    async def _delete_session(self, client_id: str) -> None:
-        deferred = _DEFERRED_DELETES.get()
-        if deferred is not None:  # called from CONNECT parsing: wait for authentication
-            deferred.append(client_id)
-            return
-        await super()._delete_session(client_id)
+    def _adopt_session(self, incoming: Session) -> Session:
+        """The session to continue: ``incoming``, or for a persistent CONNECT the existing
+        session of the same client id, given the new CONNECT's Will (retain flag
+        included, which amqtt forgot), keep-alive and credentials."""
+        existing = None if incoming.clean_session else self._sessions.get(incoming.client_id or "")
+        if existing is None:
+            return incoming
+        session = existing[0]
+        for name in (
+            "will_flag",
+            "will_message",
+            "will_topic",
+            "will_qos",
+            "will_retain",
+            "keep_alive",
+            "username",
+            "password",
+            "iiot_identity",
+            "iiot_authenticated",
+            "iiot_auth_epoch",
+        ):
+            setattr(session, name, getattr(incoming, name, None))
+        session.iiot_clean_start = False  # type: ignore[attr-defined]
+        session.iiot_ended = False  # type: ignore[attr-defined]
+        session.parent = 1
+        return session
+
+    @staticmethod
+    def _will_refusal(session: Session) -> str | None:
+        """Why a CONNECT's Will is refused, or None.
+
+        A Will is a PUBLISH the broker makes for the device when it dies, so its topic must
+        pass the same ACL as the device's own PUBLISH (``device_may``); a retained Will is
+        refused outright (no device topic is retained: a retained Will on another device's
+        ``twin/res`` was replayed to every later subscriber).
+
+        Refused at CONNECT with return code 5 "not authorized", rather than the Will
+        dropped at death as mosquitto does (``context__send_will`` checks the ACL only when
+        it sends): mosquitto's ACLs can change while a client is connected, ours are a pure
+        function of the Device ID and the topic, so the answer at CONNECT is final, and a
+        device that asked for a Will it cannot have learns it at once, not after it died
+        (MQTT 5 likewise refuses a CONNECT whose Will Retain the server does not support,
+        [MQTT-3.2.2-13]). The check is repeated at death (:meth:`_handle_disconnect`).
+        """
+        if not session.will_flag:
+            return None
+        if session.will_retain:
+            return "a retained Will"
+        topic = session.will_topic
+        if not topic or not device_may(session.client_id or "", TopicAction.PUBLISH, topic):
+            return f"a Will on {topic!r}"
+        return None
 
     async def _authenticate(self, session: Session, listener: Any) -> bool:
         cached: bool | None = getattr(session, "iiot_authenticated", None)
@@ -226,13 +337,21 @@ class PlatformBroker(Broker):
         server: Server,
         listener_name: str,
     ) -> None:
-        if not await self._authenticate(client_session, self.listeners_config[listener_name]):
+        refusal = (
+            None
+            if await self._authenticate(client_session, self.listeners_config[listener_name])
+            else "bad credentials"
+        )
+        refusal = refusal or self._will_refusal(client_session)
+        if refusal is not None:
             # Refuse without touching the registry of live sessions: amqtt would file the
             # refused session under the victim's client id and orphan the victim.
+            log.info("CONNECT of %r refused: %s", client_session.client_id, refusal)
             handler.attach(client_session, reader, writer)
-            await handler.mqtt_connack_authorize(False)
+            await handler.mqtt_connack_authorize(False)  # return code 5, not authorized
             await writer.close()
             return
+        client_session = self._adopt_session(client_session)
         client_id = client_session.client_id
         assert client_id is not None
         existing = self._sessions.get(client_id)
@@ -247,7 +366,7 @@ class PlatformBroker(Broker):
                 await old_handler.handle_connection_closed()
                 await old_handler.stop()
         if getattr(client_session, "iiot_clean_start", False):
-            await Broker._delete_session(self, client_id)
+            await self._delete_session(client_id)
         await super()._handle_client_session(
             reader, writer, client_session, handler, server, listener_name
         )
@@ -264,6 +383,44 @@ class PlatformBroker(Broker):
             delivered: asyncio.Future[Any] = loop.create_future()
             delivered.set_result(queue.get_nowait())
             await self._handle_message_delivery(client_session, handler, delivered)
+
+    async def _handle_disconnect(
+        self,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        disconnect_waiter: asyncio.Future[Any],
+    ) -> None:
+        """amqtt's, with the Will taken out of its hands: amqtt broadcast (and retained)
+        it with no topic check. A permitted Will goes only to the device's own telemetry,
+        ``twin/get`` or ``twin/reported`` topics, which no device receives, so it is handled
+        as if the device had published it at QoS 0 as it died: telemetry is stored, a
+        reported patch applied. Never after a clean DISCONNECT, and never when the platform
+        itself ended the session (revoked, deleted, expired): that device is not trusted."""
+        will = self._take_will(client_session, disconnect_waiter)
+        if will is not None:
+            await self.plugins_manager.fire_event(
+                BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=will
+            )
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+    def _take_will(
+        self, session: Session, disconnect_waiter: asyncio.Future[Any]
+    ) -> IncomingApplicationMessage | None:
+        if not session.will_flag:
+            return None
+        session.will_flag = False  # amqtt's own path must neither publish nor retain it
+        if isinstance(disconnect_waiter.result(), DisconnectPacket):
+            return None
+        if getattr(session, "iiot_ended", False):
+            log.info("Will of %s dropped: the platform ended its session", session.client_id)
+            return None
+        refusal = self._will_refusal(session)  # checked at CONNECT; again, as mosquitto does
+        if refusal is not None or session.will_topic is None or session.will_message is None:
+            log.warning("Will of %s dropped: %s", session.client_id, refusal)
+            return None
+        return IncomingApplicationMessage(
+            None, session.will_topic, QOS_0, bytes(session.will_message), False
+        )
 
     # broadcasts: a snapshot of the subscriptions, and only the filters that can match ---
 
@@ -353,6 +510,28 @@ class PlatformBroker(Broker):
         live = _Live(session, identity)
         self._live[session.client_id] = live
         self._arm_expiry(live, identity.expires_at)
+        if getattr(session, "iiot_auth_epoch", None) != self.registration_epoch(session.client_id):
+            # the registration ended after the token check began, before the session was
+            # recorded here, where the event would have found it: check the token again
+            self._spawn(self._recheck(live))
+
+    def registration_epoch(self, device_id: str) -> int:
+        """How many times the device's registration ended (revoked, deleted, reprovisioned)
+        while this broker ran; read before a CONNECT's token check, compared once its
+        session is recorded (see :meth:`session_connected`)."""
+        return self._registration_endings.get(device_id, 0)
+
+    async def _recheck(self, live: _Live) -> None:
+        session = live.session
+        identity = await self.services.registration.authenticate_mqtt(
+            session.client_id, session.username, session.password
+        )
+        if (
+            identity is None
+            or identity.registration_token_id != live.identity.registration_token_id
+        ):
+            log.info("%s authenticated as its registration ended: disconnecting", session.client_id)
+            await self._disconnect(session)
 
     def session_disconnected(self, session: Session) -> bool:
         """Forget a session; True if it was the device's current one."""
@@ -377,6 +556,7 @@ class PlatformBroker(Broker):
         await self._disconnect(live.session)
 
     def _on_registration_ended(self, device_id: str, reason: RegistrationEnded) -> None:
+        self._registration_endings[device_id] = self.registration_epoch(device_id) + 1
         live = self._live.get(device_id)
         if live is not None:
             log.info("registration of %s ended (%s): disconnecting", device_id, reason)
@@ -391,6 +571,7 @@ class PlatformBroker(Broker):
         entry = self._sessions.get(session.client_id or "")
         if entry is None or entry[0] is not session:
             return
+        session.iiot_ended = True  # type: ignore[attr-defined]  # its Will is not sent
         handler = entry[1]
         await handler.handle_connection_closed()
         await handler.stop()
