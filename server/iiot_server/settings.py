@@ -77,6 +77,26 @@ class Settings(msgspec.Struct, kw_only=True):
     http_body_timeout: float = 60.0
     """Seconds from a request's headers to the end of its body: room for the largest
     upload over a slow cellular link (256 KiB at 5 KB/s is ~50 s), not for a stalled one."""
+    max_open_operations_per_device_id: int = 3
+    """Open (pending or approved) operations one Device ID may have; one more is a 429.
+    A device needs one (a rebooted device resumes it); 3 leaves room for a device that
+    re-inits on reboot. One PT opened 1,401 for one Device ID in 10 s (issue 10)."""
+    max_open_operations_per_provisioning_token: int = 10_000
+    """Open operations one Provisioning Token may have: a PT shared by a whole factory run
+    (10,000, the largest bulk run) may all be waiting for technicians after a power cut.
+    Operations expire (``operation_lifetime``), so this also caps how fast a leaked PT
+    creates them: 10,000 per 15 minutes."""
+    device_requests_per_second: float = 1.0
+    device_request_burst: float = 20.0
+    """Token bucket per device key: a device's Registration Token calls (register, upload)
+    by its Device ID, and a Provisioning Token's calls by what they act on (the operation
+    polled, the Device ID initiated or refreshed), so devices sharing a PT do not share a
+    bucket. A device polls every ``poll_interval`` (0.5/s); a boot is a handful of calls."""
+    provisioning_token_requests_per_second: float = 5_000.0
+    provisioning_token_request_burst: float = 20_000.0
+    """Token bucket per Provisioning Token, all its calls together: sized for a PT shared
+    by 10,000 devices booting at once (one request each, then a poll every 2 s: 5,000/s);
+    per-device PTs are held by the per-device bucket long before this one."""
 
     def __post_init__(self) -> None:
         # A key without the prefix would be stored, then refused on every request

@@ -55,27 +55,60 @@ class _Bucket:
 class RateLimiter:
     """Token bucket per key, fed with times from the injected clock (no I/O).
 
-    ``capacity`` lookups at once, refilled at ``rate`` per second.
+    ``capacity`` requests at once, refilled at ``rate`` per second. Used for code
+    look-ups and for the device API (``services.limits``). At most ``max_keys`` buckets
+    are kept: past that, buckets that have refilled (idle keys) are forgotten, which
+    changes no decision; only if none has, all are (lenient, never stricter).
+
+    >>> from datetime import UTC, datetime, timedelta
+    >>> limiter, t = RateLimiter(capacity=2, rate=0.5), datetime(2026, 1, 1, tzinfo=UTC)
+    >>> limiter.check("k", t); limiter.check("k", t)
+    >>> try:
+    ...     limiter.check("k", t)
+    ... except TooManyRequests as refused:
+    ...     print(refused.retry_after)
+    2.0
+    >>> limiter.check("k", t + timedelta(seconds=2))
     """
 
     capacity: float = 20.0
     rate: float = 1.0
+    max_keys: int = 10_000
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
-    def check(self, key: str, now: datetime) -> None:
-        """Take one token for ``key`` or raise :class:`TooManyRequests`."""
+    def check(
+        self,
+        key: str,
+        now: datetime,
+        *,
+        what: str = "verification code lookups",
+        field: str | None = "verificationCode",
+    ) -> None:
+        """Take one token for ``key`` or raise :class:`TooManyRequests` (its
+        ``retry_after`` is when the next token is there) naming ``what`` and ``field``."""
         bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) > 10_000:  # bound memory: forget idle keys
-                self._buckets.clear()
+            if len(self._buckets) >= self.max_keys:
+                self._forget_idle(now)
             bucket = self._buckets[key] = _Bucket(self.capacity, now)
         elapsed = max(0.0, (now - bucket.updated).total_seconds())
         bucket.tokens = min(self.capacity, bucket.tokens + elapsed * self.rate)
         bucket.updated = now
         if bucket.tokens < 1.0:
             raise TooManyRequests(
-                "too many verification code lookups; slow down",
+                f"too many {what}; slow down",
                 retry_after=(1.0 - bucket.tokens) / self.rate,
-                field="verificationCode",
+                field=field,
             )
         bucket.tokens -= 1.0
+
+    def _forget_idle(self, now: datetime) -> None:
+        full = [
+            key
+            for key, b in self._buckets.items()
+            if b.tokens + max(0.0, (now - b.updated).total_seconds()) * self.rate >= self.capacity
+        ]
+        for key in full:
+            del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:  # bound memory
+            self._buckets.clear()

@@ -17,6 +17,7 @@ from ..store.database import Database
 from .api_keys import ApiKeyService
 from .devices import DeviceService
 from .fleet import FleetService
+from .limits import DeviceApiLimits
 from .messages import MessageService
 from .provisioning import ProvisioningService
 from .registration import RegistrationService
@@ -49,7 +50,8 @@ class Services:
         loop = asyncio.get_running_loop()
         db = await loop.run_in_executor(None, Database.open, settings.database_url)
         events = events or PlatformEvents()
-        registration = RegistrationService(db, clock, settings, events)
+        limits = DeviceApiLimits(settings, clock)
+        registration = RegistrationService(db, clock, settings, events, limits)
         twins = TwinService(db, clock, events)
         return cls(
             settings=settings,
@@ -58,7 +60,7 @@ class Services:
             events=events,
             api_keys=ApiKeyService(db, clock),
             registration=registration,
-            provisioning=ProvisioningService(db, clock, settings, registration),
+            provisioning=ProvisioningService(db, clock, settings, registration, limits),
             devices=DeviceService(db, clock, registration),
             messages=MessageService(db, clock),
             twins=twins,

@@ -7,12 +7,12 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, RowMapping, and_, insert, or_, select, update
+from sqlalchemy import Connection, Executable, RowMapping, and_, insert, or_, select, update
 
 from ..clock import Clock
 from ..domain import operations as ops
 from ..domain.device_id import validate_device_id
-from ..domain.errors import Conflict, NotFound, Unauthorized, ValidationError
+from ..domain.errors import Conflict, NotFound, TooManyRequests, Unauthorized, ValidationError
 from ..domain.operations import OperationState, ProvisioningOperation
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode, ProvisioningTokenOptions
 from ..domain.verification import (
@@ -26,6 +26,7 @@ from ..settings import Settings
 from ..store import statements as sql
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import provisioning_operations, provisioning_tokens
+from .limits import DeviceApiLimits
 from .registration import IssuedToken, RegistrationService
 
 MAX_BULK = 10_000
@@ -66,11 +67,13 @@ class ProvisioningService:
         clock: Clock,
         settings: Settings,
         registration: RegistrationService,
+        limits: DeviceApiLimits | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._settings = settings
         self._registration = registration
+        self._limits = limits or DeviceApiLimits(settings, clock)
         self._by_hash: dict[str, ProvisioningToken] = {}
         self.code_lookups = RateLimiter(
             capacity=settings.code_lookup_burst, rate=settings.code_lookups_per_second
@@ -166,7 +169,8 @@ class ProvisioningService:
         return token
 
     async def authenticate(self, secret: str) -> ProvisioningToken:
-        """The token behind a presented PT secret, or :class:`Unauthorized`."""
+        """The token behind a presented PT secret, or :class:`Unauthorized`; each call
+        counts towards the token's request rate (``services.limits``)."""
         if not has_kind(secret, SecretKind.PROVISIONING_TOKEN):
             raise Unauthorized("expected a Provisioning Token (pt_…)")
         digest = hash_secret(secret)
@@ -186,6 +190,7 @@ class ProvisioningService:
                 self._by_hash[digest] = token
         if token.revoked_at is not None:
             raise Unauthorized("this Provisioning Token was revoked")
+        self._limits.provisioning_token_request(token.id)
         return token
 
     # Operations, device side ---------------------------------------------------------
@@ -193,7 +198,8 @@ class ProvisioningService:
     async def init_operation(
         self, token: ProvisioningToken, device_id: str | None, attributes: object
     ) -> ProvisioningOperation:
-        """Start an operation; its verification code is unique among open operations."""
+        """Start an operation; its verification code is unique among open operations.
+        Refused (429) past the open-operation limits per Device ID and per token."""
         now = self._clock.now()
         operation = ops.initiate_operation(  # validates before any I/O
             token.options,
@@ -205,8 +211,13 @@ class ProvisioningService:
             attributes=attributes,
             lifetime=self._settings.operation_lifetime,
         )
+        if operation.device_id is not None:
+            self._limits.device_request(
+                f"pt:{token.id}:device:{operation.device_id}", field="deviceId"
+            )
 
         def insert_operation(conn: Connection) -> ProvisioningOperation:
+            self._check_open_operations(conn, operation, now)
             op = operation
             for _ in range(20):
                 clash = conn.execute(
@@ -222,9 +233,45 @@ class ProvisioningService:
 
         return await self._db.write(insert_operation)
 
+    def _check_open_operations(
+        self, conn: Connection, operation: ProvisioningOperation, now: datetime
+    ) -> None:
+        """TooManyRequests when the token, or the Device ID, already has as many open
+        operations as allowed; Retry-After is when the oldest of them expires."""
+        t = to_epoch(now)
+        checks: list[tuple[Executable, dict[str, object], int, str, str | None]] = [
+            (
+                sql.OPEN_OPERATIONS_OF_TOKEN,
+                {"b_token_id": operation.provisioning_token_id, "b_now": t},
+                self._settings.max_open_operations_per_provisioning_token,
+                "this Provisioning Token",
+                None,
+            )
+        ]
+        if operation.device_id is not None:
+            checks.append(
+                (
+                    sql.OPEN_OPERATIONS_OF_DEVICE_ID,
+                    {"b_device_id": operation.device_id, "b_now": t},
+                    self._settings.max_open_operations_per_device_id,
+                    f"Device ID {operation.device_id!r}",
+                    "deviceId",
+                )
+            )
+        for statement, params, limit, whose, field in checks:
+            count, first_expiry = conn.execute(statement, params).one()
+            if count >= limit:
+                raise TooManyRequests(
+                    f"{whose} already has {count} open Provisioning Operations (at most "
+                    f"{limit}); resume one (GET /provisioning-operations/{{id}}) or wait",
+                    retry_after=max(1.0, float(first_expiry) - t),
+                    field=field,
+                )
+
     async def get_operation_for_token(
         self, token: ProvisioningToken, operation_id: str
     ) -> ProvisioningOperation:
+        self._limits.device_request(f"pt:{token.id}:op:{operation_id}")
         op = await self._db.read(_get_op, operation_id, token_id=token.id)
         return ops.effective(op, self._clock.now())
 
@@ -232,6 +279,7 @@ class ProvisioningService:
         self, token: ProvisioningToken, operation_id: str
     ) -> IssuedToken | None:
         """The Registration Token of an approved operation; None while it is pending."""
+        self._limits.device_request(f"pt:{token.id}:op:{operation_id}")
         now = self._clock.now()
 
         def complete(conn: Connection) -> IssuedToken | None:

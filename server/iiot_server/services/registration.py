@@ -38,6 +38,7 @@ from ..store.schema import (
     registration_tokens,
     twins,
 )
+from .limits import DeviceApiLimits
 
 FIELD = "registrationToken"
 
@@ -113,12 +114,18 @@ class RegistrationService:
     """Issue, check, refresh and revoke Registration Tokens."""
 
     def __init__(
-        self, db: Database, clock: Clock, settings: Settings, events: PlatformEvents
+        self,
+        db: Database,
+        clock: Clock,
+        settings: Settings,
+        events: PlatformEvents,
+        limits: DeviceApiLimits | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._settings = settings
         self._events = events
+        self._limits = limits or DeviceApiLimits(settings, clock)
 
     @property
     def grace_period(self) -> float:
@@ -241,9 +248,12 @@ class RegistrationService:
         return token
 
     async def authenticate(self, secret: str) -> RegistrationToken:
-        """The usable token behind ``secret``, or an error saying why not."""
+        """The usable token behind ``secret``, or an error saying why not; each call
+        counts towards its Device ID's request rate (``services.limits``)."""
         token = await self._db.read(self._find, secret)
-        return self._require_usable(token, self._clock.now())
+        usable = self._require_usable(token, self._clock.now())
+        self._limits.device_request(f"device:{usable.device_id}")
+        return usable
 
     async def register(self, secret: str) -> Registration:
         """MQTT connection details for a device holding a usable token. The password is
@@ -299,6 +309,7 @@ class RegistrationService:
         the grace period; its own parent, and any earlier replacement of it whose response
         was lost, stop working at once."""
         now = self._clock.now()
+        self._limits.device_request(f"refresh:{hash_secret(secret)}", field=FIELD)
         issued, parent = await self._db.write(self._refresh, provisioning_token_id, secret, now)
         until = parent.usable_until(self.grace_period)
         if until is not None:  # sessions on the parent's MQTT password end with its grace

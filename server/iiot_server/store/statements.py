@@ -9,7 +9,7 @@ an UPDATE's SET clause.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from .schema import devices, mqtt_credentials, provisioning_operations, provisioning_tokens
 from .schema import registration_tokens as rt
@@ -38,6 +38,13 @@ CLOSE_DEVICE_OPERATIONS = (
     .values(state="cancelled", cancelled_at=bindparam("b_now"), cancel_reason=bindparam("b_reason"))
 )
 """Revoking or deleting a device: ``operations.CLOSED_BY_DEVICE_END`` → cancelled."""
+OPEN_OPERATIONS_OF_TOKEN = select(func.count(), func.min(_op.expires_at)).where(
+    _op.provisioning_token_id == bindparam("b_token_id"), OPEN_OPERATION
+)
+OPEN_OPERATIONS_OF_DEVICE_ID = select(func.count(), func.min(_op.expires_at)).where(
+    _op.device_id == bindparam("b_device_id"), OPEN_OPERATION
+)
+"""How many open operations, and the first expiry among them (the open-operation limits)."""
 COMPLETE_OPERATION = UPDATE_OPERATION.values(
     state=bindparam("b_state"), completed_at=bindparam("b_now")
 )
