@@ -30,8 +30,7 @@ from iiot_device import Backoff, DeviceClient, ProvisioningOperation
 
 from .clock import ManualClock
 from .platform import Platform
-from .sim.model import _fleet, _rngs, simulate
-from .sim.scenario import Scenario
+from .sim import Scenario, SimulationResult, draw_fleet, simulate
 
 _SETTLE_POLL = 0.003  # real seconds between idleness checks
 _SETTLE_STABLE = 2  # consecutive idle checks before time may move
@@ -131,7 +130,7 @@ class HybridResult:
     """hybrid vs simulator, one row per metric"""
     lockouts: int
     off_periods: int
-    simulated: Any
+    simulated: SimulationResult
     events: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -236,7 +235,7 @@ class HybridRun:
         assert self.hub is not None
         start = self.clock.now()
         provisioned = self.operations
-        fleet = _fleet(s, _rngs(s.seed, 10))  # the simulator's own connectivity draw
+        fleet = draw_fleet(s)  # the simulator's own connectivity draw
         events: list[tuple[float, int, bool]] = []
         for d in range(s.fleet_size):
             times, online = fleet.times[d], fleet.online[d]

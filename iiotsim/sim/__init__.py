@@ -1,7 +1,7 @@
 """Fleet simulator: what a token-lifetime policy costs a fleet with intermittent
 connectivity (simpy + pandas). Start with :class:`Scenario` and :func:`simulate`."""
 
-from .model import SimulationResult, simulate
+from .model import Fleet, SimulationResult, draw_fleet, simulate
 from .scenario import (
     DAY,
     HOUR,
@@ -28,6 +28,7 @@ __all__ = [
     "Connectivity",
     "DeviceGroup",
     "Distribution",
+    "Fleet",
     "Leaks",
     "Messages",
     "Outage",
@@ -38,6 +39,7 @@ __all__ = [
     "ScenarioError",
     "SimulationResult",
     "TokenPolicy",
+    "draw_fleet",
     "simulate",
     "sweep",
 ]

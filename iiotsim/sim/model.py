@@ -19,9 +19,9 @@ queue is reported. Token rules are the platform's (``iiot_server.domain.tokens``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,9 @@ EVENTS_PER_DEVICE_LIMIT = 2000  # fleets up to this size get connectivity events
 
 @dataclass
 class SimulationResult:
+    """One run: ``events`` (time, device, kind), ``devices`` (one row per device),
+    ``timeline`` (per ``timeline_resolution``) and ``summary`` (the fleet's figures)."""
+
     scenario: Scenario
     events: pd.DataFrame
     devices: pd.DataFrame
@@ -47,21 +50,70 @@ class SimulationResult:
     summary: pd.Series
 
 
-@dataclass
-class _Fleet:
-    """Connectivity segments: ``times[d, k]`` starts segment k of device d, which is
-    online iff ``online[d, k]``; ``times[d, -1]`` is the horizon."""
+@dataclass(frozen=True)
+class RandomStreams:
+    """One random generator per purpose, spawned from the scenario's seed.
+
+    Each purpose draws from its own stream, so drawing more for one (a longer horizon,
+    more leaks) leaves the others' draws unchanged. A stream is the seed's child at its
+    field's position: reordering the fields, or inserting one before the last, changes
+    every result for a seed (new streams go at the end).
+
+    >>> streams = RandomStreams.from_seed(7)
+    >>> float(streams.messages.uniform()) == float(RandomStreams.from_seed(7).messages.uniform())
+    True
+    """
+
+    deployment: np.random.Generator
+    """deployment times (``deployment_days``)"""
+    connectivity: np.random.Generator
+    """each device's own on/off periods"""
+    outages: np.random.Generator
+    """random outages: how many, when, how long, which site"""
+    storms: np.random.Generator
+    """the reconnect storm after each outage"""
+    registration_token_leaks: np.random.Generator
+    """leaked Registration Tokens: device, time, detection"""
+    provisioning_token_leaks: np.random.Generator
+    """leaked Provisioning Tokens: time, detection, holder"""
+    replay: np.random.Generator
+    """the seed of the fleet replay's approval-time draws (both passes replay alike)"""
+    first_queue: np.random.Generator
+    """technician service times of pass 1's queue"""
+    final_queue: np.random.Generator
+    """technician service times of the reported queue"""
+    messages: np.random.Generator
+    """message counts and the latency sample"""
+
+    @classmethod
+    def from_seed(cls, seed: int) -> RandomStreams:
+        children = np.random.SeedSequence(seed).spawn(len(fields(cls)))
+        return cls(*(np.random.default_rng(child) for child in children))
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A fleet's drawn connectivity, as segments: ``times[d, k]`` starts segment k of
+    device d, which is online iff ``online[d, k]``; ``times[d, -1]`` is the horizon
+    (seconds from the start)."""
 
     times: NDArray[np.float64]
     online: NDArray[np.bool_]
     deploy: NDArray[np.float64]
+    """deployment time of each device"""
     group: NDArray[np.int64]
+    """index of each device's group in ``scenario.groups`` (0 without groups)"""
     storm_attempts: NDArray[np.float64]
+    """times of the reconnect attempts of every outage's storm"""
     outages: list[tuple[float, float, int]]
+    """(start, duration, group index or -1 for the broker) of each outage"""
 
 
 @dataclass
-class _Pass:
+class _Lockouts:
+    """The lockouts of one replay: recoverable ones (device, time, wait) and permanent
+    ones (device, time), in arrays per segment column."""
+
     lockout_device: list[NDArray[np.int64]] = field(default_factory=list)
     lockout_time: list[NDArray[np.float64]] = field(default_factory=list)
     lockout_wait: list[NDArray[np.float64]] = field(default_factory=list)
@@ -69,8 +121,52 @@ class _Pass:
     permanent_time: list[NDArray[np.float64]] = field(default_factory=list)
 
 
-def _rngs(seed: int, n: int) -> list[np.random.Generator]:
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
+class _Segment(NamedTuple):
+    """One connectivity segment of a tracked device, as the replay saw it."""
+
+    start: float
+    age: float
+    """token age at ``start`` (negative: awaiting approval for that long)"""
+    duration: float
+    online: bool
+
+
+@dataclass
+class _Stretches:
+    """Undeliverable stretches (offline, or online awaiting approval): device, start and
+    end (``inf`` when still open at the horizon), in arrays per segment column."""
+
+    start: list[NDArray[np.float64]] = field(default_factory=list)
+    end: list[NDArray[np.float64]] = field(default_factory=list)
+    device: list[NDArray[np.int64]] = field(default_factory=list)
+
+    def arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+        """(start, end, device), concatenated."""
+        return (
+            np.concatenate(self.start) if self.start else np.empty(0),
+            np.concatenate(self.end) if self.end else np.empty(0),
+            np.concatenate(self.device) if self.device else np.empty(0, dtype=np.int64),
+        )
+
+
+class _Replay(NamedTuple):
+    """What one walk over the segments found."""
+
+    lockouts: _Lockouts
+    totals: dict[str, NDArray[np.float64]]
+    """per-device totals (seconds online, lockouts, refreshes, ...)"""
+    tracked: dict[int, list[_Segment]]
+    """the segments of the devices whose leaked tokens are followed"""
+    stretches: _Stretches
+
+
+class _Approvals(NamedTuple):
+    """The technician queue's answer, one entry per lockout: ``wait`` is from lockout to
+    approval (``nan`` when still unapproved at the horizon)."""
+
+    device: NDArray[np.int64]
+    at: NDArray[np.float64]
+    wait: NDArray[np.float64]
 
 
 def _connectivity(
@@ -93,10 +189,22 @@ def _connectivity(
     return columns
 
 
-def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
+def draw_fleet(scenario: Scenario) -> Fleet:
+    """The connectivity :func:`simulate` draws for ``scenario`` (seed included): hybrid
+    runs apply it to real devices to compare them with the simulator's prediction.
+
+    >>> from iiotsim.sim import Scenario
+    >>> fleet = draw_fleet(Scenario(fleet_size=3, duration_days=1, seed=5))
+    >>> fleet.times.shape[0], bool((fleet.times[:, -1] == 86400).all())
+    (3, True)
+    """
+    return _fleet(scenario, RandomStreams.from_seed(scenario.seed))
+
+
+def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
     n, horizon = s.fleet_size, s.duration
     deploy = (
-        np.sort(rngs[0].uniform(0, s.deployment_days * DAY, n))
+        np.sort(streams.deployment.uniform(0, s.deployment_days * DAY, n))
         if s.deployment_days
         else np.zeros(n)
     )
@@ -116,7 +224,7 @@ def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
         conn = (groups[g].connectivity if groups and groups[g].connectivity else None) or (
             s.connectivity
         )
-        cols = _connectivity(conn, deploy[members], horizon, rngs[1])
+        cols = _connectivity(conn, deploy[members], horizon, streams.connectivity)
         matrix = np.stack(cols, axis=1) if cols else np.empty((len(members), 0))
         per_group.append((members, matrix))
         width = max(width, matrix.shape[1])
@@ -132,13 +240,13 @@ def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
         )
     o = s.outages
     if o.random_per_day:
-        count = rngs[2].poisson(o.random_per_day * s.duration_days)
-        starts = np.sort(rngs[2].uniform(0, horizon, count))
-        durations = sample(o.random_duration, rngs[2], count)
+        count = streams.outages.poisson(o.random_per_day * s.duration_days)
+        starts = np.sort(streams.outages.uniform(0, horizon, count))
+        durations = sample(o.random_duration, streams.outages, count)
         for start, duration in zip(starts, durations, strict=True):
             scope = -1
             if o.random_scope == "site" and groups:
-                scope = int(rngs[2].integers(len(groups)))
+                scope = int(streams.outages.integers(len(groups)))
             outages.append((float(start), float(duration), scope))
     m = len(outages)
     out_start = np.full((n, m), np.inf)
@@ -149,7 +257,7 @@ def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
         if not len(hit):
             continue
         storm = simulate_storm(
-            len(hit), duration, s.backoff, rngs[3], o.broker_connects_per_second, horizon
+            len(hit), duration, s.backoff, streams.storms, o.broker_connects_per_second, horizon
         )
         out_start[hit, j] = start
         out_end[hit, j] = start + duration + storm.delays
@@ -170,7 +278,7 @@ def _fleet(s: Scenario, rngs: list[np.random.Generator]) -> _Fleet:
     # drop columns that start at the horizon for every device
     keep = max(1, int((times < horizon).sum(axis=1).max()))
     times = np.concatenate([times[:, :keep], np.full((n, 1), horizon)], axis=1)
-    return _Fleet(
+    return Fleet(
         times,
         online[:, :keep],
         deploy,
@@ -332,20 +440,15 @@ class _Bins:
 
 def _replay(
     s: Scenario,
-    fleet: _Fleet,
+    fleet: Fleet,
     waits: _Waits | None,
     rng: np.random.Generator,
     pt_revoked: NDArray[np.float64],
     bins: _Bins | None,
     track: NDArray[np.int64],
-) -> tuple[
-    _Pass,
-    dict[str, NDArray[np.float64]],
-    dict[int, list[tuple[float, float, float, bool]]],
-    tuple[list[NDArray[np.float64]], list[NDArray[np.float64]], list[NDArray[np.int64]]],
-]:
-    """Walk the segments; returns lockouts, per-device totals, tracked devices' segments
-    (start, age at start, duration, online) and undeliverable stretches (start, end)."""
+) -> _Replay:
+    """Walk the segments: lockouts, per-device totals, tracked devices' segments and
+    undeliverable stretches."""
     n = s.fleet_size
     horizon = s.duration
     L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
@@ -370,12 +473,10 @@ def _replay(
             "produced_offline",
         )
     }
-    result = _Pass()
+    result = _Lockouts()
     lockout_count = np.zeros(n, dtype=np.int64)
-    tracked: dict[int, list[tuple[float, float, float, bool]]] = {int(d): [] for d in track}
-    stretch_a: list[NDArray[np.float64]] = []
-    stretch_b: list[NDArray[np.float64]] = []
-    stretch_d: list[NDArray[np.int64]] = []
+    tracked: dict[int, list[_Segment]] = {int(d): [] for d in track}
+    stretches = _Stretches()
     lam = s.messages.rate_per_hour / HOUR
     cap = float(s.messages.outbox_capacity)
     for k in range(online.shape[1]):
@@ -458,7 +559,7 @@ def _replay(
             r0 = np.full(n, np.inf)
         for d, segs in tracked.items():
             if live[d]:
-                segs.append((float(t0[d]), float(a[d]), float(dur[d]), bool(on[d])))
+                segs.append(_Segment(float(t0[d]), float(a[d]), float(dur[d]), bool(on[d])))
         age = new_age
         tot["online"] += np.where(on, dur, 0.0)
         tot["awaiting"] += waiting
@@ -470,9 +571,9 @@ def _replay(
         if ends.any():
             e = np.flatnonzero(ends)
             a_s, b_s = undeliv_start[e], deliver_from[e]
-            stretch_a.append(a_s)
-            stretch_b.append(b_s)
-            stretch_d.append(e)
+            stretches.start.append(a_s)
+            stretches.end.append(b_s)
+            stretches.device.append(e)
             backlog = np.minimum(cap, lam * (b_s - a_s))
             np.maximum.at(tot["max_backlog"], e, backlog)
             if bins is not None:
@@ -500,21 +601,19 @@ def _replay(
         gone = np.concatenate(result.permanent_time)
         bins.interval("locked_out", gone, np.full(len(gone), horizon))
     if len(still):
-        stretch_a.append(undeliv_start[still])
-        stretch_b.append(np.full(len(still), np.inf))  # open at the horizon
-        stretch_d.append(still)
-    return result, tot, tracked, (stretch_a, stretch_b, stretch_d)
+        stretches.start.append(undeliv_start[still])
+        stretches.end.append(np.full(len(still), np.inf))  # open at the horizon
+        stretches.device.append(still)
+    return _Replay(result, tot, tracked, stretches)
 
 
-def _queue(
-    s: Scenario, p: _Pass, rng: np.random.Generator
-) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+def _queue(s: Scenario, p: _Lockouts, rng: np.random.Generator) -> _Approvals:
     if not p.lockout_device:
-        return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+        return _Approvals(np.empty(0, dtype=np.int64), np.empty(0), np.empty(0))
     dev = np.concatenate(p.lockout_device)
     at = np.concatenate(p.lockout_time)
     done = approve(at, s.provisioning, rng)
-    return dev, at, done - at
+    return _Approvals(dev, at, done - at)
 
 
 @dataclass
@@ -535,9 +634,7 @@ def _waits(
     return _Waits(wait[order], start)
 
 
-def _leak_exposure(
-    s: Scenario, segs: list[tuple[float, float, float, bool]], leak: float, detected: float
-) -> float:
+def _leak_exposure(s: Scenario, segs: list[_Segment], leak: float, detected: float) -> float:
     """How long a Registration Token leaked at ``leak`` stays usable (the platform's
     ``usable_until`` with the device's refresh that supersedes it and the revocation)."""
     L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
@@ -592,22 +689,23 @@ def _leak_exposure(
 def simulate(scenario: Scenario) -> SimulationResult:
     """Run one scenario; identical scenarios (seed included) give identical results."""
     s = scenario
-    rngs = _rngs(s.seed, 10)
-    fleet = _fleet(s, rngs)
+    streams = RandomStreams.from_seed(s.seed)
+    fleet = _fleet(s, streams)
     n, horizon = s.fleet_size, s.duration
     # leaks (drawn before the replay: PT revocations change who can re-provision)
     lk = s.leaks
-    rt_dev = rngs[4].integers(0, n, lk.registration_tokens)
-    rt_time = np.maximum(fleet.deploy[rt_dev], rngs[4].uniform(0, horizon, lk.registration_tokens))
+    rt_rng, pt_rng = streams.registration_token_leaks, streams.provisioning_token_leaks
+    rt_dev = rt_rng.integers(0, n, lk.registration_tokens)
+    rt_time = np.maximum(fleet.deploy[rt_dev], rt_rng.uniform(0, horizon, lk.registration_tokens))
     rt_detect = rt_time + np.where(
-        rngs[4].uniform(size=lk.registration_tokens) < lk.detection_probability,
-        sample(lk.detection_delay, rngs[4], lk.registration_tokens),
+        rt_rng.uniform(size=lk.registration_tokens) < lk.detection_probability,
+        sample(lk.detection_delay, rt_rng, lk.registration_tokens),
         np.inf,
     )
-    pt_time = rngs[5].uniform(0, horizon, lk.provisioning_tokens)
+    pt_time = pt_rng.uniform(0, horizon, lk.provisioning_tokens)
     pt_detect = pt_time + np.where(
-        rngs[5].uniform(size=lk.provisioning_tokens) < lk.detection_probability,
-        sample(lk.detection_delay, rngs[5], lk.provisioning_tokens),
+        pt_rng.uniform(size=lk.provisioning_tokens) < lk.detection_probability,
+        sample(lk.detection_delay, pt_rng, lk.provisioning_tokens),
         np.inf,
     )
     pt_revoked = np.full(n, np.inf)
@@ -615,28 +713,27 @@ def simulate(scenario: Scenario) -> SimulationResult:
         if s.token.shared_provisioning_token:
             pt_revoked[:] = pt_detect.min()
         else:
-            pt_dev = rngs[5].integers(0, n, lk.provisioning_tokens)
+            pt_dev = pt_rng.integers(0, n, lk.provisioning_tokens)
             np.minimum.at(pt_revoked, pt_dev, pt_detect)
     track = np.unique(rt_dev)
     # pass 1: waits = approval time alone; the queue gives real waits; pass 2 replays
-    replay_seed = int(rngs[6].integers(2**63))
+    replay_seed = int(streams.replay.integers(2**63))
     bins = _Bins(horizon, s.timeline_resolution)
-    second, tot, tracked, stretches = _replay(
-        s, fleet, None, np.random.default_rng(replay_seed), pt_revoked, bins, track
-    )
-    if second.lockout_device:  # waits met the queue: replay with the queue's waits
-        dev, at, wait = _queue(s, second, rngs[7])
+    replay = _replay(s, fleet, None, np.random.default_rng(replay_seed), pt_revoked, bins, track)
+    if replay.lockouts.lockout_device:  # waits met the queue: replay with the queue's waits
+        first = _queue(s, replay.lockouts, streams.first_queue)
         bins = _Bins(horizon, s.timeline_resolution)
-        second, tot, tracked, stretches = _replay(
+        replay = _replay(
             s,
             fleet,
-            _waits(dev, at, wait, n),
+            _waits(first.device, first.at, first.wait, n),
             np.random.default_rng(replay_seed),
             pt_revoked,
             bins,
             track,
         )
-    dev, at, wait = _queue(s, second, rngs[8])
+    second, tot, tracked = replay.lockouts, replay.totals, replay.tracked
+    dev, at, wait = _queue(s, second, streams.final_queue)
     approved = at + wait
     # storms' attempts and duplicate-ID pairs (steady reconnect rates)
     bins.at("connect", fleet.storm_attempts)
@@ -652,11 +749,9 @@ def simulate(scenario: Scenario) -> SimulationResult:
     # messages: Poisson counts per device and per undeliverable stretch
     lam = s.messages.rate_per_hour / HOUR
     cap = s.messages.outbox_capacity
-    msg_rng = rngs[9]
+    msg_rng = streams.messages
     produced = msg_rng.poisson(lam * (horizon - fleet.deploy))
-    sa = np.concatenate(stretches[0]) if stretches[0] else np.empty(0)
-    sb = np.concatenate(stretches[1]) if stretches[1] else np.empty(0)
-    sd = np.concatenate(stretches[2]) if stretches[2] else np.empty(0, dtype=np.int64)
+    sa, sb, sd = replay.stretches.arrays()
     open_end = ~np.isfinite(sb)
     length = np.where(open_end, horizon - sa, sb - sa)
     in_stretch = msg_rng.poisson(lam * np.maximum(length, 0))
@@ -776,11 +871,11 @@ def _latencies(
 
 def _events(
     s: Scenario,
-    fleet: _Fleet,
+    fleet: Fleet,
     dev: NDArray[np.int64],
     at: NDArray[np.float64],
     approved: NDArray[np.float64],
-    p: _Pass,
+    p: _Lockouts,
     rt_dev: NDArray[np.int64],
     rt_time: NDArray[np.float64],
     rt_detect: NDArray[np.float64],
