@@ -2,7 +2,16 @@
 
 from .admin import AdminClient, to_frame
 from .clock import ManualClock
-from .errors import IiotsimError, PlatformError
+from .errors import IiotsimError, PanelError, PlatformError, ScenarioError
 from .platform import Platform
 
-__all__ = ["AdminClient", "IiotsimError", "ManualClock", "Platform", "PlatformError", "to_frame"]
+__all__ = [
+    "AdminClient",
+    "IiotsimError",
+    "ManualClock",
+    "PanelError",
+    "Platform",
+    "PlatformError",
+    "ScenarioError",
+    "to_frame",
+]

@@ -4,14 +4,17 @@ Returns the server's own wire Structs (``iiot_server.api.models``: snake_case at
 camelCase on the wire), so client and server cannot drift apart. :func:`to_frame` turns a
 list of them into a pandas DataFrame.
 
-Example (in a notebook)::
+A technician approves by the code the device shows
+(``admin.approve_operation("WDJB-MJHT")``) or by operation id. Example (it starts a real
+embedded platform, a few seconds):
 
-    with Platform() as platform:
-        admin = platform.admin
-        pt = admin.create_provisioning_token("line 1")
-        ...
-        admin.approve_operation("WDJB-MJHT")     # by verification code or id
-        to_frame(admin.list_devices())
+>>> from iiotsim import Platform
+>>> with Platform() as platform:
+...     admin = platform.admin
+...     pt = admin.create_provisioning_token("line 1")
+...     frame = to_frame(admin.list_provisioning_tokens())
+>>> frame[["name", "device_id_override"]].to_dict("records")
+[{'name': 'line 1', 'device_id_override': 'enforced_at_init'}]
 """
 
 from __future__ import annotations

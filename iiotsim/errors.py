@@ -1,6 +1,22 @@
-"""The one exception hierarchy of the ``iiotsim`` library."""
+"""The one exception hierarchy of the ``iiotsim`` library (the whole tree lives here)::
+
+    IiotsimError                  base: ``except IiotsimError`` catches every one below
+    ├── PlatformError             the platform refused a call; carries its RFC 9457 problem
+    ├── ScenarioError(ValueError) a scenario value is invalid; ``.field`` names it
+    └── PanelError(ValueError)    a widget refused an input before sending it
+
+``ScenarioError`` and ``PanelError`` are also ``ValueError`` s (they report bad values,
+and callers that caught ``ValueError`` before this tree existed still do). They stay
+importable where they are raised: ``iiotsim.sim.ScenarioError``,
+``iiotsim.widgets.PanelError``.
+
+>>> issubclass(ScenarioError, IiotsimError) and issubclass(PanelError, ValueError)
+True
+"""
 
 from __future__ import annotations
+
+__all__ = ["IiotsimError", "PanelError", "PlatformError", "ScenarioError"]
 
 
 class IiotsimError(Exception):
@@ -33,3 +49,19 @@ class PlatformError(IiotsimError):
         if field:
             text += f" (field: {field})"
         super().__init__(text)
+
+
+class ScenarioError(IiotsimError, ValueError):
+    """A scenario value is invalid; ``field`` names it (dotted path).
+
+    >>> str(ScenarioError("token.refresh_fraction", "must be in (0, 1)"))
+    'token.refresh_fraction: must be in (0, 1)'
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class PanelError(IiotsimError, ValueError):
+    """An input a notebook panel refused before sending it (the message names the field)."""

@@ -6,24 +6,28 @@ same cells headless in CI that a trainer clicks through live.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 from iiot_server.api.models import OperationOut
 from iiot_server.domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 
 from .admin import AdminClient
-from .errors import PlatformError
+from .errors import PanelError, PlatformError
+
+if TYPE_CHECKING:  # the simulator (pandas, simpy) loads when a PolicyExplorer is built
+    import pandas as pd
+
+    from .sim import Scenario, SimulationResult
+
+__all__ = ["ApprovalPanel", "DeviceView", "PanelError", "PolicyExplorer"]
 
 _DEVICE_ID = re.compile(r"^[0-9A-Za-z_.-]{4,90}$")
-
-
-class PanelError(ValueError):
-    """An input the panel refused before sending it (names the field)."""
 
 
 def _age(created: datetime, now: datetime) -> str:
@@ -330,8 +334,16 @@ class PolicyExplorer:
     ``explorer.set(lifetime_hours=24, technicians=1)`` does from code what the controls do.
     """
 
+    result: SimulationResult
+    """the last run at the controls' values"""
+    sweep: pd.DataFrame
+    """the last run's sweep over ``lifetimes_hours`` (one row per lifetime)"""
+
     def __init__(
-        self, base: Any = None, *, lifetimes_hours: tuple[float, ...] = (1, 6, 24, 72, 168, 720)
+        self,
+        base: Scenario | None = None,
+        *,
+        lifetimes_hours: tuple[float, ...] = (1, 6, 24, 72, 168, 720),
     ) -> None:
         from .sim import Scenario
 
@@ -358,8 +370,9 @@ class PolicyExplorer:
         }  # fmt: skip
         self.output = w.Output()
         self.summary = w.HTML()
+        self._holding = False
         for control in self.controls.values():
-            control.observe(lambda _change: self.run(), names="value")
+            control.observe(lambda _change: self._changed(), names="value")
         self.widget = w.VBox(
             [
                 w.HBox(list(self.controls.values())[:3]),
@@ -368,14 +381,12 @@ class PolicyExplorer:
                 self.output,
             ]
         )
-        self.result: Any = None
-        self.sweep: Any = None
         self.run()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
 
-    def scenario(self) -> Any:
+    def scenario(self) -> Scenario:
         from .sim import Distribution
 
         c = {k: v.value for k, v in self.controls.items()}
@@ -389,7 +400,7 @@ class PolicyExplorer:
             }
         )
 
-    def set(self, **values: Any) -> Any:
+    def set(self, **values: Any) -> SimulationResult:
         """Set controls (keys as in ``controls``) and re-run once; returns the result."""
         for key in values:
             if key not in self.controls:
@@ -399,22 +410,20 @@ class PolicyExplorer:
                 self.controls[key].value = value
         return self.run()
 
-    def _held(self) -> Any:
-        import contextlib
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """Control changes inside do not re-run the simulator (``set`` runs it once)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
 
-        explorer = self
+    def _changed(self) -> None:
+        if not self._holding:
+            self.run()
 
-        @contextlib.contextmanager
-        def hold() -> Any:
-            run, explorer.run = explorer.run, lambda: None  # type: ignore[method-assign]
-            try:
-                yield
-            finally:
-                explorer.run = run  # type: ignore[method-assign]
-
-        return hold()
-
-    def run(self) -> Any:
+    def run(self) -> SimulationResult:
         import matplotlib.pyplot as plt
 
         from .sim import plots, simulate, sweep

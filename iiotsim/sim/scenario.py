@@ -21,16 +21,10 @@ from iiot_server.domain.tokens import (
     resolve_registration_token_lifetime,
 )
 
+from ..errors import ScenarioError as ScenarioError  # defined in the one tree; re-exported
+
 HOUR = 3600.0
 DAY = 86400.0
-
-
-class ScenarioError(ValueError):
-    """A scenario value is invalid; ``field`` names it (dotted path)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 class Distribution(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
