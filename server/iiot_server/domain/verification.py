@@ -16,6 +16,9 @@ from .errors import TooManyRequests, ValidationError
 
 ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 CODE_LENGTH = 8
+CODE_PATTERN = f"^[- ]*([{ALPHABET}{ALPHABET.lower()}][- ]*){{{CODE_LENGTH}}}$"
+"""What :func:`normalize_verification_code` accepts, as a regular expression (for the
+OpenAPI document)."""
 
 
 def new_verification_code() -> str:
