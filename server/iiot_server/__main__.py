@@ -9,8 +9,9 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from .domain.errors import SettingsError
 from .runner import ServerRunner
-from .settings import Settings, SettingsError
+from .settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import msgspec
 
+from .domain.errors import SettingsError
 from .domain.operations import DEFAULT_OPERATION_LIFETIME
 from .domain.tokens import DEFAULT_REFRESH_GRACE_PERIOD
 
 DEFAULT_DATA_DIR = Path("iiot-data")
-
-
-class SettingsError(ValueError):
-    """A setting the platform cannot run with; the message names the setting (and its
-    environment variable) so ``iiotsim serve`` can print it as it is."""
 
 
 def sqlite_url(directory: Path) -> str:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from iiot_server.settings import Settings, SettingsError
+from iiot_server.domain.errors import SettingsError
+from iiot_server.settings import Settings
 
 from ..server.test_standalone import free_port
 

@@ -14,6 +14,7 @@ from contextlib import suppress
 
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
 
+from ..domain.errors import PacketTooLarge
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,6 @@ packet id (a device topic with every message property is under 500 bytes)."""
 
 CLOSE_TIMEOUT = 2.0
 """Seconds a graceful close may wait to flush to a peer that does not read; then abort."""
-
-
-class PacketTooLarge(Exception):
-    """A packet announced more bytes than the broker reads: its connection is closed.
-
-    Not an ``MQTTError``: amqtt's reader loop discards the packet and keeps reading after
-    one of those, which would read the oversized body after all."""
 
 
 def max_packet_size(settings: Settings) -> int:

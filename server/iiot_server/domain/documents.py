@@ -7,11 +7,11 @@ document. Every document a client sends is therefore checked here, without recur
 before anything recursive sees it; the decoders' own failures (too deep, invalid UTF-8)
 become :class:`ValidationError` naming the field.
 
->>> check_json_depth({"a": [[1]]}, field="desired", max_depth=4)
->>> check_json_depth({"a": [[[1]]]}, field="desired", max_depth=4)
+>>> check_json_depth({"a": [[1]]}, field="d", max_depth=4)
+>>> check_json_depth({"a": [[[1]]]}, field="d", max_depth=4)
 Traceback (most recent call last):
 ...
-iiot_server.domain.errors.ValidationError: documents nest at most 4 levels (field: desired.a[0][0][0])
+iiot_server.domain.errors.ValidationError: documents nest at most 4 levels (field: d.a[0][0][0])
 """
 
 from __future__ import annotations

@@ -1,8 +1,23 @@
-"""The one exception hierarchy of the platform's rules.
+"""The one exception hierarchy of the platform server.
 
 Each error names its problem ``type`` slug (RFC 9457 style) and, where there is one, the
 offending input ``field``; the HTTP layer maps the classes to status codes once
-(``iiot_server.api.problems``), the broker layer to CONNACK/refusals.
+(``iiot_server.api.problems``), the broker layer to CONNACK/refusals::
+
+    DomainError                          a rule refused the caller's input or state
+    ├── ValidationError                  400
+    │   └── SettingsError                (also a ValueError) a setting the server cannot run with
+    ├── Unauthorized                     401
+    ├── Forbidden                        403
+    ├── RegistrationTokenExpired         403
+    ├── RegistrationTokenRevoked         403
+    ├── NotFound                         404
+    ├── Conflict                         409
+    │   └── InvalidTransition            409
+    ├── ProvisioningOperationCancelled   410
+    ├── ProvisioningOperationExpired     410
+    ├── TooManyRequests                  429 (with retry_after)
+    └── PacketTooLarge                   MQTT: the connection is closed
 """
 
 from __future__ import annotations
@@ -88,3 +103,20 @@ class TooManyRequests(DomainError):
     def __init__(self, detail: str, *, retry_after: float, field: str | None = None) -> None:
         super().__init__(detail, field=field)
         self.retry_after = retry_after
+
+
+class SettingsError(ValidationError, ValueError):
+    """A setting the platform cannot run with; the message names the setting (and its
+    environment variable) so ``iiotsim serve`` can print it as it is. A ValueError too, so
+    that msgspec reports it from ``Settings.__post_init__``."""
+
+    title = "Invalid setting"
+
+
+class PacketTooLarge(DomainError):
+    """An MQTT packet announced more bytes than the broker reads: its connection is closed.
+
+    Not an amqtt ``MQTTError``: amqtt's reader loop discards the packet and keeps reading
+    after one of those, which would read the oversized body after all."""
+
+    title = "MQTT packet too large"
