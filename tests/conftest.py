@@ -13,6 +13,8 @@ import pytest
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
+from .integration.mqtt import Device
+
 START = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 
 
@@ -33,3 +35,12 @@ def http(platform: Platform) -> Iterator[httpx.Client]:
     """A plain HTTP client for the device-facing API (no credentials)."""
     with httpx.Client(base_url=platform.http_url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture
+def devices() -> Iterator[list[Device]]:
+    """MQTT connections a test opens (append them); all closed at the end."""
+    opened: list[Device] = []
+    yield opened
+    for device in opened:
+        device.close()

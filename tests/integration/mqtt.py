@@ -112,3 +112,16 @@ class Device:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def publish_probe(
+    platform: Platform, device_id: str, password: str, stream: str = "probe", payload: bytes = b"p"
+) -> None:
+    """Connect as the device, publish one QoS 1 message on ``stream`` and disconnect: the
+    broker is up and takes this device's messages."""
+    probe = Device(platform, device_id, password)
+    try:
+        assert probe.connect() == 0
+        probe.publish(f"devices/{device_id}/messages/{stream}", payload, qos=1)
+    finally:
+        probe.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -12,14 +12,6 @@ from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
 from .mqtt import WAIT, Device, provision, wait_for
-
-
-@pytest.fixture
-def devices() -> Iterator[list[Device]]:
-    opened: list[Device] = []
-    yield opened
-    for device in opened:
-        device.close()
 
 
 @pytest.fixture

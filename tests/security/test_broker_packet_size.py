@@ -7,7 +7,7 @@ authenticated device) before the platform dropped it as over ``max_mqtt_message_
 from __future__ import annotations
 
 from iiotsim.platform import Platform
-from tests.integration.mqtt import WAIT, Device, provision
+from tests.integration.mqtt import WAIT, Device, provision, publish_probe
 
 from .raw_mqtt import closed_by_peer, connect_packet, open_socket, publish_header, read_connack
 
@@ -28,12 +28,7 @@ def test_publish_announcing_64_mb_is_cut_after_its_header(platform: Platform) ->
     finally:
         sock.close()
     # the broker is still up, and the same device connects and publishes normally
-    device = Device(platform, reg.device_id, reg.password)
-    try:
-        assert device.connect() == 0
-        device.publish(f"devices/{reg.device_id}/messages/small", b"ok", qos=1)
-    finally:
-        device.close()
+    publish_probe(platform, reg.device_id, reg.password, "small", b"ok")
     assert [m.payload for m in platform.admin.list_device_messages(reg.device_id)] == ["ok"]
 
 

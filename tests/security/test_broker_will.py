@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import json
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from iiotsim.platform import Platform
-from tests.integration.mqtt import WAIT, Device, Registered, provision, wait_for
+from tests.integration.mqtt import WAIT, Device, Registered, provision, publish_probe, wait_for
 
 from .raw_mqtt import DISCONNECT, abort, connect_packet, open_socket, read_connack
 
 FORGED = json.dumps({"desired": {"setpoint": 9999, "$version": 1000}, "reported": {}}).encode()
-
-
-@pytest.fixture
-def devices() -> Iterator[list[Device]]:
-    opened: list[Device] = []
-    yield opened
-    for device in opened:
-        device.close()
 
 
 @pytest.fixture
@@ -154,12 +146,7 @@ def test_will_is_not_sent_after_a_clean_disconnect(platform: Platform) -> None:
         lambda: platform.admin.get_device(device.device_id).last_disconnected_at is not None
     )
     # a later, ordinary message is stored; the Will never is
-    probe = Device(platform, device.device_id, device.password)
-    try:
-        assert probe.connect() == 0
-        probe.publish(f"devices/{device.device_id}/messages/probe", b"p", qos=1)
-    finally:
-        probe.close()
+    publish_probe(platform, device.device_id, device.password)
     messages = platform.admin.list_device_messages(device.device_id)
     assert [m.stream for m in messages] == ["probe"]
 
@@ -236,10 +223,5 @@ def test_refused_connect_leaves_the_live_sessions_will_alone(
     assert wait_for(
         lambda: platform.admin.get_device(device.device_id).last_disconnected_at is not None
     )
-    probe = Device(platform, device.device_id, device.password)
-    try:
-        assert probe.connect() == 0
-        probe.publish(f"devices/{device.device_id}/messages/probe", b"p", qos=1)
-    finally:
-        probe.close()
+    publish_probe(platform, device.device_id, device.password)
     assert [m.stream for m in platform.admin.list_device_messages(device.device_id)] == ["probe"]

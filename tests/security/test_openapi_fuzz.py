@@ -16,9 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-
 from iiotsim.platform import Platform
+from tests.integration.mqtt import provision
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Response conformance and safety; positive_data_acceptance is left out on purpose:
@@ -30,22 +29,6 @@ CHECKS = (
     "negative_data_rejection,missing_required_header,unsupported_method,ignored_auth,"
     "use_after_free,ensure_resource_availability"
 )
-
-
-def _device_tokens(platform: Platform) -> tuple[str, str]:
-    pt = platform.admin.create_provisioning_token(
-        "fuzz", device_id="fuzz-device", device_id_override="allowed_at_init"
-    ).provisioning_token
-    auth = {"Authorization": f"DeviceToken {pt}"}
-    with httpx.Client(base_url=platform.http_url, timeout=30) as http:
-        op = http.post("/provisioning-operations/init", json={}, headers=auth).json()
-        platform.admin.approve_operation(op["provisioningOperationId"])
-        rt = http.put(
-            "/provisioning-operations/complete",
-            json={"provisioningOperationId": op["provisioningOperationId"]},
-            headers=auth,
-        ).json()["registrationToken"]
-    return pt, rt
 
 
 # Two runs: the admin API learns ids from its own answers and revokes what it finds (the
@@ -79,12 +62,12 @@ def _run(platform: Platform, env: dict[str, str], group: tuple[str, str], report
 
 def test_every_operation_answers_as_its_openapi_document_says(tmp_path: Path) -> None:
     with Platform(data_dir=tmp_path / "data") as platform:
-        pt, rt = _device_tokens(platform)
+        device = provision(platform, "fuzz-device")
         env = {
             **os.environ,
             "IIOT_FUZZ_ADMIN_KEY": platform.admin_key,
-            "IIOT_FUZZ_PROVISIONING_TOKEN": pt,
-            "IIOT_FUZZ_REGISTRATION_TOKEN": rt,
+            "IIOT_FUZZ_PROVISIONING_TOKEN": device.pt,
+            "IIOT_FUZZ_REGISTRATION_TOKEN": device.rt,
             "NO_COLOR": "1",
         }
         summaries = [_run(platform, env, group, tmp_path / "report") for group in GROUPS]

@@ -103,19 +103,29 @@ def _principal(request: Request[Any, Any, Any], kind: type[Any]) -> Any:
     return principal
 
 
-def provide_api_key(request: Request[Any, Any, Any]) -> ApiKey:
+# The providers take ``services`` although they do not use it: Litestar resolves a batch of
+# independent dependencies in an anyio task group, which cost 7 % of a provisioning flow
+# (py-spy, benchmarks/provisioning_flow.py); depending on ``services`` puts each in a
+# batch of its own, resolved inline.
+
+
+def provide_api_key(request: Request[Any, Any, Any], services: Services) -> ApiKey:
     """The API key :func:`authorize` accepted (technician and admin routes)."""
     key: ApiKey = _principal(request, ApiKey)
     return key
 
 
-def provide_provisioning_token(request: Request[Any, Any, Any]) -> ProvisioningToken:
+def provide_provisioning_token(
+    request: Request[Any, Any, Any], services: Services
+) -> ProvisioningToken:
     """The Provisioning Token :func:`authorize` accepted."""
     token: ProvisioningToken = _principal(request, ProvisioningToken)
     return token
 
 
-def provide_registration_token(request: Request[Any, Any, Any]) -> RegistrationToken:
+def provide_registration_token(
+    request: Request[Any, Any, Any], services: Services
+) -> RegistrationToken:
     """The Registration Token :func:`authorize` accepted."""
     token: RegistrationToken = _principal(request, RegistrationToken)
     return token
