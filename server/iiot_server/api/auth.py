@@ -19,7 +19,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
 
 from ..domain.errors import Unauthorized
@@ -109,14 +109,14 @@ def _principal(request: Request[Any, Any, Any], kind: type[Any]) -> Any:
 # batch of its own, resolved inline.
 
 
-def provide_api_key(request: Request[Any, Any, Any], services: Services) -> ApiKey:
+def provide_api_key(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> ApiKey:
     """The API key :func:`authorize` accepted (technician and admin routes)."""
     key: ApiKey = _principal(request, ApiKey)
     return key
 
 
 def provide_provisioning_token(
-    request: Request[Any, Any, Any], services: Services
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> ProvisioningToken:
     """The Provisioning Token :func:`authorize` accepted."""
     token: ProvisioningToken = _principal(request, ProvisioningToken)
@@ -124,7 +124,7 @@ def provide_provisioning_token(
 
 
 def provide_registration_token(
-    request: Request[Any, Any, Any], services: Services
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> RegistrationToken:
     """The Registration Token :func:`authorize` accepted."""
     token: RegistrationToken = _principal(request, RegistrationToken)
