@@ -11,6 +11,7 @@ one per busy second after it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,17 +65,25 @@ def simulate_storm(
         log.append(t.copy())
         connected_at[:] = t
         pending[:] = False
-    capacity = 0 if connects_per_second is None else max(1, int(connects_per_second))
+    # the broker admits floor((s + 1) c) - floor(s c) connects in second s (c per second
+    # on average, fractional capacities included), counted across every pass over that
+    # second: a device dropped early in a second may come back within it and meet a
+    # full second (issue 11: re-opening the second let 15 through at 5/s)
+    rate = 0.0 if connects_per_second is None else float(connects_per_second)
+    second, admitted = -math.inf, 0
     while pending.any():
         idx = np.flatnonzero(pending)
         now = float(t[idx].min())
         if now > horizon:
             break
-        second = np.floor(now)
+        if math.floor(now) != second:
+            second, admitted = math.floor(now), 0
+        allowed = math.floor((second + 1) * rate) - math.floor(second * rate) - admitted
         in_bin = idx[t[idx] < second + 1]
         log.append(t[in_bin].copy())
         order = in_bin[np.argsort(t[in_bin], kind="stable")]
-        ok, dropped = order[:capacity], order[capacity:]
+        ok, dropped = order[: max(0, allowed)], order[max(0, allowed) :]
+        admitted += len(ok)
         connected_at[ok] = t[ok]
         pending[ok] = False
         if dropped.size:
