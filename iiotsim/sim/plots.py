@@ -37,19 +37,26 @@ def tradeoff(
     y: str = "rt_leak_exposure_mean_h",
     label: str = "token.lifetime",
     ax: Axes | None = None,
+    highlight: Any = ...,
 ) -> Figure:
     """Lockouts against leaked-token exposure, one point per policy (mean over
-    repetitions), the Pareto front drawn through the undominated ones."""
+    repetitions), the Pareto front drawn through the undominated ones. ``highlight``: a
+    ``label`` value (None or NaN = infinite) whose point is ringed as the current policy."""
     frame = sweep.groupby(label, dropna=False)[[x, y]].mean().reset_index()
     finite = frame[np.isfinite(frame[y])]
     fig, ax = _axes(ax, (7, 4.5))
     ax.scatter(finite[x], finite[y], color="tab:blue", zorder=3)
     for _, row in finite.iterrows():
         value = row[label]
-        text = "infinite" if pd.isna(value) else _duration(float(value))
+        text = duration(None if pd.isna(value) else float(value))
         ax.annotate(text, (row[x], row[y]), textcoords="offset points", xytext=(5, 5))
     front = pareto_front(finite, x, y)
     ax.plot(front[x], front[y], color="tab:orange", lw=1.5, label="Pareto front", zorder=2)
+    if highlight is not ...:
+        infinite = highlight is None or (isinstance(highlight, float) and np.isnan(highlight))
+        chosen = finite[finite[label].isna() if infinite else finite[label] == highlight]
+        ax.scatter(chosen[x], chosen[y], s=220, facecolors="none", edgecolors="tab:red", lw=2,
+                   label="current policy", zorder=4)  # fmt: skip
     if len(finite) < len(frame):
         ax.text(0.98, 0.95, "infinite lifetime: unbounded exposure", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8)  # fmt: skip
@@ -95,9 +102,17 @@ def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Any, Axes]:
     return ax.figure, ax
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float | None) -> str:
+    """One unit style for every label: whole days in d, else hours in h, under an hour
+    in s; None (or infinity) is "infinite".
+
+    >>> [duration(s) for s in (3600, 6 * 3600, 86400, 30 * 86400, 36 * 3600, None)]
+    ['1 h', '6 h', '1 d', '30 d', '36 h', 'infinite']
+    """
+    if seconds is None or np.isinf(seconds):
+        return "infinite"
     if seconds >= 86400 and seconds % 86400 == 0:
         return f"{seconds / 86400:g} d"
     if seconds >= 3600:
-        return f"{seconds / 3600:g} h"
+        return f"{round(seconds / 3600, 2):g} h"
     return f"{seconds:g} s"

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 from iiotsim.clock import ManualClock
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
-from iiotsim.widgets import ApprovalPanel, PanelError
+from iiotsim.sim import Connectivity, Distribution, Scenario, simulate
+from iiotsim.widgets import ApprovalPanel, PanelError, PolicyExplorer
 
 
 def open_operation(platform: Platform, pt: str, device_id: str | None = None) -> dict[str, str]:
@@ -136,10 +141,33 @@ def test_device_view_shows_and_edits_the_twin(platform: Platform) -> None:
         mqtt.close()
 
 
-def test_policy_explorer_reruns_the_simulator_on_change() -> None:
-    from iiotsim.sim import Scenario
-    from iiotsim.widgets import PanelError, PolicyExplorer
+def notebook_scenario(fleet_size: int = 60, days: float = 8) -> Scenario:
+    """Notebook 02's fleet (lognormal outages, sigma 1.5), smaller."""
+    return Scenario(
+        fleet_size=fleet_size,
+        duration_days=days,
+        connectivity=Connectivity(
+            on=Distribution.exponential(12 * 3600), off=Distribution.lognormal(2 * 3600, 1.5)
+        ),
+        seed=2026,
+    )
 
+
+def figure_data(figure: Any, axes: slice = slice(None)) -> bytes:
+    """Everything drawn on the figure's axes (points, lines, areas, titles), as bytes."""
+    parts: list[bytes] = []
+    for ax in figure.axes[axes]:
+        parts.append(ax.get_title().encode())
+        for line in ax.get_lines():
+            parts.append(np.asarray(line.get_xydata(), dtype=float).tobytes())
+        for collection in ax.collections:
+            parts.append(np.asarray(collection.get_offsets(), dtype=float).tobytes())
+            for path in collection.get_paths():
+                parts.append(np.asarray(path.vertices, dtype=float).tobytes())
+    return b"|".join(parts)
+
+
+def test_policy_explorer_reruns_the_simulator_on_change() -> None:
     explorer = PolicyExplorer(
         Scenario(fleet_size=60, duration_days=5, seed=1), lifetimes_hours=(1, 24)
     )
@@ -147,9 +175,86 @@ def test_policy_explorer_reruns_the_simulator_on_change() -> None:
     assert short.scenario.token.lifetime == 3600
     assert short.summary["lockouts"] > 0
     assert "lockouts per 1,000 device-days" in explorer.summary.value
-    explorer.controls["lifetime_hours"].value = 1000.0  # a slider move re-runs
-    assert explorer.result.scenario.token.lifetime == pytest.approx(3_600_000)
+    explorer.controls["lifetime_hours"].value = 720.0  # a slider move re-runs
+    assert explorer.result.scenario.token.lifetime == 720 * 3600
     assert explorer.result.summary["lockouts"] < short.summary["lockouts"]
     assert list(explorer.sweep["token.lifetime"]) == [3600, 86400]
     with pytest.raises(PanelError, match="not a control"):
         explorer.set(colour="blue")
+
+
+def test_policy_explorer_numbers_are_simulate_of_the_unchanged_scenario() -> None:
+    """Found item 1: the explorer rebuilt the outage distribution with shape 1.0."""
+    base = notebook_scenario()
+    explorer = PolicyExplorer(base, lifetimes_hours=(1, 24))
+    assert explorer.scenario() == base  # untouched controls: the scenario itself
+    for hours in (1, 24):
+        expected = simulate(base.replace(**{"token.lifetime": hours * 3600.0})).summary
+        shown = explorer.set(lifetime_hours=hours)
+        pd.testing.assert_series_equal(shown.summary, expected)
+        row = explorer.sweep.set_index("token.lifetime").loc[hours * 3600.0]
+        assert row["lockouts_per_1000_device_days"] == expected["lockouts_per_1000_device_days"]
+        assert row["rt_leak_exposure_mean_h"] == expected["rt_leak_exposure_mean_h"]
+        assert f"{expected['lockouts_per_1000_device_days']:.1f}" in explorer.summary.value
+    fraction = explorer.set(refresh_fraction=0.25)
+    quarter = simulate(base.replace(**{"token.lifetime": 86400.0, "token.refresh_fraction": 0.25}))
+    pd.testing.assert_series_equal(fraction.summary, quarter.summary)
+
+
+def test_policy_explorer_offers_the_lifetimes_architects_use() -> None:
+    """Found item 2: a log slider showed 794 for 720 and could not pick 24 h or 168 h."""
+    explorer = PolicyExplorer(notebook_scenario(40, 4), lifetimes_hours=(24,))
+    lifetime = explorer.controls["lifetime_hours"]
+    labels = [label for label, _hours in lifetime.options]
+    assert labels == ["1 h", "6 h", "1 d", "3 d", "7 d", "30 d", "90 d", "infinite"]
+    for hours, label in ((720, "30 d"), (24, "1 d"), (168, "7 d"), (2160, "90 d")):
+        result = explorer.set(lifetime_hours=hours)
+        assert (lifetime.value, lifetime.label) == (hours, label)
+        assert result.scenario.token.lifetime == hours * 3600
+    assert explorer.set(lifetime_hours=math.inf).scenario.token.lifetime is None
+    assert explorer.controls["lifetime_hours"].label == "infinite"
+    with pytest.raises(PanelError, match="lifetime_hours: one of 1, 6, 24"):
+        explorer.set(lifetime_hours=794)
+    with pytest.raises(PanelError, match="refresh_fraction"):
+        explorer.set(refresh_fraction=0.33)
+
+
+def test_policy_explorer_keeps_a_base_lifetime_outside_the_list() -> None:
+    base = notebook_scenario(20, 2).replace(**{"token.lifetime": 4 * 3600.0})
+    explorer = PolicyExplorer(base, lifetimes_hours=(24,))
+    assert explorer.controls["lifetime_hours"].label == "4 h"
+    assert explorer.scenario() == base
+
+
+def test_policy_explorer_every_control_redraws_every_plot() -> None:
+    """Found item 2: moving the lifetime did not redraw the trade-off plot."""
+    explorer = PolicyExplorer(notebook_scenario(60, 6), lifetimes_hours=(1, 6, 24))
+    explorer.set(lifetime_hours=1)
+    changes = {
+        "lifetime_hours": 6,
+        "refresh_fraction": 0.25,
+        "off_kind": "weibull",
+        "off_mean_hours": 4.0,
+        "off_shape": 0.7,
+        "technicians": 1,
+    }
+    for key, value in changes.items():
+        before, draws = explorer.figure, explorer.draws
+        explorer.controls[key].value = value  # what a user's click does
+        assert explorer.draws == draws + 1, key
+        assert explorer.figure is not before, key
+        assert figure_data(explorer.figure) != figure_data(before), key
+        if key != "technicians":  # technicians change recovery, not lockouts or exposure
+            tradeoff_now = figure_data(explorer.figure, slice(0, 1))
+            assert tradeoff_now != figure_data(before, slice(0, 1)), key
+    assert explorer.result.scenario.connectivity.off == Distribution.weibull(4 * 3600, 0.7)
+    assert explorer.result.scenario.provisioning.technicians == 1
+
+
+def test_policy_explorer_labels_are_not_truncated() -> None:
+    """Found item 2: "outage mean h" was cut to "outage m…" by the default label width."""
+    explorer = PolicyExplorer(notebook_scenario(20, 2), lifetimes_hours=(24,))
+    for key, control in explorer.controls.items():
+        assert control.style.description_width == "initial", key
+        assert control.description, key
+    assert explorer.controls["off_mean_hours"].description == "outage mean (h)"
