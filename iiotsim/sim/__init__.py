@@ -19,6 +19,7 @@ from .scenario import (
     ScenarioError,
     TokenPolicy,
 )
+from .stats import compare_policies, summarize_sweep
 from .sweep import sweep
 
 __all__ = [
@@ -39,7 +40,9 @@ __all__ = [
     "ScenarioError",
     "SimulationResult",
     "TokenPolicy",
+    "compare_policies",
     "draw_fleet",
     "simulate",
+    "summarize_sweep",
     "sweep",
 ]

@@ -59,7 +59,12 @@ def sweep(
     Runs in ``processes`` worker processes (default: one per CPU), or on a Dask cluster
     when ``client`` (a ``distributed.Client``) is given. One row per run: the grid
     values, ``repetition``, ``seed`` and the run's summary, in grid order whatever order
-    the runs finished in.
+    the runs finished in; ``frame.attrs["grid"]`` names the grid columns.
+
+    Repetition r runs every policy with seed ``base.seed + r`` (common random numbers:
+    the same connectivity, deployment, outages and leak events for every policy), so
+    ``summarize_sweep(frame)`` gives per-policy means with Student-t intervals and
+    ``compare_policies(frame, a, b)`` a paired difference (:mod:`.stats`).
     """
     runs = grid_scenarios(base, grid, repetitions)
     tasks = [(i, p, r, s.to_json()) for i, (p, r, s) in enumerate(runs)]
@@ -89,4 +94,6 @@ def sweep(
                     bar.update()
     finally:
         bar.close()
-    return pd.DataFrame([r for r in rows if r is not None])
+    frame = pd.DataFrame([r for r in rows if r is not None])
+    frame.attrs["grid"] = [k.replace("__", ".") for k in grid]
+    return frame
