@@ -28,6 +28,7 @@ import msgspec
 import pandas as pd
 from iiot_server.api.models import (
     ApiKeyOut,
+    ConnectionEventOut,
     CreatedApiKeyOut,
     CreatedProvisioningTokenOut,
     DeviceOut,
@@ -264,6 +265,19 @@ class AdminClient:
             f"/api/v1/devices/{device_id}/messages",
             list[MessageOut],
             params={"stream": stream, "after": after, "limit": limit},
+        )
+
+    def list_device_connections(
+        self, device_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[ConnectionEventOut]:
+        """The device's connects and disconnects as the broker saw them, oldest first; page
+        with ``after`` (the last ``seq`` seen). :func:`iiotsim.sim.connection_intervals`
+        turns a fleet's worth into online/offline intervals."""
+        return self._call(
+            "GET",
+            f"/api/v1/devices/{device_id}/connections",
+            list[ConnectionEventOut],
+            params={"after": after, "limit": limit},
         )
 
     def get_twin(self, device_id: str) -> TwinOut:

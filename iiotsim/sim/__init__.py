@@ -1,6 +1,7 @@
 """Fleet simulator: what a token-lifetime policy costs a fleet with intermittent
 connectivity (simpy + pandas). Start with :class:`Scenario` and :func:`simulate`."""
 
+from .fit import ConnectivityFit, connection_intervals, fit_connectivity
 from .model import Fleet, SimulationResult, draw_fleet, simulate
 from .scenario import (
     DAY,
@@ -27,6 +28,7 @@ __all__ = [
     "HOUR",
     "Backoff",
     "Connectivity",
+    "ConnectivityFit",
     "DeviceGroup",
     "Distribution",
     "Fleet",
@@ -41,7 +43,9 @@ __all__ = [
     "SimulationResult",
     "TokenPolicy",
     "compare_policies",
+    "connection_intervals",
     "draw_fleet",
+    "fit_connectivity",
     "simulate",
     "summarize_sweep",
     "sweep",

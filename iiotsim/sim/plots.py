@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .fit import ConnectivityFit, StateFit
 from .model import SimulationResult
 
 
@@ -116,3 +117,41 @@ def duration(seconds: float | None) -> str:
     if seconds >= 3600:
         return f"{round(seconds / 3600, 2):g} h"
     return f"{seconds:g} s"
+
+
+def qq(fit: ConnectivityFit | StateFit, ax: Axes | None = None) -> Figure:
+    """Quantile-quantile plot of a connectivity fit (log-log): observed durations against
+    each fitted family's quantiles, the chosen one solid; points on the diagonal mean the
+    family describes the data, a bend in the tail means it under- or overstates long
+    periods. A :class:`ConnectivityFit` draws online and offline side by side."""
+    if isinstance(fit, ConnectivityFit):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        qq(fit.online, axes[0])
+        qq(fit.offline, axes[1])
+        fig.tight_layout()
+        return fig  # type: ignore[no-any-return]
+    fig, ax = _axes(ax, (5.5, 4.5))
+    observed = np.sort(fit.durations) / 3600
+    probabilities = (np.arange(1, len(observed) + 1) - 0.5) / len(observed)
+    for candidate in sorted(fit.candidates, key=lambda c: c.aic):
+        chosen = candidate.family == fit.chosen
+        theoretical = candidate.frozen().ppf(probabilities) / 3600
+        ax.plot(
+            theoretical,
+            observed,
+            ".",
+            ms=3 if chosen else 2,
+            alpha=0.9 if chosen else 0.35,
+            label=f"{candidate.family} (AIC {candidate.aic:,.0f}, KS p {candidate.ks_pvalue:.2g})"
+            + (" - chosen" if chosen else ""),
+        )
+    low, high = observed[0], observed[-1]
+    ax.plot([low, high], [low, high], color="black", lw=1, label="observed = fitted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("fitted quantile (h)")
+    ax.set_ylabel("observed duration (h)")
+    ax.set_title(f"{fit.state} periods: {fit.chosen} (n = {len(observed):,})")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3, which="both")
+    return fig  # type: ignore[no-any-return]

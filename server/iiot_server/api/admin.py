@@ -24,6 +24,7 @@ from .models import (
     ApiKeyOut,
     ApproveRequest,
     BulkProvisioningTokensRequest,
+    ConnectionEventOut,
     CreateApiKeyRequest,
     CreatedApiKeyOut,
     CreatedProvisioningTokenOut,
@@ -230,6 +231,19 @@ class DevicesController(ApiController):
         await services.devices.get(device_id)  # 404 for an unknown device
         stored = await services.messages.list(device_id, stream=stream, after=after, limit=limit)
         return [MessageOut.of(m) for m in stored]
+
+    @get("/{device_id:str}/connections")
+    async def list_connection_events(
+        self,
+        device_id: FromPath[str],
+        services: NamedDependency[Services],
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_WIRE_INT)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+    ) -> list[ConnectionEventOut]:
+        """The device's connects and disconnects, oldest first; page with ``after`` (last
+        ``seq``). Read-only: the fleet's own connectivity data for a simulator fit."""
+        events = await services.devices.connection_events(device_id, after=after, limit=limit)
+        return [ConnectionEventOut.of(e) for e in events]
 
     @get("/{device_id:str}/twin")
     async def get_twin(

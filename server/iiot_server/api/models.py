@@ -14,7 +14,7 @@ from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from ..security import Role
 from ..services.api_keys import ApiKey, CreatedApiKey
-from ..services.devices import Device
+from ..services.devices import ConnectionEvent, Device
 from ..services.fleet import ConfigurationMetrics
 from ..services.messages import StoredMessage
 from ..services.provisioning import CreatedProvisioningToken, OperationView, ProvisioningToken
@@ -266,6 +266,22 @@ class DeviceOut(Wire):
             last_disconnected_at=d.last_disconnected_at,
             connection_takeovers=d.connection_takeovers,
             last_takeover_at=d.last_takeover_at,
+        )
+
+
+class ConnectionEventOut(Wire):
+    """A connect (``connected`` true) or disconnect of the device, as the broker saw it."""
+
+    seq: int
+    device_id: str
+    at: datetime
+    connected: bool
+    takeover: bool
+
+    @classmethod
+    def of(cls, e: ConnectionEvent) -> ConnectionEventOut:
+        return cls(
+            seq=e.seq, device_id=e.device_id, at=e.at, connected=e.connected, takeover=e.takeover
         )
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, RowMapping, func, select, update
+from sqlalchemy import Connection, RowMapping, func, insert, select, update
 
 from ..clock import Clock
 from ..domain.errors import NotFound
 from ..domain.tokens import TokenStatus
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
-from ..store.schema import devices
+from ..store.schema import connection_events, devices
 from .registration import RegistrationService, RegistrationToken
 
 
@@ -32,6 +33,18 @@ class Device:
     last_disconnected_at: datetime | None
     connection_takeovers: int
     last_takeover_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """One connect (``connected``) or disconnect the broker saw; ``takeover``: a second
+    connection with the same Device ID pushed out the first (the device stays online)."""
+
+    seq: int
+    device_id: str
+    at: datetime
+    connected: bool
+    takeover: bool
 
 
 class DeviceService:
@@ -84,9 +97,45 @@ class DeviceService:
             values["last_takeover_at"] = t
 
         def record(conn: Connection) -> None:
-            conn.execute(update(devices).where(devices.c.device_id == device_id).values(**values))
+            changed = conn.execute(
+                update(devices).where(devices.c.device_id == device_id).values(**values)
+            )
+            if changed.rowcount:  # only provisioned devices have a connection history
+                conn.execute(
+                    insert(connection_events).values(
+                        device_id=device_id, at=t, connected=connected, takeover=takeover
+                    )
+                )
 
         await self._db.write(record)
+
+    async def connection_events(
+        self, device_id: str, *, after: int = 0, limit: int = 1000
+    ) -> builtins.list[ConnectionEvent]:
+        """The device's connects and disconnects, oldest first; page with ``after`` (the
+        last ``seq`` seen). Unknown device: :class:`NotFound`."""
+        await self.get(device_id)
+        c = connection_events.c
+        query = (
+            select(connection_events)
+            .where(c.device_id == device_id, c.seq > after)
+            .order_by(c.seq)
+            .limit(limit)
+        )
+
+        def rows(conn: Connection) -> builtins.list[ConnectionEvent]:
+            return [
+                ConnectionEvent(
+                    seq=int(m[c.seq]),
+                    device_id=m[c.device_id],
+                    at=from_epoch_required(m[c.at]),
+                    connected=bool(m[c.connected]),
+                    takeover=bool(m[c.takeover]),
+                )
+                for m in (r._mapping for r in conn.execute(query))
+            ]
+
+        return await self._db.scan(rows)
 
     def _device(self, m: RowMapping, token: RegistrationToken | None) -> Device:
         c = devices.c

@@ -85,6 +85,19 @@ devices = Table(
     Column("last_takeover_at", Float),
 )
 
+# Every connect and disconnect the broker saw, so an architect can fit the fleet's own
+# connectivity (``iiotsim.sim.connection_intervals``); the devices row keeps only the last.
+connection_events = Table(
+    "connection_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(90), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("connected", Boolean, nullable=False),
+    Column("takeover", Boolean, nullable=False, default=False),
+    Index("ix_connection_events_device_seq", "device_id", "seq"),
+)
+
 registration_tokens = Table(
     "registration_tokens",
     metadata,
