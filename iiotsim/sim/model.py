@@ -19,6 +19,7 @@ queue is reported. Token rules are the platform's (``iiot_server.domain.tokens``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -84,6 +85,8 @@ class RandomStreams:
     """technician service times of the reported queue"""
     messages: np.random.Generator
     """message counts and the latency sample"""
+    exposure: np.random.Generator
+    """the devices followed and the leaks sampled to measure RT-leak exposure"""
 
     @classmethod
     def from_seed(cls, seed: int) -> RandomStreams:
@@ -149,13 +152,47 @@ class _Stretches:
         )
 
 
+@dataclass
+class _Tracked:
+    """Token age and state at each segment start of the devices whose leaks are
+    followed (rows: ``devices``, sorted), recorded as whole columns: following a device
+    costs two small array copies per segment column, not a Python object per segment."""
+
+    devices: NDArray[np.int64]
+    times: NDArray[np.float64]
+    """their rows of the fleet's ``times``"""
+    age: NDArray[np.float64]
+    online: NDArray[np.bool_]
+
+    @classmethod
+    def empty(cls, devices: NDArray[np.int64], times: NDArray[np.float64]) -> _Tracked:
+        shape = (len(devices), times.shape[1] - 1)
+        return cls(devices, times[devices], np.zeros(shape), np.zeros(shape, dtype=bool))
+
+    def record(self, k: int, age: NDArray[np.float64], online: NDArray[np.bool_]) -> None:
+        self.age[:, k] = age[self.devices]
+        self.online[:, k] = online[self.devices]
+
+    def segments(self, device: int, since: float) -> Iterator[_Segment]:
+        """``device``'s segments (of positive length) from the one holding ``since``."""
+        row = int(np.searchsorted(self.devices, device))
+        times = self.times[row]
+        k = max(0, int(np.searchsorted(times, since, side="right")) - 1)
+        for j in range(k, len(times) - 1):
+            duration = float(times[j + 1] - times[j])
+            if duration > 0:
+                yield _Segment(
+                    float(times[j]), float(self.age[row, j]), duration, bool(self.online[row, j])
+                )
+
+
 class _Replay(NamedTuple):
     """What one walk over the segments found."""
 
     lockouts: _Lockouts
     totals: dict[str, NDArray[np.float64]]
     """per-device totals (seconds online, lockouts, refreshes, ...)"""
-    tracked: dict[int, list[_Segment]]
+    tracked: _Tracked
     """the segments of the devices whose leaked tokens are followed"""
     stretches: _Stretches
 
@@ -475,7 +512,7 @@ def _replay(
     }
     result = _Lockouts()
     lockout_count = np.zeros(n, dtype=np.int64)
-    tracked: dict[int, list[_Segment]] = {int(d): [] for d in track}
+    tracked = _Tracked.empty(track, times)
     stretches = _Stretches()
     lam = s.messages.rate_per_hour / HOUR
     cap = float(s.messages.outbox_capacity)
@@ -557,9 +594,7 @@ def _replay(
         else:
             new_age = a + dur
             r0 = np.full(n, np.inf)
-        for d, segs in tracked.items():
-            if live[d]:
-                segs.append(_Segment(float(t0[d]), float(a[d]), float(dur[d]), bool(on[d])))
+        tracked.record(k, a, on)
         age = new_age
         tot["online"] += np.where(on, dur, 0.0)
         tot["awaiting"] += waiting
@@ -634,7 +669,7 @@ def _waits(
     return _Waits(wait[order], start)
 
 
-def _leak_exposure(s: Scenario, segs: list[_Segment], leak: float, detected: float) -> float:
+def _leak_exposure(s: Scenario, segs: Iterable[_Segment], leak: float, detected: float) -> float:
     """How long a Registration Token leaked at ``leak`` stays usable (the platform's
     ``usable_until`` with the device's refresh that supersedes it and the revocation)."""
     L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
@@ -715,7 +750,10 @@ def simulate(scenario: Scenario) -> SimulationResult:
         else:
             pt_dev = pt_rng.integers(0, n, lk.provisioning_tokens)
             np.minimum.at(pt_revoked, pt_dev, pt_detect)
-    track = np.unique(rt_dev)
+    # RT-leak exposure is measured on the leak events and, to reach the stated standard
+    # error, further leaks on a random sample of followed devices (:func:`_exposures`)
+    exposure_devices = _exposure_devices(s, streams.exposure)
+    track = np.unique(np.concatenate([rt_dev, exposure_devices]))
     # pass 1: waits = approval time alone; the queue gives real waits; pass 2 replays
     replay_seed = int(streams.replay.integers(2**63))
     bins = _Bins(horizon, s.timeline_resolution)
@@ -767,11 +805,8 @@ def simulate(scenario: Scenario) -> SimulationResult:
         sa[closed], sb[closed], in_stretch[closed], cap, tot["delivering"].sum() * lam, msg_rng
     )
     # leaks
-    exposures = np.array(
-        [
-            _leak_exposure(s, tracked[int(d)], float(t), float(det))
-            for d, t, det in zip(rt_dev, rt_time, rt_detect, strict=True)
-        ]
+    exposures = _exposures(
+        s, tracked, fleet.deploy, rt_dev, rt_time, rt_detect, exposure_devices, streams.exposure
     )
     # frames
     events = _events(
@@ -814,6 +849,8 @@ def simulate(scenario: Scenario) -> SimulationResult:
             "unapproved_at_end": int(np.isnan(approved).sum()),
             "rt_leak_exposure_mean_h": float(np.mean(exposures) / HOUR) if len(exposures) else 0.0,
             "rt_leak_exposure_p95_h": _rank(exposures, 0.95) / HOUR,
+            "rt_leak_exposure_samples": len(exposures),
+            "rt_leak_exposure_mean_rse": _relative_se(exposures),
             "pt_leak_exposure_mean_h": float(np.mean(pt_detect - pt_time) / HOUR)
             if len(pt_time)
             else 0.0,
@@ -833,6 +870,70 @@ def simulate(scenario: Scenario) -> SimulationResult:
         name="summary",
     )
     return SimulationResult(s, events, devices, timeline, summary)
+
+
+EXPOSURE_DEVICES = 256
+"""devices followed (beside the leak events' own) to sample leaks for the exposure"""
+EXPOSURE_BATCH = 500
+"""leaks sampled per round until the exposure's relative standard error is reached"""
+
+
+def _exposure_devices(s: Scenario, rng: np.random.Generator) -> NDArray[np.int64]:
+    if s.leaks.exposure_relative_se is None:
+        return np.empty(0, dtype=np.int64)
+    n = s.fleet_size
+    return np.sort(rng.choice(n, min(n, EXPOSURE_DEVICES), replace=False)).astype(np.int64)
+
+
+def _relative_se(values: NDArray[np.float64]) -> float:
+    """Standard error of the mean over the mean (``nan`` when undefined: fewer than two
+    values, a zero mean, or an infinite exposure)."""
+    if len(values) < 2 or not np.isfinite(values).all() or values.mean() <= 0:
+        return math.nan
+    return float(values.std(ddof=1) / math.sqrt(len(values)) / values.mean())
+
+
+def _exposures(
+    s: Scenario,
+    tracked: _Tracked,
+    deploy: NDArray[np.float64],
+    rt_dev: NDArray[np.int64],
+    rt_time: NDArray[np.float64],
+    rt_detect: NDArray[np.float64],
+    followed: NDArray[np.int64],
+    rng: np.random.Generator,
+) -> NDArray[np.float64]:
+    """Exposure of every leak event, then of further leaks sampled the same way (a
+    random followed device, a uniform time after its deployment, the same detection) in
+    batches of :data:`EXPOSURE_BATCH` until the standard error of the mean is at most
+    ``leaks.exposure_relative_se`` of it, or ``leaks.exposure_max_samples`` leaks."""
+    lk = s.leaks
+
+    def measure(
+        dev: NDArray[np.int64], t: NDArray[np.float64], det: NDArray[np.float64]
+    ) -> list[float]:
+        return [
+            _leak_exposure(s, tracked.segments(int(d), float(x)), float(x), float(y))
+            for d, x, y in zip(dev, t, det, strict=True)
+        ]
+
+    values = measure(rt_dev, rt_time, rt_detect)
+    target = lk.exposure_relative_se
+    while target is not None and len(followed) and len(values) < lk.exposure_max_samples:
+        current = np.asarray(values)
+        rse = _relative_se(current)
+        if len(values) >= 2 and not (rse > target):  # met, or undefined (inf / 0 / constant)
+            break
+        size = min(EXPOSURE_BATCH, lk.exposure_max_samples - len(values))
+        dev = followed[rng.integers(0, len(followed), size)]
+        t = np.maximum(deploy[dev], rng.uniform(0, s.duration, size))
+        det = t + np.where(
+            rng.uniform(size=size) < lk.detection_probability,
+            sample(lk.detection_delay, rng, size),
+            np.inf,
+        )
+        values += measure(dev, t, det)
+    return np.asarray(values, dtype=np.float64)
 
 
 def _rank(values: NDArray[np.float64], q: float) -> float:

@@ -145,14 +145,25 @@ class Leaks(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     with probability ``detection_probability`` (else never) and then revoked.
 
     A leaked RT does not change what its device does (the device refreshes on, and its
-    refresh ends the leaked token after the grace period), so the default samples 200
-    RT leaks to measure exposure. A leaked PT that is revoked stops every later lockout
-    of the devices holding it (all of them if the PT is shared) from recovering."""
+    refresh ends the leaked token after the grace period), so its exposure is measured
+    on the leak events and, until the standard error of the mean exposure is at most
+    ``exposure_relative_se`` of it (2 %), on further leaks sampled the same way (on 256
+    followed devices, 500 per round, at most ``exposure_max_samples``); the summary
+    reports the sample size and the relative standard error reached. Measured on
+    notebook 02's connectivity (2,000 devices x 60 d): 1,200-2,700 leaks from 1 d to
+    infinite lifetimes; at 1 h the cap (2.7 %: most leaks fall while the device awaits
+    approval, exposure 0). The 200 leak events alone gave 4.7 % (means scattered 6.2 %
+    across seeds; 1.9 % now). None: the leak events alone.
+
+    A leaked PT that is revoked stops every later lockout of the devices holding it
+    (all of them if the PT is shared) from recovering."""
 
     registration_tokens: int = 200
     provisioning_tokens: int = 0
     detection_delay: Distribution = Distribution("exponential", 3 * DAY)
     detection_probability: float = 1.0
+    exposure_relative_se: float | None = 0.02
+    exposure_max_samples: int = 20_000
 
 
 class Outage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -332,6 +343,10 @@ def _check(s: Scenario) -> None:
     lk.detection_delay.check("leaks.detection_delay")
     if not 0 <= lk.detection_probability <= 1:
         raise ScenarioError("leaks.detection_probability", "must be in [0, 1]")
+    if lk.exposure_relative_se is not None and not 0 < lk.exposure_relative_se < 1:
+        raise ScenarioError("leaks.exposure_relative_se", "must be in (0, 1), or null")
+    if lk.exposure_max_samples < 1:
+        raise ScenarioError("leaks.exposure_max_samples", "must be >= 1")
     o = s.outages
     for i, out in enumerate(o.scheduled):
         _positive(out.start, f"outages.scheduled.{i}.start", allow_zero=True)

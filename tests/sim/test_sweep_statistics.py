@@ -162,3 +162,23 @@ def test_a_policy_must_name_one_run_per_repetition() -> None:
     with pytest.raises(ScenarioError) as missing:
         summarize_sweep(runs, ["lockouts_per_day"])
     assert missing.value.field == "metrics"
+
+
+def test_leak_exposure_is_sampled_to_the_stated_standard_error() -> None:
+    """The mean RT-leak exposure is measured until its standard error is <= 2 % of it
+    (``leaks.exposure_relative_se``); across seeds the means then scatter by about that
+    much, where the 200 leak events alone (the old sample) scattered by ~5 %."""
+    day = FLEET.replace(**{"token.lifetime": 24 * HOUR})
+    runs = [simulate(day.replace(seed=seed)).summary for seed in range(8)]
+    for summary in runs:
+        assert summary["rt_leak_exposure_samples"] > 200
+        assert summary["rt_leak_exposure_mean_rse"] <= 0.02
+    means = np.array([summary["rt_leak_exposure_mean_h"] for summary in runs])
+    assert means.std(ddof=1) / means.mean() < 0.035, means
+    events_only = day.replace(**{"leaks.exposure_relative_se": None})
+    alone = simulate(events_only).summary
+    assert alone["rt_leak_exposure_samples"] == 200
+    assert alone["rt_leak_exposure_mean_rse"] > 0.03  # what the old default gave
+    with pytest.raises(ScenarioError) as bad:
+        day.replace(**{"leaks.exposure_relative_se": 0.0})
+    assert bad.value.field == "leaks.exposure_relative_se"
