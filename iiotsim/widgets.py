@@ -570,6 +570,7 @@ class PolicyExplorer:
         )
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
         plots.tradeoff(self.sweep, ax=axes[0], highlight=token.lifetime)
+        axes[0].set_xscale("symlog", linthresh=1.0)  # 0 to hundreds of lockouts
         axes[0].set_title(f"Lifetimes at refresh {token.refresh_fraction:g}; ringed: {policy}")
         plots.fleet_state(self.result, ax=axes[1])
         fig.tight_layout()

@@ -96,6 +96,121 @@ def server_load(result: SimulationResult, ax: Axes | None = None) -> Figure:
     return fig  # type: ignore[no-any-return]
 
 
+def _policy_frame(
+    summary: pd.DataFrame, metric: str, rows: str, columns: str
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Any], list[Any]]:
+    """Means and half-widths of ``metric`` as (rows x columns) tables, from a
+    :func:`~.stats.summarize_sweep` table; columns sorted with NaN (infinite) last."""
+    stats = summary[metric].reset_index()
+    row_values = sorted(stats[rows].unique())
+    column_values = sorted(stats[columns].dropna().unique()) + (
+        [np.nan] if stats[columns].isna().any() else []
+    )
+    means = pd.DataFrame(np.nan, index=row_values, columns=range(len(column_values)))
+    halves = means.copy()
+    for _, row in stats.iterrows():
+        j = len(column_values) - 1 if pd.isna(row[columns]) else column_values.index(row[columns])
+        means.loc[row[rows], j] = row["mean"]
+        halves.loc[row[rows], j] = row["half_width"]
+    return means, halves, row_values, column_values
+
+
+def policy_heatmap(
+    summary: pd.DataFrame,
+    metric: str = "lockouts_per_1000_device_days",
+    *,
+    rows: str = "token.refresh_fraction",
+    columns: str = "token.lifetime",
+    log: bool = False,
+    highlight: tuple[Any, Any] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """One cell per policy (refresh fraction x lifetime), coloured by ``metric``'s mean,
+    written as mean +- half-width of its interval. ``summary`` is
+    :func:`~.stats.summarize_sweep`'s table; ``highlight`` = (row value, column value)
+    is framed (None as the column value = infinite lifetime); ``log`` colours on a
+    symmetric log scale (lockouts span three decades)."""
+    from matplotlib.colors import Normalize, SymLogNorm
+    from matplotlib.patches import Rectangle
+
+    means, halves, row_values, column_values = _policy_frame(summary, metric, rows, columns)
+    fig, ax = _axes(ax, (9, 3.2))
+    finite = means.to_numpy(dtype=float)
+    top = float(np.nanmax(finite)) if np.isfinite(finite).any() else 1.0
+    norm = SymLogNorm(linthresh=1.0, vmin=0, vmax=max(top, 1.0)) if log else Normalize(0, top)
+    image = ax.imshow(finite, cmap="viridis", norm=norm, aspect="auto")
+    for i in range(len(row_values)):
+        for j in range(len(column_values)):
+            mean, half = float(finite[i, j]), float(halves.to_numpy(dtype=float)[i, j])
+            if np.isnan(mean):
+                continue
+            text = f"{mean:.3g}" + ("" if np.isnan(half) else f"\n± {half:.2g}")
+            light = norm(mean) < 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=7.5,
+                    color="white" if light else "black")  # fmt: skip
+    if highlight is not None:
+        i = row_values.index(highlight[0])
+        j = len(column_values) - 1 if highlight[1] is None else column_values.index(highlight[1])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="tab:red", lw=3))
+    ax.set_xticks(range(len(column_values)))
+    ax.set_xticklabels([duration(None if pd.isna(v) else float(v)) for v in column_values])
+    ax.set_yticks(range(len(row_values)))
+    ax.set_yticklabels([f"{v:g}" for v in row_values])
+    ax.set_xlabel("token lifetime")
+    ax.set_ylabel("refresh at (fraction)")
+    ax.set_title(metric.replace("_", " "))
+    fig.colorbar(image, ax=ax, shrink=0.9)
+    return fig  # type: ignore[no-any-return]
+
+
+def lifetime_tradeoff(
+    summary: pd.DataFrame,
+    metric: str = "lockouts_per_1000_device_days",
+    *,
+    series: str = "token.refresh_fraction",
+    lifetime: str = "token.lifetime",
+    target: float | None = None,
+    highlight: tuple[Any, Any] | None = None,
+    floor: float | None = 0.0,
+    ax: Axes | None = None,
+) -> Figure:
+    """``metric`` against the lifetime on a log axis, one line per ``series`` value
+    (refresh fraction), each point its mean with its interval as a bar (clipped at
+    ``floor``: a symmetric t-interval of a rate near 0 reaches below 0); the infinite
+    lifetime sits at the right edge. ``target`` draws a horizontal line (the operations
+    team's lockout target), ``highlight`` = (series value, lifetime or None) rings the
+    pick."""
+    means, halves, series_values, lifetimes = _policy_frame(summary, metric, series, lifetime)
+    finite = [float(v) for v in lifetimes if not pd.isna(v)]
+    x = np.array(finite + ([finite[-1] * 4] if len(finite) < len(lifetimes) else [])) / 3600
+    fig, ax = _axes(ax, (8, 4.5))
+    offsets = {
+        v: 1 + 0.06 * (k - (len(series_values) - 1) / 2) for k, v in enumerate(series_values)
+    }
+    for value in series_values:  # bars side by side; a negative lower bound is clipped at floor
+        mean = means.loc[value].to_numpy(dtype=float)
+        half = halves.loc[value].fillna(0).to_numpy(dtype=float)
+        below = half if floor is None else np.minimum(half, np.maximum(mean - floor, 0))
+        ax.errorbar(x * offsets[value], mean, yerr=[below, half], marker="o", ms=4, capsize=3,
+                    label=f"refresh at {value:g}")  # fmt: skip
+    if target is not None:
+        ax.axhline(target, color="tab:red", ls="--", lw=1.2, label=f"target {target:g}")
+    if highlight is not None:
+        j = len(lifetimes) - 1 if highlight[1] is None else lifetimes.index(highlight[1])
+        ax.scatter([x[j] * offsets[highlight[0]]], [means.loc[highlight[0]].iloc[j]], s=260,
+                   facecolors="none", edgecolors="tab:red", lw=2, zorder=5,
+                   label="recommended")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels([duration(None if pd.isna(v) else float(v)) for v in lifetimes])
+    ax.minorticks_off()
+    ax.set_xlabel("token lifetime (log scale)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig  # type: ignore[no-any-return]
+
+
 def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Any, Axes]:
     """The figure and axes to draw on: ``ax`` if given, else a new figure."""
     if ax is None:
