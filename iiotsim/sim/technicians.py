@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,16 +42,19 @@ def approve(
     rng: np.random.Generator,
     *,
     engine: str = "auto",
+    service: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float64]:
     """When each approval request (arrival times, any order) is approved: first come,
-    first served by ``provisioning.technicians`` technicians (a simpy resource)."""
+    first served by ``provisioning.technicians`` technicians (a simpy resource).
+    ``service`` gives each request's handling time (else drawn from ``rng``): the fleet
+    model passes its own draws, so the queue and the fleet replay agree on them."""
     n = len(arrivals)
     done = np.full(n, np.nan)
     if n == 0:
         return done
-    service = sample(provisioning.approval_time, rng, n)
+    handling = sample(provisioning.approval_time, rng, n) if service is None else service
     if engine == "recursion" or (engine == "auto" and n > SIMPY_LIMIT):
-        return _fcfs(arrivals, service, provisioning.technicians, provisioning.working_hours)
+        return _fcfs(arrivals, handling, provisioning.technicians, provisioning.working_hours)
     env = simpy.Environment()
     staff = simpy.Resource(env, capacity=provisioning.technicians)
     hours = provisioning.working_hours
@@ -62,7 +66,7 @@ def approve(
             start = next_working_time(env.now, hours)
             if start > env.now:
                 yield env.timeout(start - env.now)
-            yield env.timeout(service[i])
+            yield env.timeout(handling[i])
             done[i] = env.now
 
     order = np.argsort(arrivals, kind="stable")
@@ -98,3 +102,54 @@ def _fcfs(
         heapq.heapreplace(free, end)
         done[i] = end
     return done
+
+
+def working_delay(t: NDArray[np.float64], hours: tuple[float, float] | None) -> NDArray[np.float64]:
+    """Seconds from each ``t`` until working hours (vectorised :func:`next_working_time`)."""
+    if hours is None:
+        return np.zeros(len(t))
+    start, end = hours[0] * 3600.0, hours[1] * 3600.0
+    day = np.floor(t / DAY) * DAY
+    within = t - day
+    begin = np.where(within < start, day + start, np.where(within >= end, day + DAY + start, t))
+    return np.asarray(begin - t, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A first-come-first-served queue after its requests: ``done`` (approval time of each
+    request, in the given order) and, to answer "how long would a request arriving at t
+    wait before a technician starts on it", the earliest free technician after each
+    arrival in time order."""
+
+    done: NDArray[np.float64]
+    arrivals: NDArray[np.float64]
+    """sorted"""
+    earliest_free: NDArray[np.float64]
+    """earliest time a technician is free just after each sorted arrival was assigned"""
+    hours: tuple[float, float] | None
+
+    def delay(self, t: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Wait before handling starts for a request arriving at ``t`` (not in the queue)."""
+        i = np.searchsorted(self.arrivals, t, side="right") - 1
+        free = np.where(i >= 0, self.earliest_free[np.maximum(i, 0)], -np.inf)
+        begin = np.maximum(t, free)
+        return np.asarray(begin + working_delay(begin, self.hours) - t, dtype=np.float64)
+
+
+def queue_state(
+    arrivals: NDArray[np.float64], service: NDArray[np.float64], provisioning: Provisioning
+) -> QueueState:
+    """The same discipline as :func:`approve` (its recursion), keeping the queue's state."""
+    order = np.argsort(arrivals, kind="stable")
+    done = np.full(len(arrivals), np.nan)
+    earliest = np.empty(len(arrivals))
+    free = [0.0] * provisioning.technicians
+    hours = provisioning.working_hours
+    for j, i in enumerate(order):
+        start = next_working_time(max(float(arrivals[i]), free[0]), hours)
+        end = start + float(service[i])
+        heapq.heapreplace(free, end)
+        done[i] = end
+        earliest[j] = free[0]
+    return QueueState(done, arrivals[order], earliest, hours)
