@@ -5,14 +5,24 @@ sweep of 20 lifetimes x 10,000 devices x 365 days.
 Each measurement runs in its own process, which also reports its peak memory (RSS).
 Targets: >= 20x the naive model's device-days/s; the sweep within 5 minutes.
 
+``--study`` runs notebook 02's study at full size (issue 11): 10,000 devices x 365 days
+x 8 lifetimes (1 h, 6 h, 1 d, 3 d, 7 d, 30 d, 90 d, infinite) x 4 refresh fractions
+(0.25, 0.5, 0.75, 0.9) x 5 repetitions = 160 runs through ``sweep`` (one worker per
+CPU), and prints the wall time (target: 10 minutes on 2 cores) and the peak RSS of the
+largest worker. ``--big`` runs one 100,000-device x 365-day scenario and prints its
+peak RSS (target: under 2 GiB).
+
     .venv/bin/python benchmarks/simulator.py            # everything (a few minutes)
     .venv/bin/python benchmarks/simulator.py --quick    # 1,000 and 10,000 devices only
+    .venv/bin/python benchmarks/simulator.py --study    # the notebook-02 study only
+    .venv/bin/python benchmarks/simulator.py --big      # 100,000 devices x 365 d only
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -21,9 +31,83 @@ from typing import Any
 import numpy as np
 import simpy
 
-from iiotsim.sim import DAY, Messages, Scenario, TokenPolicy, simulate, sweep
+from iiotsim.sim import (
+    DAY,
+    HOUR,
+    Connectivity,
+    Distribution,
+    Messages,
+    Scenario,
+    TokenPolicy,
+    simulate,
+    summarize_sweep,
+    sweep,
+)
 
 LIFETIME = DAY
+STUDY_LIFETIMES: list[float | None] = [
+    HOUR,
+    6 * HOUR,
+    DAY,
+    3 * DAY,
+    7 * DAY,
+    30 * DAY,
+    90 * DAY,
+    None,
+]
+STUDY_FRACTIONS = [0.25, 0.5, 0.75, 0.9]
+STUDY_REPETITIONS = 5
+
+
+def study_fleet(devices: int = 10_000, days: float = 365) -> Scenario:
+    """Notebook 02's fleet: on ~12 h (exponential), off lognormal mean 2 h, sigma 1.5."""
+    return Scenario(
+        fleet_size=devices,
+        duration_days=days,
+        connectivity=Connectivity(
+            on=Distribution.exponential(12 * HOUR), off=Distribution.lognormal(2 * HOUR, 1.5)
+        ),
+        seed=2026,
+    )
+
+
+def children_peak_mib() -> float:
+    """Peak RSS of the largest finished child process (the sweep's workers)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def run_study() -> None:
+    runs = len(STUDY_LIFETIMES) * len(STUDY_FRACTIONS) * STUDY_REPETITIONS
+    print(
+        f"notebook-02 study: 10,000 devices x 365 d x {len(STUDY_LIFETIMES)} lifetimes x "
+        f"{len(STUDY_FRACTIONS)} refresh fractions x {STUDY_REPETITIONS} repetitions "
+        f"= {runs} runs, {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    start = time.perf_counter()
+    frame = sweep(
+        study_fleet(),
+        repetitions=STUDY_REPETITIONS,
+        progress=sys.stderr.isatty(),
+        token__lifetime=STUDY_LIFETIMES,
+        token__refresh_fraction=STUDY_FRACTIONS,
+    )
+    elapsed = time.perf_counter() - start
+    table = summarize_sweep(frame, ["lockouts_per_1000_device_days", "rt_leak_exposure_mean_h"])
+    print(table.round(3).to_string())
+    print(
+        f"  study: {len(frame)} runs in {elapsed:.0f} s ({elapsed / 60:.1f} min; target 10 min), "
+        f"{len(frame) * 10_000 * 365 / elapsed:,.0f} device-days/s; "
+        f"peak RSS of a worker {children_peak_mib():.0f} MiB"
+    )
+
+
+def run_big() -> None:
+    elapsed, peak = measure("study", 100_000, 365.0)
+    print(
+        f"  100,000 devices x 365 d (notebook-02 fleet, 7 d tokens): {elapsed:.0f} s, "
+        f"peak RSS {peak:.0f} MiB (target < 2048 MiB)"
+    )
 
 
 def scenario(devices: int, days: float) -> Scenario:
@@ -47,7 +131,7 @@ def naive(devices: int, days: float, seed: int = 0, messages: bool = True) -> di
     horizon = s.duration
     on_mean, off_mean = s.connectivity.on.mean, s.connectivity.off.mean
     f_l = LIFETIME * s.token.refresh_fraction
-    stats = {"lockouts": 0, "refreshes": 0, "messages": 0, "lost": 0}
+    stats: dict[str, float] = {"lockouts": 0, "refreshes": 0, "messages": 0, "lost": 0}
     gap = 3600.0 / s.messages.rate_per_hour
     capacity = s.messages.outbox_capacity
 
@@ -98,6 +182,8 @@ def _measure(kind: str, devices: int, days: float, queue: Any) -> None:
     start = time.perf_counter()
     if kind.startswith("naive"):
         naive(devices, days, messages=kind == "naive")
+    elif kind == "study":
+        simulate(study_fleet(devices, days))
     else:
         simulate(scenario(devices, days))
     elapsed = time.perf_counter() - start
@@ -110,9 +196,9 @@ def measure(kind: str, devices: int, days: float) -> tuple[float, float]:
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(kind, devices, days, queue))
     proc.start()
-    result = queue.get()
+    elapsed, peak = queue.get()
     proc.join()
-    return result
+    return float(elapsed), float(peak)
 
 
 def main() -> int:
@@ -120,7 +206,15 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--study", action="store_true", help="the notebook-02 study only")
+    parser.add_argument("--big", action="store_true", help="100,000 devices x 365 d only")
     args = parser.parse_args()
+    if args.study or args.big:
+        if args.study:
+            run_study()
+        if args.big:
+            run_big()
+        return 0
     print("device-days per wall-clock second (30 simulated days unless noted)")
     naive_rates = {}
     for devices, days in ((1_000, 7.0), (5_000, 7.0)):
