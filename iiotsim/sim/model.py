@@ -511,6 +511,13 @@ class _Bins:
         return pd.DataFrame(data, index=idx)
 
 
+def _columns(matrix: NDArray[Any], block: int = 64) -> Iterator[NDArray[Any]]:
+    """The columns of a row-major matrix as contiguous arrays, ``block`` at a time
+    (cache-friendly: 10,000 x 1,460 times in 0.10 s instead of 0.19 s column by column)."""
+    for start in range(0, matrix.shape[1], block):
+        yield from np.ascontiguousarray(matrix[:, start : start + block].T)
+
+
 def _replay(
     s: Scenario,
     fleet: Fleet,
@@ -521,7 +528,10 @@ def _replay(
     track: NDArray[np.int64],
 ) -> _Replay:
     """Walk the segments: lockouts, per-device totals, tracked devices' segments and
-    undeliverable stretches."""
+    undeliverable stretches. Without ``bins`` (a fixed-point pass that is not reported)
+    only what the next pass needs is computed: token ages and the lockouts; the totals
+    are partial and no stretches or tracked segments are recorded (2-3x faster)."""
+    report = bins is not None
     n = s.fleet_size
     horizon = s.duration
     L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
@@ -552,11 +562,15 @@ def _replay(
     stretches = _Stretches()
     lam = s.messages.rate_per_hour / HOUR
     cap = float(s.messages.outbox_capacity)
+    # columns as contiguous arrays, transposed a block at a time (a column of the
+    # row-major matrix is a strided gather that every use below would pay again)
+    time_columns, online_columns = _columns(times), _columns(online)
+    t1 = next(time_columns)
     for k in range(online.shape[1]):
-        t0 = times[:, k]
-        t1 = times[:, k + 1]
+        t0 = t1  # column k's end is column k+1's start
+        t1 = next(time_columns)
         dur = t1 - t0
-        on = online[:, k] & ~permanent
+        on = next(online_columns) & ~permanent
         live = dur > 0
         # reconnect: offline before, online now
         back = on & ~prev_on & live
@@ -607,14 +621,13 @@ def _replay(
                         bins.at("register", done[inside])
         # online segments: refreshes in closed form; awaiting approval while age < 0
         a = age
-        waiting = np.where(on, np.clip(-a, 0, dur), 0.0)
-        deliver_from = np.where(on, t0 + waiting, t1)
         if math.isfinite(L):
             r0 = np.maximum(0.0, fL - a)
             fires = on & (r0 <= dur) & live
             count = np.where(fires, 1 + np.floor((dur - r0) / fL), 0.0)
             new_age = np.where(fires, (dur - r0) - (count - 1) * fL, a + dur)
-            tot["refreshes"] += count
+            if report:
+                tot["refreshes"] += count
             if bins is not None and fires.any():
                 f = np.flatnonzero(fires)
                 # the first refresh is a discrete event (often at reconnect), the rest steady
@@ -627,8 +640,13 @@ def _replay(
         else:
             new_age = a + dur
             r0 = np.full(n, np.inf)
-        tracked.record(k, a, on)
         age = new_age
+        if not report:
+            prev_on = np.where(live, on, prev_on)
+            continue
+        tracked.record(k, a, on)
+        waiting = np.where(on, np.clip(-a, 0, dur), 0.0)
+        deliver_from = np.where(on, t0 + waiting, t1)
         tot["online"] += np.where(on, dur, 0.0)
         tot["awaiting"] += waiting
         tot["delivering"] += np.where(on, dur - waiting, 0.0)
@@ -810,7 +828,9 @@ def simulate(scenario: Scenario) -> SimulationResult:
     delays = _Delays(s.provisioning.working_hours)
     passes, converged, previous = 0, False, -1
     while True:
-        bins = _Bins(horizon, s.timeline_resolution)
+        # only the reported pass needs a timeline (~40 % of a pass): pass 1 keeps one
+        # (it is the last when nothing meets the queue), later passes none
+        bins = _Bins(horizon, s.timeline_resolution) if passes == 0 else None
         replay = _replay(s, fleet, delays, service, pt_revoked, bins, track)
         passes += 1
         queue, state = _queue(s, replay.lockouts)
@@ -824,6 +844,9 @@ def simulate(scenario: Scenario) -> SimulationResult:
             break
         previous = len(used)
         delays.blend(state, FIXED_POINT_DAMPING)
+    if bins is None:  # the settled pass once more, with its timeline (replays are exact)
+        bins = _Bins(horizon, s.timeline_resolution)
+        replay = _replay(s, fleet, delays, service, pt_revoked, bins, track)
     second, tot, tracked = replay.lockouts, replay.totals, replay.tracked
     # reported: the final pass's lockouts with the waits that pass replayed (its timeline
     # shows them); approvals after the horizon are censored (still waiting at the end)
