@@ -143,7 +143,8 @@ class HybridRun:
         self, scenario: Scenario, *, devices: int | None = None, data_dir: Path | None = None
     ) -> None:
         n = devices or scenario.fleet_size
-        self.scenario = scenario.replace(fleet_size=n)
+        # real devices start now, each online with a new token: the prediction must too
+        self.scenario = scenario.replace(fleet_size=n, start="fresh")
         self.clock = ManualClock()
         self._tmp = (
             tempfile.TemporaryDirectory(prefix="iiotsim-hybrid-") if data_dir is None else None

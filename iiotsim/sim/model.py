@@ -32,7 +32,7 @@ import pandas as pd
 from iiot_server.domain.tokens import usable_until
 from numpy.typing import NDArray
 
-from .distributions import sample
+from .distributions import equilibrium, mean, sample
 from .scenario import DAY, HOUR, Connectivity, Scenario
 from .storm import simulate_storm
 from .technicians import QueueState, queue_state, working_delay
@@ -98,6 +98,8 @@ class RandomStreams:
     """message counts and the latency sample"""
     exposure: np.random.Generator
     """the devices followed and the leaks sampled to measure RT-leak exposure"""
+    start: np.random.Generator
+    """``start="steady"``: each device's connectivity phase and token age at t=0"""
 
     @classmethod
     def from_seed(cls, seed: int) -> RandomStreams:
@@ -121,6 +123,11 @@ class Fleet:
     """times of the reconnect attempts of every outage's storm"""
     outages: list[tuple[float, float, int]]
     """(start, duration, group index or -1 for the broker) of each outage"""
+    start_online: NDArray[np.bool_]
+    """whether each device's own connectivity is online at its deployment (all True
+    unless ``start="steady"``: then a device offline at t=0 did not disconnect there)"""
+    start_age: NDArray[np.float64]
+    """each device's token age at its deployment (0: a fresh token)"""
 
 
 @dataclass
@@ -242,13 +249,46 @@ class _Approvals(NamedTuple):
     wait: NDArray[np.float64]
 
 
+class _Phase(NamedTuple):
+    """The connectivity phase a device is in at t=0 (``start="steady"``)."""
+
+    online: NDArray[np.bool_]
+    elapsed: NDArray[np.float64]
+    """time since the running period began"""
+    residual: NDArray[np.float64]
+    """time until it ends"""
+
+
+def _steady_phase(conn: Connectivity, n: int, rng: np.random.Generator) -> _Phase:
+    """The stationary phase of the alternating renewal process: online with probability
+    mean(on) / (mean(on) + mean(off)), in a length-biased period split at a uniform
+    point (exact for the plain process; the diurnal modulation of off periods is left
+    out of this first period)."""
+    p_on = mean(conn.on) / (mean(conn.on) + mean(conn.off))
+    online = rng.uniform(0.0, 1.0, n) < p_on
+    on_elapsed, on_residual = equilibrium(conn.on, rng, n)
+    off_elapsed, off_residual = equilibrium(conn.off, rng, n)
+    return _Phase(
+        online,
+        np.where(online, on_elapsed, off_elapsed),
+        np.where(online, on_residual, off_residual),
+    )
+
+
 def _connectivity(
-    conn: Connectivity, start: NDArray[np.float64], horizon: float, rng: np.random.Generator
+    conn: Connectivity,
+    start: NDArray[np.float64],
+    horizon: float,
+    rng: np.random.Generator,
+    steady: _Phase | None = None,
 ) -> list[NDArray[np.float64]]:
-    """Own on/off boundaries column by column (online from ``start``)."""
+    """Own on/off boundaries column by column (online from ``start``, or from the end of
+    the ``steady`` phase's running period, which toggles the state first)."""
     t = start.copy()
     columns: list[NDArray[np.float64]] = []
     n = len(t)
+    if steady is not None:
+        return _connectivity_from(conn, t + steady.residual, steady.online, horizon, rng)
     while n and t.min() < horizon:
         on = sample(conn.on, rng, n)
         off = sample(conn.off, rng, n)
@@ -258,6 +298,33 @@ def _connectivity(
             off = off * (1 + conn.diurnal_amplitude * np.cos(phase))
         columns.append(t.copy())
         t = t + off
+        columns.append(t.copy())
+    return columns
+
+
+def _connectivity_from(
+    conn: Connectivity,
+    first_end: NDArray[np.float64],
+    was_online: NDArray[np.bool_],
+    horizon: float,
+    rng: np.random.Generator,
+) -> list[NDArray[np.float64]]:
+    """Boundaries after a first period ending at ``first_end``: devices that were
+    online go off, then on; the others on, then off (the same draws per column as
+    :func:`_connectivity`, so every policy meets the same weather)."""
+    t = first_end.copy()
+    columns: list[NDArray[np.float64]] = [t.copy()]
+    n = len(t)
+    while n and t.min() < horizon:
+        on = sample(conn.on, rng, n)
+        off = sample(conn.off, rng, n)
+        if conn.diurnal_amplitude:
+            off_from = np.where(was_online, t, t + on)
+            phase = 2 * math.pi * ((off_from % DAY) / DAY - conn.diurnal_peak_hour / 24)
+            off = off * (1 + conn.diurnal_amplitude * np.cos(phase))
+        t = t + np.where(was_online, off, on)
+        columns.append(t.copy())
+        t = t + np.where(was_online, on, off)
         columns.append(t.copy())
     return columns
 
@@ -276,6 +343,9 @@ def draw_fleet(scenario: Scenario) -> Fleet:
 
 def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
     n, horizon = s.fleet_size, s.duration
+    steady = _steady_start(s)
+    start_online = np.ones(n, dtype=bool)
+    elapsed_off = np.zeros(n)
     deploy = (
         np.sort(streams.deployment.uniform(0, s.deployment_days * DAY, n))
         if s.deployment_days
@@ -297,7 +367,11 @@ def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
         conn = (groups[g].connectivity if groups and groups[g].connectivity else None) or (
             s.connectivity
         )
-        cols = _connectivity(conn, deploy[members], horizon, streams.connectivity)
+        phase = _steady_phase(conn, len(members), streams.start) if steady else None
+        if phase is not None:
+            start_online[members] = phase.online
+            elapsed_off[members] = np.where(phase.online, 0.0, phase.elapsed)
+        cols = _connectivity(conn, deploy[members], horizon, streams.connectivity, phase)
         matrix = np.stack(cols, axis=1) if cols else np.empty((len(members), 0))
         per_group.append((members, matrix))
         width = max(width, matrix.shape[1])
@@ -344,7 +418,8 @@ def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
     depth[:, 1 + width + m :] = -1
     order = np.argsort(times, axis=1, kind="stable")
     times = np.take_along_axis(times, order, axis=1)
-    own_on = (np.cumsum(np.take_along_axis(own_toggle, order, axis=1), axis=1) % 2) == 0
+    toggles = np.cumsum(np.take_along_axis(own_toggle, order, axis=1), axis=1)
+    own_on = ((toggles + ~start_online[:, None]) % 2) == 0
     in_outage = np.cumsum(np.take_along_axis(depth, order, axis=1), axis=1) > 0
     online = own_on & ~in_outage
     times = np.minimum(times, horizon)
@@ -358,7 +433,29 @@ def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
         group,
         np.concatenate(attempts) if attempts else np.empty(0),
         outages,
+        start_online,
+        _start_age(s, elapsed_off, streams.start) if steady else np.zeros(n),
     )
+
+
+def _steady_start(s: Scenario) -> bool:
+    """Does ``s`` start in its steady state? Only a fleet deployed at t=0: devices
+    deployed over time start fresh at their deployment (real, not an artefact)."""
+    return s.start == "steady" and not s.deployment_days
+
+
+def _start_age(
+    s: Scenario, elapsed_off: NDArray[np.float64], rng: np.random.Generator
+) -> NDArray[np.float64]:
+    """Token ages at t=0 of a fleet in its steady state (an approximation): the age of a
+    token refreshed on time, U(0, refresh_fraction x lifetime), plus, for a device
+    offline at t=0, the time it has been offline. Devices awaiting approval at t=0 are
+    not represented (they start with a token); the measured effect is in the docs."""
+    lifetime = s.token.lifetime
+    if lifetime is None:
+        return np.zeros(len(elapsed_off))  # never refreshed, never expires
+    cycle = rng.uniform(0.0, 1.0, len(elapsed_off))  # drawn apart from the policy: CRN
+    return cycle * lifetime * s.token.refresh_fraction + elapsed_off
 
 
 def _add(target: NDArray[np.float64], index: NDArray[np.int64], values: Any) -> None:
@@ -537,7 +634,8 @@ def _replay(
     L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
     fL = L * s.token.refresh_fraction
     times, online = fleet.times, fleet.online
-    age = np.zeros(n)
+    steady = _steady_start(s)
+    age = fleet.start_age.copy()
     permanent = np.zeros(n, dtype=bool)
     prev_on = np.ones(n, dtype=bool)
     undeliv_start = np.full(n, np.nan)
@@ -628,7 +726,14 @@ def _replay(
             new_age = np.where(fires, (dur - r0) - (count - 1) * fL, a + dur)
             if report:
                 tot["refreshes"] += count
-            if bins is not None and fires.any():
+            if bins is not None and k == 0 and steady:
+                # a steady start's refresh cycle is at a uniform phase (r0 ~ U(0, fL]):
+                # its refreshes come at 1/fL on average from t=0 (no discrete first one,
+                # which would pile the cycle's first refreshes onto the first fL)
+                f = np.flatnonzero(on & live)
+                for kind in ("refresh", "register", "connect"):
+                    bins.spread(kind, t0[f], t1[f], 1 / fL)
+            elif bins is not None and fires.any():
                 f = np.flatnonzero(fires)
                 # the first refresh is a discrete event (often at reconnect), the rest steady
                 bins.at("refresh", t0[f] + r0[f])
@@ -1091,7 +1196,7 @@ def _events(
         add(np.array([start + duration]), -1, "outage_end")
     if s.fleet_size <= EVENTS_PER_DEVICE_LIMIT:
         times, online = fleet.times[:, :-1], fleet.online
-        prev = np.concatenate([np.ones((len(online), 1), dtype=bool), online[:, :-1]], axis=1)
+        prev = np.concatenate([fleet.start_online[:, None], online[:, :-1]], axis=1)
         live = fleet.times[:, 1:] > times
         for mask, kind in (
             (online & ~prev & live, "reconnect"),

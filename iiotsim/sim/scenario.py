@@ -197,6 +197,13 @@ class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     duration_days: float = 30.0
     deployment_days: float = 0.0
     """devices are deployed uniformly over this many days from the start (0 = all at t=0)"""
+    start: Literal["steady", "fresh"] = "steady"
+    """how a fleet deployed at t=0 (``deployment_days`` 0) starts: ``steady`` = as if it
+    had been running for long (each device's connectivity phase from the on/off
+    process's equilibrium, its token's age from its refresh cycle), so no start-up wave
+    shows; ``fresh`` = every device online with a new token at t=0 (real devices
+    starting now, e.g. a hybrid run). Fleets deployed over time start each device fresh
+    at its deployment (real, not an artefact) whatever this says."""
     connectivity: Connectivity = Connectivity()
     groups: tuple[DeviceGroup, ...] = ()
     token: TokenPolicy = TokenPolicy()
@@ -283,6 +290,8 @@ def _check(s: Scenario) -> None:
     _positive(s.deployment_days, "deployment_days", allow_zero=True)
     if s.deployment_days >= s.duration_days:
         raise ScenarioError("deployment_days", "must be shorter than duration_days")
+    if s.start not in ("steady", "fresh"):
+        raise ScenarioError("start", f"must be 'steady' or 'fresh', got {s.start!r}")
     _positive(s.timeline_resolution, "timeline_resolution")
     for name, conn in [("connectivity", s.connectivity)] + [
         (f"groups.{i}.connectivity", g.connectivity)

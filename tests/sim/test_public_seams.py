@@ -26,7 +26,8 @@ def test_draw_fleet_is_the_connectivity_simulate_draws() -> None:
     )
     fleet = draw_fleet(scenario)
     times, online = fleet.times[:, :-1], fleet.online
-    before = np.concatenate([np.ones((len(online), 1), dtype=bool), online[:, :-1]], axis=1)
+    # a device offline at t=0 (the steady start) did not disconnect there
+    before = np.concatenate([fleet.start_online[:, None], online[:, :-1]], axis=1)
     live = fleet.times[:, 1:] > times
     drawn = sorted(zip(*np.nonzero(~online & before & live), strict=True))
     drawn_times = sorted((float(times[d, k]), int(d)) for d, k in drawn)
