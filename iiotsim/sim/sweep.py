@@ -68,6 +68,10 @@ def sweep(
     """
     runs = grid_scenarios(base, grid, repetitions)
     tasks = [(i, p, r, s.to_json()) for i, (p, r, s) in enumerate(runs)]
+    # run a repetition's policies one after another: a worker then draws the shared
+    # connectivity once per repetition (``simulate`` keeps the last fleet); rows are
+    # placed by index, so the frame's order is unchanged
+    tasks.sort(key=lambda task: (task[2], task[0]))
     rows: list[dict[str, Any] | None] = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc="simulations", disable=not progress)
     try:

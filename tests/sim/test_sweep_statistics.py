@@ -182,3 +182,25 @@ def test_leak_exposure_is_sampled_to_the_stated_standard_error() -> None:
     with pytest.raises(ScenarioError) as bad:
         day.replace(**{"leaks.exposure_relative_se": 0.0})
     assert bad.value.field == "leaks.exposure_relative_se"
+
+
+def test_a_fleet_reused_across_policies_gives_what_a_fresh_draw_gives() -> None:
+    """``simulate`` keeps the last fleet for a run that differs only in its token policy
+    (a sweep's repetition); the reuse must not change any result (the start ages, the
+    one policy-dependent part, are recomputed)."""
+    from iiotsim.sim import model
+
+    six_hours = FLEET.replace(**{"token.lifetime": 6 * HOUR})
+    three_days = FLEET.replace(**{"token.lifetime": 72 * HOUR, "token.refresh_fraction": 0.25})
+    assert three_days.start == "steady"
+    model._last_fleet.clear()
+    fresh = simulate(three_days)
+    model._last_fleet.clear()
+    simulate(six_hours)
+    assert model._last_fleet  # kept for the next policy
+    reused = simulate(three_days)  # on six_hours' fleet
+    pd.testing.assert_series_equal(fresh.summary, reused.summary)
+    for name in ("events", "devices", "timeline"):
+        pd.testing.assert_frame_equal(getattr(fresh, name), getattr(reused, name))
+    other_seed = simulate(three_days.replace(seed=4))
+    assert other_seed.summary["lockouts"] != fresh.summary["lockouts"]
