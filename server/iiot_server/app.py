@@ -15,7 +15,7 @@ from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
 from .api.auth import ACCESS, DEPENDENCIES, Access, authorize
 from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
 from .api.models import Health
-from .api.problems import EXCEPTION_HANDLERS, document_problems
+from .api.problems import EXCEPTION_HANDLERS, document_alternative_media, document_problems
 from .api.requests import PlatformRequest
 from .broker import start_broker, stop_broker
 from .clock import Clock, SystemClock
@@ -71,6 +71,7 @@ def create_app(
         services = await Services.open(settings, clock)
         holder["services"] = services
         app.state.services = services  # for the guard, which runs before dependencies
+        document_alternative_media(app)  # the OpenAPI document, complete before serving
         try:
             created = await services.api_keys.ensure_bootstrap_admin(settings.admin_key)
             if created is not None and on_admin_key is not None:

@@ -75,3 +75,12 @@ def test_a_missing_body_is_named(platform: Platform) -> None:
     assert missing.json()["detail"] == "a JSON request body is required"
     assert wrong.status_code == 400
     assert wrong.json()["field"] == "body"
+
+
+def test_the_served_document_names_every_media_type_an_answer_takes(platform: Platform) -> None:
+    """Found by the fuzz run: ``?format=csv`` answered text/csv where only JSON was
+    documented."""
+    with httpx.Client(base_url=platform.http_url, timeout=30) as http:
+        served = http.get("/schema/openapi.json").json()
+    created = served["paths"]["/api/v1/provisioning-tokens/bulk"]["post"]["responses"]["201"]
+    assert set(created["content"]) == {"application/json", "text/csv"}

@@ -39,7 +39,7 @@ from .models import (
     TokenOptionsFields,
     TwinOut,
 )
-from .problems import PROBLEMS
+from .problems import ALSO_ANSWERS, PROBLEMS
 
 # Access is the guard's (api/auth.py): admin unless a controller or route says otherwise.
 TECHNICIAN = {ACCESS: Access.TECHNICIAN}
@@ -83,7 +83,11 @@ class ProvisioningTokensController(ApiController):
         )
         return CreatedProvisioningTokenOut.of(created)
 
-    @post("/bulk", status_code=201)
+    @post(
+        "/bulk",
+        status_code=201,
+        opt={ALSO_ANSWERS: {201: ("text/csv", "With `?format=csv`: CSV, one row per token.")}},
+    )
     async def bulk(
         self,
         data: JSONBody[BulkProvisioningTokensRequest],
