@@ -12,6 +12,12 @@ CPU), and prints the wall time (target: 10 minutes on 2 cores) and the peak RSS 
 largest worker. ``--big`` runs one 100,000-device x 365-day scenario and prints its
 peak RSS (target: under 2 GiB).
 
+Measured 2026-11-26 on the shared 2-core machine (workers got ~80 % of a core each):
+study 797 s (13.3 min, target 10: not met; the 1 h-3 d policies need 5-13 fleet/queue
+fixed-point passes each), worker peak 1,563 MiB; 100,000 x 365 d in 112 s at
+9,728 MiB peak (not met: the fleet's segment matrices are held whole, ~92 MiB per
+1,000 devices; processing devices in chunks is not done yet).
+
     .venv/bin/python benchmarks/simulator.py            # everything (a few minutes)
     .venv/bin/python benchmarks/simulator.py --quick    # 1,000 and 10,000 devices only
     .venv/bin/python benchmarks/simulator.py --study    # the notebook-02 study only
