@@ -1,5 +1,7 @@
 # The commands a newcomer types: `make lab`, `make serve` and `make test` (see README.md).
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The interpreter's real path: a pyenv shim's path looks like another interpreter to uv,
+# which then deletes and rebuilds .venv on every target.
+PYTHON ?= $(shell for p in python3.11 python3; do command -v $$p >/dev/null && exec $$p -c 'import sys; print(sys.executable)'; done)
 UV := .tools/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=.venv
 PY := .venv/bin/python
