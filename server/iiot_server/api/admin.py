@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from ..domain.errors import ValidationError
+from ..domain.errors import NotFound, ValidationError
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
 from ..domain.topics import STREAM_PATTERN
-from ..domain.verification import CODE_PATTERN
+from ..domain.verification import CODE_PATTERN, normalize_verification_code
 from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.twin import Section
@@ -172,31 +173,64 @@ class ProvisioningOperationsController(ApiController):
     ) -> OperationOut:
         return OperationOut.of(await services.provisioning.get_operation(operation_id))
 
-    @post("/{operation_id:str}/approve", status_code=200, opt={PROBLEMS: (409,)})
+    @post("/{operation_id:str}/approve", status_code=200, opt={PROBLEMS: (409, 429)})
     async def approve(
         self,
         operation_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
         data: JSONBody[ApproveRequest | None] = None,
     ) -> OperationOut:
-        """Approve; ``deviceId`` and ``registrationTokenLifetime`` only where the token's
-        modes allow them. Other open operations for the same Device ID are cancelled."""
+        """Approve, by id or by the verification code the device shows; ``deviceId`` and
+        ``registrationTokenLifetime`` only where the token's modes allow them. Other open
+        operations for the same Device ID are cancelled."""
         data = data or ApproveRequest()
         view = await services.provisioning.approve_operation(
-            operation_id,
+            await _operation_id(services, principal, operation_id),
             device_id=data.device_id,
             registration_token_lifetime=data.registration_token_lifetime,
             infinite_lifetime=data.infinite_lifetime,
         )
         return OperationOut.of(view)
 
-    @post("/{operation_id:str}/cancel", status_code=200, opt={PROBLEMS: (409,)})
+    @post("/{operation_id:str}/cancel", status_code=200, opt={PROBLEMS: (409, 429)})
     async def cancel(
         self,
         operation_id: FromPath[str],
+        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
     ) -> OperationOut:
-        return OperationOut.of(await services.provisioning.cancel_operation(operation_id))
+        """Cancel, by id or by the verification code the device shows."""
+        resolved = await _operation_id(services, principal, operation_id)
+        return OperationOut.of(await services.provisioning.cancel_operation(resolved))
+
+
+async def _operation_id(services: Services, principal: ApiKey, id_or_code: str) -> str:
+    """An operation id as given, or the id of the open operation showing this
+    verification code (any case, with or without its dash). Code look-ups are
+    rate-limited per API key, as on the listing, so codes cannot be enumerated here."""
+    try:
+        uuid.UUID(id_or_code)
+        return id_or_code
+    except ValueError:
+        pass
+    try:
+        normalize_verification_code(id_or_code, field="operationId")
+    except ValidationError:
+        return id_or_code  # neither an id nor a code: the look-up answers 404
+    views = await services.provisioning.list_operations(
+        verification_code=id_or_code, requester=principal.id, limit=10
+    )
+    open_ones = [
+        v.operation
+        for v in views
+        if v.operation.state in (OperationState.PENDING, OperationState.APPROVED)
+    ]
+    if not open_ones:
+        raise NotFound(
+            f"no open Provisioning Operation shows the code {id_or_code!r}", field="operationId"
+        )
+    return open_ones[0].id
 
 
 class DevicesController(ApiController):
