@@ -19,7 +19,6 @@ embedded platform, a few seconds):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -43,7 +42,6 @@ from iiot_server.api.models import (
 from .errors import PlatformError
 
 T = TypeVar("T")
-_CODE = re.compile(r"^[B-DF-HJ-NP-TV-XZ]{4}-?[B-DF-HJ-NP-TV-XZ]{4}$", re.IGNORECASE)
 
 
 def to_frame(items: Sequence[msgspec.Struct]) -> pd.DataFrame:
@@ -192,25 +190,6 @@ class AdminClient:
     def get_operation(self, operation_id: str) -> OperationOut:
         return self._call("GET", f"/api/v1/provisioning-operations/{operation_id}", OperationOut)
 
-    def resolve_operation_id(self, code_or_id: str) -> str:
-        """The id of the open operation showing this verification code (ids pass through)."""
-        if not _CODE.match(code_or_id.strip()):
-            return code_or_id
-        open_ops = [
-            op
-            for op in self.list_operations(verification_code=code_or_id.strip())
-            if op.state in ("pending", "approved")
-        ]
-        if not open_ops:
-            raise PlatformError(
-                404,
-                "/problems/notFound",
-                "Not found",
-                f"no open operation shows code {code_or_id}",
-                "verificationCode",
-            )
-        return open_ops[0].id
-
     def approve_operation(
         self,
         code_or_id: str,
@@ -219,11 +198,11 @@ class AdminClient:
         registration_token_lifetime: float | None = None,
         infinite_lifetime: bool = False,
     ) -> OperationOut:
-        """Approve by verification code (``'WDJB-MJHT'``) or operation id."""
-        operation_id = self.resolve_operation_id(code_or_id)
+        """Approve by verification code (``'WDJB-MJHT'``, any case, dash optional) or
+        operation id: the platform resolves the code."""
         return self._call(
             "POST",
-            f"/api/v1/provisioning-operations/{operation_id}/approve",
+            f"/api/v1/provisioning-operations/{code_or_id.strip()}/approve",
             OperationOut,
             json={
                 "deviceId": device_id,
@@ -233,9 +212,9 @@ class AdminClient:
         )
 
     def cancel_operation(self, code_or_id: str) -> OperationOut:
-        operation_id = self.resolve_operation_id(code_or_id)
+        """Cancel by verification code or operation id (the platform resolves the code)."""
         return self._call(
-            "POST", f"/api/v1/provisioning-operations/{operation_id}/cancel", OperationOut
+            "POST", f"/api/v1/provisioning-operations/{code_or_id.strip()}/cancel", OperationOut
         )
 
     # Devices ---------------------------------------------------------------------------

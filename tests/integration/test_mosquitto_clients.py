@@ -153,3 +153,38 @@ def test_mosquitto_sub_receives_platform_messages(platform: Platform) -> None:
     out, err = sub.communicate(timeout=30)
     assert sub.returncode == 0, err
     assert out.strip() == '{"$version": 1}'
+
+
+@pytest.mark.parametrize(
+    ("topic", "retain"),
+    [("devices/mosq-victim/twin/desired", False), ("devices/mosq-rogue/messages/will", True)],
+    ids=["another-devices-twin", "retained-on-own-topic"],
+)
+def test_mosquitto_pub_with_a_forbidden_will_is_refused(
+    platform: Platform, topic: str, retain: bool
+) -> None:
+    """issue 10, item 1, with another project's client: a Will on another device's topic,
+    or a retained one, refuses the CONNECT (not authorised) and nothing is delivered."""
+    rogue = provision(platform, "mosq-rogue")
+    victim = provision(platform, "mosq-victim")
+    will = ["--will-topic", topic, "--will-payload", '{"setpoint": 9999, "$version": 1000}']
+    result = mosquitto_pub(
+        platform,
+        "-i",
+        rogue.device_id,
+        "-u",
+        rogue.device_id,
+        "-P",
+        rogue.password,
+        *will,
+        *(["--will-retain"] if retain else []),
+        "-t",
+        "devices/mosq-rogue/messages/default",
+        "-m",
+        "never sent",
+    )
+    assert result.returncode != 0
+    assert "not authori" in (result.stderr + result.stdout).lower()
+    assert not platform.services.broker.retained_messages
+    assert not stored(platform, rogue.device_id)
+    assert platform.admin.get_twin(victim.device_id).desired.version == 0

@@ -63,7 +63,7 @@ def test_a_code_no_open_operation_shows_is_a_clear_404(
     )
     assert again.status_code == 404
     assert again.json()["field"] == "operationId"
-    assert "no open Provisioning Operation shows the code" in again.json()["detail"]
+    assert "no open operation shows the code" in again.json()["detail"]
 
 
 def test_ids_still_work_and_unknown_ones_are_404(platform: Platform, http: httpx.Client) -> None:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from ..domain.errors import NotFound, ValidationError
+from ..domain.errors import ValidationError
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
 from ..domain.topics import STREAM_PATTERN
-from ..domain.verification import CODE_PATTERN, normalize_verification_code
+from ..domain.verification import CODE_PATTERN
 from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.twin import Section
@@ -186,7 +185,7 @@ class ProvisioningOperationsController(ApiController):
         operations for the same Device ID are cancelled."""
         data = data or ApproveRequest()
         view = await services.provisioning.approve_operation(
-            await _operation_id(services, principal, operation_id),
+            await services.provisioning.resolve_operation_id(operation_id, requester=principal.id),
             device_id=data.device_id,
             registration_token_lifetime=data.registration_token_lifetime,
             infinite_lifetime=data.infinite_lifetime,
@@ -201,36 +200,10 @@ class ProvisioningOperationsController(ApiController):
         services: NamedDependency[Services],
     ) -> OperationOut:
         """Cancel, by id or by the verification code the device shows."""
-        resolved = await _operation_id(services, principal, operation_id)
-        return OperationOut.of(await services.provisioning.cancel_operation(resolved))
-
-
-async def _operation_id(services: Services, principal: ApiKey, id_or_code: str) -> str:
-    """An operation id as given, or the id of the open operation showing this
-    verification code (any case, with or without its dash). Code look-ups are
-    rate-limited per API key, as on the listing, so codes cannot be enumerated here."""
-    try:
-        uuid.UUID(id_or_code)
-        return id_or_code
-    except ValueError:
-        pass
-    try:
-        normalize_verification_code(id_or_code, field="operationId")
-    except ValidationError:
-        return id_or_code  # neither an id nor a code: the look-up answers 404
-    views = await services.provisioning.list_operations(
-        verification_code=id_or_code, requester=principal.id, limit=10
-    )
-    open_ones = [
-        v.operation
-        for v in views
-        if v.operation.state in (OperationState.PENDING, OperationState.APPROVED)
-    ]
-    if not open_ones:
-        raise NotFound(
-            f"no open Provisioning Operation shows the code {id_or_code!r}", field="operationId"
+        resolved = await services.provisioning.resolve_operation_id(
+            operation_id, requester=principal.id
         )
-    return open_ones[0].id
+        return OperationOut.of(await services.provisioning.cancel_operation(resolved))
 
 
 class DevicesController(ApiController):

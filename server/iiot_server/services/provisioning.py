@@ -4,6 +4,7 @@ sides of zero-touch provisioning."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -344,6 +345,35 @@ class ProvisioningService:
             ]
 
         return await self._db.scan(rows)
+
+    async def resolve_operation_id(self, id_or_code: str, *, requester: str) -> str:
+        """An operation id as given, or the id of the open operation showing this
+        verification code (any case, with or without its dash), so a technician can act
+        on what the device shows. Code look-ups are rate-limited per ``requester`` as on
+        the listing, so codes cannot be enumerated through this either."""
+        try:
+            uuid.UUID(id_or_code)
+            return id_or_code
+        except ValueError:
+            pass
+        try:
+            normalize_verification_code(id_or_code, field="operationId")
+        except ValidationError:
+            return id_or_code  # neither an id nor a code: the look-up answers 404
+        views = await self.list_operations(
+            verification_code=id_or_code, requester=requester, limit=10
+        )
+        open_ones = [
+            v.operation
+            for v in views
+            if v.operation.state in (OperationState.PENDING, OperationState.APPROVED)
+        ]
+        if not open_ones:
+            raise NotFound(
+                f"no open operation shows the code {id_or_code!r}",
+                field="operationId",
+            )
+        return open_ones[0].id
 
     async def get_operation(self, operation_id: str) -> OperationView:
         def find(conn: Connection) -> OperationView:
