@@ -20,6 +20,7 @@ embedded platform, a few seconds):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -32,6 +33,7 @@ from iiot_server.api.models import (
     CreatedProvisioningTokenOut,
     DeviceOut,
     FleetConfigurationOut,
+    Health,
     MessageOut,
     OperationOut,
     ProvisioningTokenOut,
@@ -105,6 +107,11 @@ class AdminClient:
     def health(self) -> bool:
         """True when the platform answers ``/health``."""
         return self._http.get("/health").status_code == 200
+
+    def server_time(self) -> datetime | None:
+        """The platform's own clock (from ``/health``): ages and expiries are judged by
+        it, not by this machine's clock. None if the platform does not say."""
+        return self._decode(self._http.get("/health"), Health).time
 
     # Provisioning Tokens ---------------------------------------------------------------
 

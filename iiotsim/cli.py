@@ -3,11 +3,14 @@
     iiotsim serve [--host H] [--port P] [--mqtt-port M] [--database-url URL]
     iiotsim simulate SCENARIO.json --out DIR [--processes N]
     iiotsim lab [JUPYTER ARGS...]
+    iiotsim token create | operations | approve | cancel | devices | messages | admin-key create
 
 ``serve`` runs the platform (HTTP API and MQTT broker) in the foreground, printing its
-URL and, on first start, the admin API key. ``simulate`` runs one scenario, or a sweep
+URL and, on first start, the admin API key (later starts say how to make a new one).
+``simulate`` runs one scenario, or a sweep
 (``{"scenario": {...}, "sweep": {"token.lifetime": [3600, 86400]}, "repetitions": 2}``),
-and writes Parquet and CSV tables and PNG plots to DIR.
+and writes Parquet and CSV tables and PNG plots to DIR. The technician/admin commands
+live in :mod:`iiotsim.admin_commands`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iiot_server import __main__ as server_main
+from iiot_server.settings import DEFAULT_DATA_DIR, Settings, sqlite_url
+
+from .admin_commands import add_commands as add_admin_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run the platform (HTTP API + MQTT broker) in the foreground"
     )
     server_main.add_arguments(serve)
-    serve.set_defaults(run=server_main.serve)
+    serve.set_defaults(run=_serve)
     simulate = commands.add_parser("simulate", help="run a fleet scenario or sweep")
     simulate.add_argument("scenario", type=Path, help="scenario (or sweep) JSON file")
     simulate.add_argument("--out", type=Path, required=True, help="output directory")
@@ -40,7 +46,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     lab.add_argument("jupyter_args", nargs=argparse.REMAINDER)
     lab.set_defaults(run=_lab)
+    add_admin_commands(commands)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return server_main.serve(args, admin_key_hint=_new_admin_key_hint)
+
+
+def _new_admin_key_hint(settings: Settings) -> str:
+    """What a later start of ``serve`` says instead of the key it printed at first start."""
+    command = "iiotsim admin-key create"
+    url = settings.database_url
+    if url.startswith("sqlite:///") and url == sqlite_url(Path(url[10:]).parent):
+        if url != sqlite_url(DEFAULT_DATA_DIR):
+            command += f" --data-dir {Path(url[10:]).parent}"
+    elif url.startswith("sqlite:///"):  # no password to hide
+        command += f" --database-url {url}"
+    else:
+        command += " --database-url URL  (the URL this platform uses)"
+    return (
+        "Admin API key: printed at this database's first start (stored hashed, never shown "
+        f"again); to make a new one: {command}"
+    )
 
 
 def _lab(args: argparse.Namespace) -> int:

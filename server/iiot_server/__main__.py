@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .domain.errors import SettingsError
 from .runner import ServerRunner
@@ -34,9 +34,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(parser.parse_args(argv))
 
 
-def serve(args: argparse.Namespace) -> int:
+def _default_admin_key_hint(_: Settings) -> str:
+    return (
+        "Admin API key: printed at this database's first start (stored hashed, never shown "
+        "again); an admin can create more (POST /api/v1/api-keys)"
+    )
+
+
+def serve(
+    args: argparse.Namespace,
+    *,
+    admin_key_hint: Callable[[Settings], str] = _default_admin_key_hint,
+) -> int:
     """Run the server with parsed :func:`add_arguments` options until SIGINT/SIGTERM.
-    Exit code 2 (a usage error, as argparse's) when a setting is refused."""
+    Exit code 2 (a usage error, as argparse's) when a setting is refused. On a start that
+    creates no admin key (the database has one), prints ``admin_key_hint(settings)``:
+    where the key went and how to get a new one."""
     try:
         settings = Settings.from_environment(
             host=args.host,
@@ -50,7 +63,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    shown: list[str] = []
+
     def show_admin_key(secret: str) -> None:
+        shown.append(secret)
         print(f"Admin API key (shown once, keep it): {secret}", flush=True)
 
     runner = ServerRunner(settings, on_admin_key=show_admin_key)
@@ -64,6 +80,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"MQTT broker on {settings.mqtt_host}:{settings.mqtt_port}")
     if settings.admin_key:
         print("Admin API key: from IIOT_ADMIN_KEY")
+    elif not shown:
+        print(admin_key_hint(settings))
     print("Press Ctrl+C to stop.", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
