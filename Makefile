@@ -6,14 +6,30 @@ UV := .tools/bin/uv
 UV_ENV := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=.venv
 PY := .venv/bin/python
 
-.PHONY: venv serve lab test lint unit notebooks clean
+.PHONY: venv git-filter serve lab test lint unit notebooks clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.8"
 
+# Notebooks keep their outputs in the lab but never in git: git passes every *.ipynb it
+# stages through this clean filter (.gitattributes), which drops outputs and execution
+# counts but keeps cell ids, tags and the kernel (only language_info's name: no churn
+# from the kernel's version). The path is relative: git runs filters at the top of the
+# work tree, so a moved checkout still works. Skipped outside a git checkout (a tarball).
+NBSTRIPOUT := .venv/bin/nbstripout --keep-id --extra-keys "metadata.language_info.codemirror_mode \
+	metadata.language_info.file_extension metadata.language_info.mimetype \
+	metadata.language_info.nbconvert_exporter metadata.language_info.pygments_lexer \
+	metadata.language_info.version"
+
+git-filter:
+	@if git rev-parse --git-dir >/dev/null 2>&1 && [ -z "$$(git rev-parse --show-cdup)" ]; then \
+		git config filter.nbstripout.clean '$(NBSTRIPOUT)' && \
+		git config filter.nbstripout.smudge cat; \
+	fi
+
 # Always re-synced: uv makes this a no-op (well under a second) when nothing changed.
-venv: $(UV)
+venv: $(UV) git-filter
 	$(UV_ENV) $(UV) sync --locked --python $(PYTHON) --all-extras
 
 serve: venv
