@@ -15,7 +15,12 @@ from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
 from .api.auth import ACCESS, DEPENDENCIES, Access, authorize
 from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
 from .api.models import Health
-from .api.problems import EXCEPTION_HANDLERS, document_alternative_media, document_problems
+from .api.problems import (
+    EXCEPTION_HANDLERS,
+    document_alternative_media,
+    document_closed_bodies,
+    document_problems,
+)
 from .api.requests import PlatformRequest
 from .broker import start_broker, stop_broker
 from .clock import Clock, SystemClock
@@ -72,6 +77,7 @@ def create_app(
         holder["services"] = services
         app.state.services = services  # for the guard, which runs before dependencies
         document_alternative_media(app)  # the OpenAPI document, complete before serving
+        document_closed_bodies(app)
         try:
             created = await services.api_keys.ensure_bootstrap_admin(settings.admin_key)
             if created is not None and on_admin_key is not None:

@@ -37,13 +37,23 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class Wire(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=False):
-    """Base of all wire models."""
+    """Base of all wire models. Answers tolerate fields they do not know, so a client
+    reading a newer platform's answer keeps working."""
+
+
+class WireRequest(Wire, forbid_unknown_fields=True):
+    """Base of request bodies: a field the API does not know is refused (400 naming it),
+    never dropped: a snake_case ``max_registration_token_lifetime`` made a token with no
+    maximum lifetime while this was silent (issue 12). The Spotflow device SDK sends only
+    fields these bodies know (``deviceId``; ``provisioningOperationId``;
+    ``registrationToken``; register's ``connectionStringType`` goes to a route that reads
+    no body)."""
 
 
 # Device API ------------------------------------------------------------------------
 
 
-class InitOperationRequest(Wire):
+class InitOperationRequest(WireRequest):
     device_id: DeviceId | None = None
     attributes: dict[str, str] | None = None
 
@@ -55,7 +65,7 @@ class InitOperationResponse(Wire):
     poll_interval: float
 
 
-class CompleteOperationRequest(Wire):
+class CompleteOperationRequest(WireRequest):
     provisioning_operation_id: str
 
 
@@ -82,7 +92,7 @@ class RegistrationTokenResponse(Wire):
         )
 
 
-class RefreshRequest(Wire):
+class RefreshRequest(WireRequest):
     registration_token: str
 
 
@@ -119,7 +129,7 @@ class RegisterResponse(Wire):
 # Admin API ---------------------------------------------------------------------------
 
 
-class TokenOptionsFields(Wire):
+class TokenOptionsFields(WireRequest):
     device_id: DeviceId | None = None
     device_id_override: DeviceIdOverrideMode | None = None
     max_registration_token_lifetime: Seconds | None = None
@@ -185,7 +195,7 @@ class CreatedProvisioningTokenOut(ProvisioningTokenOut):
         return cls(**msgspec.structs.asdict(token), provisioning_token=created.secret)
 
 
-class ApproveRequest(Wire):
+class ApproveRequest(WireRequest):
     device_id: DeviceId | None = None
     registration_token_lifetime: Seconds | None = None
     infinite_lifetime: bool = False
@@ -290,7 +300,7 @@ class RevokeDeviceOut(Wire):
     revoked_tokens: int
 
 
-class CreateApiKeyRequest(Wire):
+class CreateApiKeyRequest(WireRequest):
     name: Name
     role: Role
 
@@ -384,7 +394,7 @@ class TwinOut(Wire):
         )
 
 
-class FleetConfigurationIn(Wire):
+class FleetConfigurationIn(WireRequest):
     """A configuration: ``targetCondition`` (see docs/fleet-configurations.md), the
     ``desiredProperties`` it sets, and its ``priority`` (higher wins on overlapping keys)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from litestar import Litestar, Request, Response
@@ -46,6 +46,7 @@ _HTTP_TYPES = {
 }
 _JSON_PATH = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]*)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
 
 def problem(
@@ -93,6 +94,41 @@ def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
     return key
 
 
+def _body_fields(request: Request[Any, Any, Any]) -> list[str]:
+    """The wire names of the fields the route's body Struct(s) take, in declared order."""
+    parameter = request.route_handler.parsed_fn_signature.parameters.get("data")
+    names: list[str] = []
+    pending = [] if parameter is None else [parameter.annotation]
+    while pending:
+        kind = pending.pop(0)
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            names += [
+                f.encode_name for f in msgspec.structs.fields(kind) if f.encode_name not in names
+            ]
+        else:
+            pending += get_args(kind)
+    return names
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _unknown_field(request: Request[Any, Any, Any], name: str) -> str:
+    """What to tell a client that sent a field the body does not take: its name, the
+    field it probably meant (a snake_case or differently cased spelling of a known one)
+    and the fields the body takes."""
+    known = _body_fields(request)
+    detail = f"unknown field `{name}`: this request body has no such field"
+    meant = [k for k in known if k.lower() in (name.lower(), _camel(name).lower())]
+    if meant:
+        detail += f" (did you mean {meant[0]}?)"
+    if known:
+        detail += f"; it takes {', '.join(known)}"
+    return detail
+
+
 def validation_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Litestar's own input validation (bodies decoded by msgspec, query and path params)."""
     assert isinstance(exc, ValidationException)
@@ -106,7 +142,9 @@ def validation_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
         if key == "data" and message == "'data'":  # Litestar's word for "no body at all"
             message = "a JSON request body is required"
         at = _JSON_PATH.search(message)
-        missing = _MISSING.search(message)
+        missing = _MISSING.search(message) or _UNKNOWN.search(message)
+        if unknown := _UNKNOWN.search(message):
+            message = _unknown_field(request, unknown.group(1))
         path = [p for p in (at.group(1) if at else "", missing.group(1) if missing else "") if p]
         if path:
             fields.append(".".join(path))
@@ -236,3 +274,21 @@ def document_alternative_media(app: Litestar) -> None:
                         media_type: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
                     }
                     response.description = f"{response.description} {description}".strip()
+
+
+def document_closed_bodies(app: Litestar) -> None:
+    """Mark request bodies ``additionalProperties: false`` in the app's OpenAPI document:
+    the API refuses fields it does not know (:class:`~.models.WireRequest`), and Litestar
+    does not carry msgspec's ``forbid_unknown_fields`` into the document, which then
+    promised that any extra field is accepted. Called at start-up, after
+    :func:`document_alternative_media` built the document."""
+    from .models import WireRequest
+
+    schemas = (app.openapi_schema.components.schemas or {}) if app.openapi_schema.components else {}
+    pending: list[type[WireRequest]] = [WireRequest]
+    while pending:
+        kind = pending.pop()
+        pending += kind.__subclasses__()
+        schema = schemas.get(kind.__name__)
+        if isinstance(schema, Schema):
+            schema.additional_properties = False
