@@ -15,8 +15,14 @@ peak RSS (target: under 2 GiB).
 Measured 2026-11-26 on the shared 2-core machine (workers got ~80 % of a core each):
 study 797 s (13.3 min, target 10: not met; the 1 h-3 d policies need 5-13 fleet/queue
 fixed-point passes each), worker peak 1,563 MiB; 100,000 x 365 d in 112 s at
-9,728 MiB peak (not met: the fleet's segment matrices are held whole, ~92 MiB per
-1,000 devices; processing devices in chunks is not done yet).
+9,728 MiB peak (not met: the fleet's segment matrices were held whole, ~92 MiB per
+1,000 devices).
+
+Measured 2026-11-26, same machine, ``--big`` after processing the fleet in chunks of
+10,000-device blocks (``model.DEVICE_BLOCK``; each block's segments drawn from its own
+generators, again for each fixed-point pass when the fleet is too large to keep):
+100,000 x 365 d in 171 s at 1,442 MiB peak (target 2,048 MiB: met). Results of fleets up
+to 10,000 devices are bit-identical to before.
 
     .venv/bin/python benchmarks/simulator.py            # everything (a few minutes)
     .venv/bin/python benchmarks/simulator.py --quick    # 1,000 and 10,000 devices only

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -148,6 +148,29 @@ class _Lockouts:
     """the technician's handling time of each lockout's approval"""
     permanent_device: list[NDArray[np.int64]] = field(default_factory=list)
     permanent_time: list[NDArray[np.float64]] = field(default_factory=list)
+    lockout_column: list[NDArray[np.int64]] = field(default_factory=list)
+    """the segment column of each lockout (its order: column, then device)"""
+    permanent_column: list[NDArray[np.int64]] = field(default_factory=list)
+
+    def extend(self, other: _Lockouts) -> None:
+        for f in fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
+
+    def merged(self) -> _Lockouts:
+        """One array per field, in the order an unchunked replay finds them (by segment
+        column, then device), whichever chunks they came from."""
+        out = _Lockouts()
+        for prefix in ("lockout", "permanent"):
+            column = getattr(self, f"{prefix}_column")
+            if not column:
+                continue
+            columns = np.concatenate(column)
+            device = np.concatenate(getattr(self, f"{prefix}_device"))
+            order = np.lexsort((device, columns))
+            for f in fields(self):
+                if f.name.startswith(prefix + "_"):
+                    getattr(out, f.name).append(np.concatenate(getattr(self, f.name))[order])
+        return out
 
 
 class _Segment(NamedTuple):
@@ -208,15 +231,17 @@ class _Tracked:
     costs two small array copies per segment column, not a Python object per segment."""
 
     devices: NDArray[np.int64]
+    """rows of the chunk (device ``lo + row`` of the fleet)"""
     times: NDArray[np.float64]
-    """their rows of the fleet's ``times``"""
+    """their rows of the chunk's ``times``"""
     age: NDArray[np.float64]
     online: NDArray[np.bool_]
+    lo: int = 0
 
     @classmethod
-    def empty(cls, devices: NDArray[np.int64], times: NDArray[np.float64]) -> _Tracked:
+    def empty(cls, devices: NDArray[np.int64], times: NDArray[np.float64], lo: int) -> _Tracked:
         shape = (len(devices), times.shape[1] - 1)
-        return cls(devices, times[devices], np.zeros(shape), np.zeros(shape, dtype=bool))
+        return cls(devices, times[devices], np.zeros(shape), np.zeros(shape, dtype=bool), lo)
 
     def record(self, k: int, age: NDArray[np.float64], online: NDArray[np.bool_]) -> None:
         self.age[:, k] = age[self.devices]
@@ -224,7 +249,7 @@ class _Tracked:
 
     def segments(self, device: int, since: float) -> Iterator[_Segment]:
         """``device``'s segments (of positive length) from the one holding ``since``."""
-        row = int(np.searchsorted(self.devices, device))
+        row = int(np.searchsorted(self.devices, device - self.lo))
         times = self.times[row]
         k = max(0, int(np.searchsorted(times, since, side="right")) - 1)
         for j in range(k, len(times) - 1):
@@ -233,6 +258,20 @@ class _Tracked:
                 yield _Segment(
                     float(times[j]), float(self.age[row, j]), duration, bool(self.online[row, j])
                 )
+
+
+class _TrackedFleet:
+    """The followed devices of every chunk."""
+
+    def __init__(self) -> None:
+        self.chunks: list[_Tracked] = []
+
+    def segments(self, device: int, since: float) -> Iterator[_Segment]:
+        for chunk in self.chunks:
+            row = device - chunk.lo
+            if row >= 0 and bool((chunk.devices == row).any()):
+                return chunk.segments(device, since)
+        raise KeyError(device)
 
 
 class _Replay(NamedTuple):
@@ -335,23 +374,58 @@ def _connectivity_from(
     return columns
 
 
-def draw_fleet(scenario: Scenario) -> Fleet:
-    """The connectivity :func:`simulate` draws for ``scenario`` (seed included): hybrid
-    runs apply it to real devices to compare them with the simulator's prediction.
+DEVICE_BLOCK = 10_000
+"""Devices per random-stream block. A fleet's own connectivity and its message draws
+come in blocks of this many devices, block b drawing from its own generator (block 0
+from the scenario's stream, so fleets of up to this size draw exactly what they drew
+before blocks existed; block b >= 1 from that stream's b-th spawned child). A block is
+the unit the fleet is processed in: chunks (``simulate(..., chunk_devices=)``) are
+whole blocks, so a result does not depend on the chunk size (``tests/sim/
+test_chunked_fleet.py``), and a 100,000-device year needs one block's segments at a
+time, not the whole fleet's (~92 MiB per 1,000 devices)."""
 
-    >>> from iiotsim.sim import Scenario
-    >>> fleet = draw_fleet(Scenario(fleet_size=3, duration_days=1, seed=5))
-    >>> fleet.times.shape[0], bool((fleet.times[:, -1] == 86400).all())
-    (3, True)
-    """
-    return _fleet(scenario, RandomStreams.from_seed(scenario.seed))
+
+def _block_rng(seed: int, stream: str, block: int) -> np.random.Generator:
+    """Block ``block``'s generator for ``stream`` (a :class:`RandomStreams` field):
+    block 0 is the stream itself (a fresh generator in the same state), block b >= 1
+    the stream's child b."""
+    index = [f.name for f in fields(RandomStreams)].index(stream)
+    key = (index,) if block == 0 else (index, block)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
+@dataclass(frozen=True)
+class _Plan:
+    """What a fleet draws per device (deployment, group, start phase) and per outage
+    (its storm), whole-fleet and O(devices x outages); the segment matrices are drawn
+    per block from it (:func:`_block_segments`)."""
+
+    deploy: NDArray[np.float64]
+    group: NDArray[np.int64]
+    start_online: NDArray[np.bool_]
+    start_residual: NDArray[np.float64]
+    """steady start: time until the running period ends (empty otherwise)"""
+    start_offline_for: NDArray[np.float64]
+    start_cycle: NDArray[np.float64]
+    outages: list[tuple[float, float, int]]
+    out_start: NDArray[np.float64]
+    out_end: NDArray[np.float64]
+    storm_attempts: NDArray[np.float64]
+
+    @property
+    def size(self) -> int:
+        return len(self.deploy)
+
+    def blocks(self) -> int:
+        return max(1, -(-self.size // DEVICE_BLOCK))
+
+
+def _plan(s: Scenario, streams: RandomStreams) -> _Plan:
     n, horizon = s.fleet_size, s.duration
     steady = _steady_start(s)
     start_online = np.ones(n, dtype=bool)
     elapsed_off = np.zeros(n)
+    residual = np.zeros(n) if steady else np.empty(0)
     deploy = (
         np.sort(streams.deployment.uniform(0, s.deployment_days * DAY, n))
         if s.deployment_days
@@ -365,25 +439,13 @@ def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
         group = np.repeat(np.arange(len(groups)), counts)
     else:
         group = np.zeros(n, dtype=np.int64)
-    # own connectivity, per group, padded to one matrix
-    width = 0
-    per_group: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = []
-    for g in range(max(1, len(groups))):
-        members = np.flatnonzero(group == g)
-        conn = (groups[g].connectivity if groups and groups[g].connectivity else None) or (
-            s.connectivity
-        )
-        phase = _steady_phase(conn, len(members), streams.start) if steady else None
-        if phase is not None:
+    if steady:  # each group's start phase, in group order (as the fleet drew them)
+        for g in range(max(1, len(groups))):
+            members = np.flatnonzero(group == g)
+            phase = _steady_phase(_group_connectivity(s, g), len(members), streams.start)
             start_online[members] = phase.online
             elapsed_off[members] = np.where(phase.online, 0.0, phase.elapsed)
-        cols = _connectivity(conn, deploy[members], horizon, streams.connectivity, phase)
-        matrix = np.stack(cols, axis=1) if cols else np.empty((len(members), 0))
-        per_group.append((members, matrix))
-        width = max(width, matrix.shape[1])
-    own_times = np.full((n, width), np.inf)
-    for members, matrix in per_group:
-        own_times[members, : matrix.shape[1]] = matrix
+            residual[members] = phase.residual
     # outages: scheduled and random, each with its storm of reconnects
     outages: list[tuple[float, float, int]] = []
     names = [g.name for g in groups]
@@ -416,36 +478,182 @@ def _fleet(s: Scenario, streams: RandomStreams) -> Fleet:
         out_end[hit, j] = start + duration + storm.delays
         attempts.append(start + storm.attempt_times)
     # drawn apart from the policy (CRN), and whatever the lifetime (a cached fleet serves
-    # every policy: :func:`_fleet_for`)
+    # every policy: :func:`_plan_for`)
     cycle = streams.start.uniform(0.0, 1.0, n) if steady else np.empty(0)
-    # merge: own toggles and outage depth, sorted per device
-    times = np.concatenate([deploy[:, None], own_times, out_start, out_end], axis=1)
-    own_toggle = np.zeros(times.shape, dtype=np.int8)
-    own_toggle[:, 1 : 1 + width] = 1
-    depth = np.zeros(times.shape, dtype=np.int8)
-    depth[:, 1 + width : 1 + width + m] = 1
-    depth[:, 1 + width + m :] = -1
-    order = np.argsort(times, axis=1, kind="stable")
-    times = np.take_along_axis(times, order, axis=1)
-    toggles = np.cumsum(np.take_along_axis(own_toggle, order, axis=1), axis=1)
-    own_on = ((toggles + ~start_online[:, None]) % 2) == 0
-    in_outage = np.cumsum(np.take_along_axis(depth, order, axis=1), axis=1) > 0
-    online = own_on & ~in_outage
-    times = np.minimum(times, horizon)
-    # drop columns that start at the horizon for every device
-    keep = max(1, int((times < horizon).sum(axis=1).max()))
-    times = np.concatenate([times[:, :keep], np.full((n, 1), horizon)], axis=1)
-    return Fleet(
-        times,
-        online[:, :keep],
+    return _Plan(
         deploy,
         group,
-        np.concatenate(attempts) if attempts else np.empty(0),
-        outages,
         start_online,
-        _start_age(s, elapsed_off, cycle) if steady else np.zeros(n),
-        cycle,
+        residual,
         elapsed_off,
+        cycle,
+        outages,
+        out_start,
+        out_end,
+        np.concatenate(attempts) if attempts else np.empty(0),
+    )
+
+
+def _group_connectivity(s: Scenario, g: int) -> Connectivity:
+    groups = s.groups or ()
+    return (groups[g].connectivity if groups and groups[g].connectivity else None) or (
+        s.connectivity
+    )
+
+
+def _block_segments(
+    s: Scenario, plan: _Plan, block: int
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Block ``block``'s segments: (times, online) as in :class:`Fleet`, its own
+    connectivity drawn from the block's generator (group by group, column by column)
+    and merged with the outages' depth."""
+    lo, hi = block * DEVICE_BLOCK, min(plan.size, (block + 1) * DEVICE_BLOCK)
+    nb, horizon = hi - lo, s.duration
+    rng = _block_rng(s.seed, "connectivity", block)
+    steady = _steady_start(s)
+    group = plan.group[lo:hi]
+    deploy = plan.deploy[lo:hi]
+    start_online = plan.start_online[lo:hi]
+    per_group: list[tuple[NDArray[np.int64], list[NDArray[np.float64]]]] = []
+    for g in range(max(1, len(s.groups or ()))):
+        rows = np.flatnonzero(group == g)
+        phase = (
+            _Phase(start_online[rows], np.empty(0), plan.start_residual[lo + rows])
+            if steady
+            else None
+        )
+        per_group.append(
+            (rows, _connectivity(_group_connectivity(s, g), deploy[rows], horizon, rng, phase))
+        )
+    width = max(len(cols) for _, cols in per_group)
+    m = len(plan.outages)
+    # merge: own toggles and outage depth, sorted per device
+    times = np.full((nb, 1 + width + 2 * m), np.inf)
+    times[:, 0] = deploy
+    for rows, cols in per_group:
+        for j, column in enumerate(cols):
+            times[rows, 1 + j] = column
+    del per_group
+    if m:
+        times[:, 1 + width : 1 + width + m] = plan.out_start[lo:hi]
+        times[:, 1 + width + m :] = plan.out_end[lo:hi]
+        own_toggle = np.zeros(times.shape, dtype=np.int8)
+        own_toggle[:, 1 : 1 + width] = 1
+        depth = np.zeros(times.shape, dtype=np.int8)
+        depth[:, 1 + width : 1 + width + m] = 1
+        depth[:, 1 + width + m :] = -1
+        order = np.argsort(times, axis=1, kind="stable")
+        times = np.take_along_axis(times, order, axis=1)
+        toggles = np.cumsum(np.take_along_axis(own_toggle, order, axis=1), axis=1, dtype=np.int32)
+        del own_toggle
+        in_outage = np.cumsum(np.take_along_axis(depth, order, axis=1), axis=1, dtype=np.int32) > 0
+        del depth, order
+    else:
+        # own times are sorted per device already (a stable sort would leave them): the
+        # k-th column follows k own toggles
+        toggles = np.broadcast_to(np.arange(times.shape[1], dtype=np.int32), times.shape)
+        in_outage = None
+    own_on = ((toggles + ~start_online[:, None]) % 2) == 0
+    del toggles
+    online = own_on if in_outage is None else own_on & ~in_outage
+    np.minimum(times, horizon, out=times)
+    # drop columns that start at the horizon for every device
+    keep = max(1, int((times < horizon).sum(axis=1).max())) if nb else 1
+    trimmed = np.empty((nb, keep + 1))
+    trimmed[:, :keep] = times[:, :keep]
+    trimmed[:, keep] = horizon
+    return trimmed, np.ascontiguousarray(online[:, :keep])
+
+
+def _pad(
+    parts: list[tuple[NDArray[np.float64], NDArray[np.bool_]]], horizon: float
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Blocks' segments as one matrix: narrower blocks end in empty segments (at the
+    horizon, offline), which no step of the replay counts."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(t.shape[1] for t, _ in parts)
+    times = np.concatenate(
+        [np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=horizon) for t, _ in parts]
+    )
+    online = np.concatenate(
+        [np.pad(o, ((0, 0), (0, width - 1 - o.shape[1])), constant_values=False) for _, o in parts]
+    )
+    return times, online
+
+
+class _Chunk(NamedTuple):
+    """Devices ``lo`` to ``lo + len(times)`` (whole blocks from ``first_block``)."""
+
+    lo: int
+    first_block: int
+    times: NDArray[np.float64]
+    online: NDArray[np.bool_]
+
+
+class _Segments:
+    """A fleet's segments chunk by chunk: blocks kept when the fleet is small enough
+    (:data:`FLEET_CACHE_BYTES`), else drawn again for each pass of the fixed point
+    (their generators restart, so every pass sees the same fleet)."""
+
+    def __init__(self, s: Scenario, plan: _Plan) -> None:
+        self.scenario, self.plan = s, plan
+        self.kept: dict[int, tuple[NDArray[np.float64], NDArray[np.bool_]]] = {}
+        self.keep = True
+
+    def block(self, b: int) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        if b in self.kept:
+            return self.kept[b]
+        times, online = _block_segments(self.scenario, self.plan, b)
+        if times.nbytes * self.plan.blocks() > 1.25 * FLEET_CACHE_BYTES:
+            self.keep = False  # too large to keep: do not hold blocks until it shows
+        if self.keep and sum(t.nbytes for t, _ in self.kept.values()) + times.nbytes <= (
+            FLEET_CACHE_BYTES
+        ):
+            times.setflags(write=False)
+            online.setflags(write=False)
+            self.kept[b] = (times, online)
+        else:
+            self.keep = False
+            self.kept.clear()
+        return times, online
+
+    def chunks(self, chunk_devices: int | None) -> Iterator[_Chunk]:
+        per_chunk = max(1, -(-(chunk_devices or DEVICE_BLOCK) // DEVICE_BLOCK))
+        blocks = self.plan.blocks()
+        for first in range(0, blocks, per_chunk):
+            parts = [self.block(b) for b in range(first, min(blocks, first + per_chunk))]
+            times, online = _pad(parts, self.scenario.duration)
+            del parts
+            yield _Chunk(first * DEVICE_BLOCK, first, times, online)
+
+
+def draw_fleet(scenario: Scenario) -> Fleet:
+    """The connectivity :func:`simulate` draws for ``scenario`` (seed included): hybrid
+    runs apply it to real devices to compare them with the simulator's prediction.
+
+    >>> from iiotsim.sim import Scenario
+    >>> fleet = draw_fleet(Scenario(fleet_size=3, duration_days=1, seed=5))
+    >>> fleet.times.shape[0], bool((fleet.times[:, -1] == 86400).all())
+    (3, True)
+    """
+    s = scenario
+    plan = _plan(s, RandomStreams.from_seed(s.seed))
+    times, online = _pad([_block_segments(s, plan, b) for b in range(plan.blocks())], s.duration)
+    steady = _steady_start(s)
+    return Fleet(
+        times,
+        online,
+        plan.deploy,
+        plan.group,
+        plan.storm_attempts,
+        plan.outages,
+        plan.start_online,
+        _start_age(s, plan.start_offline_for, plan.start_cycle)
+        if steady
+        else np.zeros(s.fleet_size),
+        plan.start_cycle,
+        plan.start_offline_for,
     )
 
 
@@ -470,29 +678,24 @@ def _start_age(
 
 FLEET_CACHE_BYTES = 512 * 2**20
 """fleets up to this size (segment times) are kept for the next run in the process"""
-_last_fleet: dict[bytes, Fleet] = {}
+_last_fleet: dict[bytes, _Segments] = {}
 
 
-def _fleet_for(s: Scenario, streams: RandomStreams) -> Fleet:
-    """``_fleet(s, streams)``, reusing the fleet of the previous run in this process when
-    the two scenarios differ only in their token policy: a sweep's policies share one
+def _segments_for(s: Scenario, streams: RandomStreams) -> _Segments:
+    """The fleet of ``s``, reusing the previous run's in this process when the two
+    scenarios differ only in their token policy: a sweep's policies share one
     repetition's connectivity (common random numbers), so it is drawn once per
     repetition and worker, not per run (1.6-2.7 s of a 10,000-device year). The streams
-    ``_fleet`` draws from are used by nothing else, so skipping it changes no other
-    draw; only the start ages depend on the policy, and they are recomputed."""
+    the fleet draws from are used by nothing else, so skipping them changes no other
+    draw; only the start ages depend on the policy (computed by the caller)."""
     key = msgspec.json.encode(msgspec.structs.replace(s, token=TokenPolicy()))
-    fleet = _last_fleet.get(key)
-    if fleet is None:
-        fleet = _fleet(s, streams)
+    segments = _last_fleet.get(key)
+    if segments is None:
         _last_fleet.clear()
-        if fleet.times.nbytes <= FLEET_CACHE_BYTES:
-            for array in (fleet.times, fleet.online, fleet.deploy, fleet.group):
-                array.setflags(write=False)
-            _last_fleet[key] = fleet
-        return fleet
-    if not _steady_start(s):
-        return fleet
-    return replace(fleet, start_age=_start_age(s, fleet.start_offline_for, fleet.start_cycle))
+        segments = _Segments(s, _plan(s, streams))
+        _last_fleet[key] = segments
+    segments.scenario = s
+    return segments
 
 
 def _add(target: NDArray[np.float64], index: NDArray[np.int64], values: Any) -> None:
@@ -654,7 +857,8 @@ def _columns(matrix: NDArray[Any], block: int = 64) -> Iterator[NDArray[Any]]:
 
 def _replay(
     s: Scenario,
-    fleet: Fleet,
+    chunk: _Chunk,
+    start_age: NDArray[np.float64],
     delays: _Delays,
     service: _ServiceTimes,
     pt_revoked: NDArray[np.float64],
@@ -664,15 +868,19 @@ def _replay(
     """Walk the segments: lockouts, per-device totals, tracked devices' segments and
     undeliverable stretches. Without ``bins`` (a fixed-point pass that is not reported)
     only what the next pass needs is computed: token ages and the lockouts; the totals
-    are partial and no stretches or tracked segments are recorded (2-3x faster)."""
+    are partial and no stretches or tracked segments are recorded (2-3x faster).
+
+    The walk covers one chunk (devices ``chunk.lo`` on); what it returns names devices
+    by their index in the fleet (totals: the chunk's rows)."""
     report = bins is not None
-    n = s.fleet_size
+    times, online, lo = chunk.times, chunk.online, chunk.lo
+    n = len(times)
     horizon = s.duration
     L = math.inf if s.token.lifetime is None else float(s.token.lifetime)
     fL = L * s.token.refresh_fraction
-    times, online = fleet.times, fleet.online
     steady = _steady_start(s)
-    age = fleet.start_age.copy()
+    age = start_age[lo : lo + n].copy()
+    pt_revoked = pt_revoked[lo : lo + n]
     permanent = np.zeros(n, dtype=bool)
     prev_on = np.ones(n, dtype=bool)
     undeliv_start = np.full(n, np.nan)
@@ -693,7 +901,8 @@ def _replay(
     }
     result = _Lockouts()
     lockout_count = np.zeros(n, dtype=np.int64)
-    tracked = _Tracked.empty(track, times)
+    mine = (track >= lo) & (track < lo + n)
+    tracked = _Tracked.empty(track[mine] - lo, times, lo)
     stretches = _Stretches()
     lam = s.messages.rate_per_hour / HOUR
     cap = float(s.messages.outbox_capacity)
@@ -724,18 +933,20 @@ def _replay(
                 if len(for_good):
                     permanent[for_good] = True
                     on[for_good] = False
-                    result.permanent_device.append(for_good)
+                    result.permanent_device.append(for_good + lo)
                     result.permanent_time.append(t0[for_good])
+                    result.permanent_column.append(np.full(len(for_good), k))
                 recover = idx[~stuck]
                 if len(recover):
                     # the queue's delay at the lockout's time, then its handling
-                    handling = service.of(recover, lockout_count[recover])
+                    handling = service.of(recover + lo, lockout_count[recover])
                     w = delays.of(t0[recover]) + handling
                     age[recover] = -w
                     lockout_count[recover] += 1
                     tot["lockouts"][recover] += 1
                     tot["operations"][recover] += 1 + np.floor(w / s.provisioning.operation_expiry)
-                    result.lockout_device.append(recover)
+                    result.lockout_device.append(recover + lo)
+                    result.lockout_column.append(np.full(len(recover), k))
                     result.lockout_time.append(t0[recover].copy())
                     result.lockout_wait.append(w)
                     result.lockout_service.append(handling)
@@ -801,7 +1012,7 @@ def _replay(
             a_s, b_s = undeliv_start[e], deliver_from[e]
             stretches.start.append(a_s)
             stretches.end.append(b_s)
-            stretches.device.append(e)
+            stretches.device.append(e + lo)
             backlog = np.minimum(cap, lam * (b_s - a_s))
             np.maximum.at(tot["max_backlog"], e, backlog)
             if bins is not None:
@@ -831,7 +1042,7 @@ def _replay(
     if len(still):
         stretches.start.append(undeliv_start[still])
         stretches.end.append(np.full(len(still), np.inf))  # open at the horizon
-        stretches.device.append(still)
+        stretches.device.append(still + lo)
     return _Replay(result, tot, tracked, stretches)
 
 
@@ -931,17 +1142,139 @@ def _leak_exposure(s: Scenario, segs: Iterable[_Segment], leak: float, detected:
     return max(0.0, (until - EPOCH).total_seconds() - leak)
 
 
-def simulate(scenario: Scenario) -> SimulationResult:
-    """Run one scenario; identical scenarios (seed included) give identical results."""
+class _Report(NamedTuple):
+    """A reported pass: the replay of every chunk with its timeline, the devices'
+    totals, and the messages of its undeliverable stretches (drawn per block)."""
+
+    lockouts: _Lockouts
+    totals: dict[str, NDArray[np.float64]]
+    tracked: _TrackedFleet
+    bins: _Bins
+    produced: NDArray[np.int64]
+    lost: NDArray[np.float64]
+    waiting_at_end: NDArray[np.float64]
+    latencies: list[tuple[NDArray[np.float64], float]]
+    """per block: a sample of delivery latencies and the messages it stands for"""
+    connectivity_events: list[pd.DataFrame]
+
+
+LATENCY_SAMPLES = 200_000
+"""delivery latencies sampled per fleet (per block: its share of the devices)"""
+
+
+def _report(
+    s: Scenario,
+    segments: _Segments,
+    chunk_devices: int | None,
+    start_age: NDArray[np.float64],
+    delays: _Delays,
+    service: _ServiceTimes,
+    pt_revoked: NDArray[np.float64],
+    track: NDArray[np.int64],
+) -> _Report:
+    n, horizon, plan = s.fleet_size, s.duration, segments.plan
+    bins = _Bins(horizon, s.timeline_resolution)
+    lam = s.messages.rate_per_hour / HOUR
+    cap = s.messages.outbox_capacity
+    blocks = plan.blocks()
+    # messages: Poisson counts per device (block 0's stream first, as before blocks)
+    first_rng = _block_rng(s.seed, "messages", 0)
+    produced = first_rng.poisson(lam * (horizon - plan.deploy))
+    lost, waiting_at_end = np.zeros(n), np.zeros(n)
+    lockouts, tracked = _Lockouts(), _TrackedFleet()
+    totals: dict[str, NDArray[np.float64]] = {}
+    latencies: list[tuple[NDArray[np.float64], float]] = []
+    connectivity: list[pd.DataFrame] = []
+    for chunk in segments.chunks(chunk_devices):
+        replay = _replay(s, chunk, start_age, delays, service, pt_revoked, bins, track)
+        lockouts.extend(replay.lockouts)
+        tracked.chunks.append(replay.tracked)
+        size = len(chunk.times)
+        for key, values in replay.totals.items():
+            totals.setdefault(key, np.zeros(n))[chunk.lo : chunk.lo + size] = values
+        if n <= EVENTS_PER_DEVICE_LIMIT:
+            connectivity += _connectivity_events(chunk, plan.start_online)
+        # each block's stretches (in the order a replay of the block alone finds them)
+        sa, sb, sd = replay.stretches.arrays()
+        del replay
+        block_of = sd // DEVICE_BLOCK
+        for b in range(
+            chunk.first_block, min(blocks, chunk.first_block + -(-size // DEVICE_BLOCK))
+        ):
+            pick = np.flatnonzero(block_of == b)
+            a, e, d = sa[pick], sb[pick], sd[pick]
+            rng = first_rng if b == 0 else _block_rng(s.seed, "messages", b)
+            open_end = ~np.isfinite(e)
+            length = np.where(open_end, horizon - a, e - a)
+            in_stretch = rng.poisson(lam * np.maximum(length, 0))
+            over = np.maximum(0, in_stretch - cap)
+            lost += np.bincount(d[~open_end], weights=over[~open_end], minlength=n)
+            waiting_at_end += np.bincount(
+                d[open_end], weights=np.minimum(in_stretch, cap)[open_end], minlength=n
+            )
+            # not lost yet
+            waiting_at_end += np.bincount(d[open_end], weights=over[open_end], minlength=n)
+            closed = ~open_end
+            first, last = b * DEVICE_BLOCK, min(n, (b + 1) * DEVICE_BLOCK)
+            delivering = totals["delivering"][first:last].sum()
+            samples = (
+                LATENCY_SAMPLES if blocks == 1 else round(LATENCY_SAMPLES * (last - first) / n)
+            )
+            latencies.append(
+                _latencies(
+                    a[closed], e[closed], in_stretch[closed], cap, delivering * lam, rng, samples
+                )
+            )
+    return _Report(
+        lockouts.merged(),
+        totals,
+        tracked,
+        bins,
+        produced,
+        lost,
+        waiting_at_end,
+        latencies,
+        connectivity,
+    )
+
+
+def _lean_pass(
+    s: Scenario,
+    segments: _Segments,
+    chunk_devices: int | None,
+    start_age: NDArray[np.float64],
+    delays: _Delays,
+    service: _ServiceTimes,
+    pt_revoked: NDArray[np.float64],
+    track: NDArray[np.int64],
+) -> _Lockouts:
+    """A fixed-point pass: the lockouts only (no timeline, totals or stretches)."""
+    lockouts = _Lockouts()
+    for chunk in segments.chunks(chunk_devices):
+        replay = _replay(s, chunk, start_age, delays, service, pt_revoked, None, track)
+        lockouts.extend(replay.lockouts)
+    return lockouts.merged()
+
+
+def simulate(scenario: Scenario, *, chunk_devices: int | None = None) -> SimulationResult:
+    """Run one scenario; identical scenarios (seed included) give identical results.
+
+    The fleet is processed in chunks of ``chunk_devices`` devices (rounded up to whole
+    blocks of :data:`DEVICE_BLOCK`; default one block), which bounds the memory: the
+    results do not depend on it (the timeline's sums up to float rounding)."""
     s = scenario
     streams = RandomStreams.from_seed(s.seed)
-    fleet = _fleet_for(s, streams)
+    segments = _segments_for(s, streams)
+    plan = segments.plan
     n, horizon = s.fleet_size, s.duration
+    start_age = (
+        _start_age(s, plan.start_offline_for, plan.start_cycle) if _steady_start(s) else np.zeros(n)
+    )
     # leaks (drawn before the replay: PT revocations change who can re-provision)
     lk = s.leaks
     rt_rng, pt_rng = streams.registration_token_leaks, streams.provisioning_token_leaks
     rt_dev = rt_rng.integers(0, n, lk.registration_tokens)
-    rt_time = np.maximum(fleet.deploy[rt_dev], rt_rng.uniform(0, horizon, lk.registration_tokens))
+    rt_time = np.maximum(plan.deploy[rt_dev], rt_rng.uniform(0, horizon, lk.registration_tokens))
     rt_detect = rt_time + np.where(
         rt_rng.uniform(size=lk.registration_tokens) < lk.detection_probability,
         sample(lk.detection_delay, rt_rng, lk.registration_tokens),
@@ -969,34 +1302,35 @@ def simulate(scenario: Scenario) -> SimulationResult:
     service = _ServiceTimes(s, int(streams.replay.integers(2**63)))
     delays = _Delays(s.provisioning.working_hours)
     passes, converged, previous = 0, False, -1
+    report: _Report | None = None
+    args = (s, segments, chunk_devices, start_age)
     while True:
         # only the reported pass needs a timeline (~40 % of a pass): pass 1 keeps one
         # (it is the last when nothing meets the queue), later passes none
-        bins = _Bins(horizon, s.timeline_resolution) if passes == 0 else None
-        replay = _replay(s, fleet, delays, service, pt_revoked, bins, track)
+        if passes == 0:
+            report = _report(*args, delays, service, pt_revoked, track)
+            lockouts = report.lockouts
+        else:
+            report = None
+            lockouts = _lean_pass(*args, delays, service, pt_revoked, track)
         passes += 1
-        queue, state = _queue(s, replay.lockouts)
-        used = (
-            np.concatenate(replay.lockouts.lockout_wait)
-            if replay.lockouts.lockout_wait
-            else np.empty(0)
-        )
+        queue, state = _queue(s, lockouts)
+        used = np.concatenate(lockouts.lockout_wait) if lockouts.lockout_wait else np.empty(0)
         converged = _settled(previous, used, queue.wait)
         if converged or passes >= FIXED_POINT_MAX_PASSES:
             break
         previous = len(used)
         delays.blend(state, FIXED_POINT_DAMPING)
-    if bins is None:  # the settled pass once more, with its timeline (replays are exact)
-        bins = _Bins(horizon, s.timeline_resolution)
-        replay = _replay(s, fleet, delays, service, pt_revoked, bins, track)
-    second, tot, tracked = replay.lockouts, replay.totals, replay.tracked
+    if report is None:  # the settled pass once more, with its timeline (replays are exact)
+        report = _report(*args, delays, service, pt_revoked, track)
+    second, tot, tracked, bins = report.lockouts, report.totals, report.tracked, report.bins
     # reported: the final pass's lockouts with the waits that pass replayed (its timeline
     # shows them); approvals after the horizon are censored (still waiting at the end)
     dev, at = queue.device, queue.at
     wait = np.where(at + used <= horizon, used, np.nan)
     approved = at + wait
     # storms' attempts and duplicate-ID pairs (steady reconnect rates)
-    bins.at("connect", fleet.storm_attempts)
+    bins.at("connect", plan.storm_attempts)
     pairs = s.pitfalls.duplicate_id_pairs
     dup_rate = 0.0
     if pairs:
@@ -1006,43 +1340,36 @@ def simulate(scenario: Scenario) -> SimulationResult:
             delay /= 2
         dup_rate = 2 * pairs / delay  # each takeover sends the other device back
         bins.rate["connect"] += dup_rate
-    # messages: Poisson counts per device and per undeliverable stretch
-    lam = s.messages.rate_per_hour / HOUR
-    cap = s.messages.outbox_capacity
-    msg_rng = streams.messages
-    produced = msg_rng.poisson(lam * (horizon - fleet.deploy))
-    sa, sb, sd = replay.stretches.arrays()
-    open_end = ~np.isfinite(sb)
-    length = np.where(open_end, horizon - sa, sb - sa)
-    in_stretch = msg_rng.poisson(lam * np.maximum(length, 0))
-    over = np.maximum(0, in_stretch - cap)
-    lost = np.bincount(sd[~open_end], weights=over[~open_end], minlength=n)
-    waiting_at_end = np.bincount(
-        sd[open_end], weights=np.minimum(in_stretch, cap)[open_end], minlength=n
-    )
-    waiting_at_end += np.bincount(sd[open_end], weights=over[open_end], minlength=n)  # not lost yet
-    delivered = np.maximum(0, produced - lost - waiting_at_end)
-    closed = ~open_end
-    latencies = _latencies(
-        sa[closed], sb[closed], in_stretch[closed], cap, tot["delivering"].sum() * lam, msg_rng
-    )
+    produced, lost = report.produced, report.lost
+    delivered = np.maximum(0, produced - lost - report.waiting_at_end)
     # leaks
     exposures = _exposures(
-        s, tracked, fleet.deploy, rt_dev, rt_time, rt_detect, exposure_devices, streams.exposure
+        s, tracked, plan.deploy, rt_dev, rt_time, rt_detect, exposure_devices, streams.exposure
     )
     # frames
     events = _events(
-        s, fleet, dev, at, approved, second, rt_dev, rt_time, rt_detect, pt_time, pt_detect
+        s,
+        plan,
+        report.connectivity_events,
+        dev,
+        at,
+        approved,
+        second,
+        rt_dev,
+        rt_time,
+        rt_detect,
+        pt_time,
+        pt_detect,
     )
-    device_days = float((horizon - fleet.deploy).sum() / DAY)
+    device_days = float((horizon - plan.deploy).sum() / DAY)
     permanent = np.zeros(n, dtype=bool)
     if second.permanent_device:
         permanent[np.concatenate(second.permanent_device)] = True
     approvals = np.bincount(dev[np.isfinite(wait)], minlength=n)  # within the run
     devices = pd.DataFrame(
         {
-            "group": [s.groups[g].name for g in fleet.group] if s.groups else "fleet",
-            "online_fraction": tot["delivering"] / np.maximum(horizon - fleet.deploy, 1e-9),
+            "group": [s.groups[g].name for g in plan.group] if s.groups else "fleet",
+            "online_fraction": tot["delivering"] / np.maximum(horizon - plan.deploy, 1e-9),
             "lockouts": tot["lockouts"].astype(np.int64),
             "provisioning_operations": tot["operations"].astype(np.int64),
             "technician_approvals": approvals,
@@ -1080,15 +1407,15 @@ def simulate(scenario: Scenario) -> SimulationResult:
             if len(pt_time)
             else 0.0,
             "online_fraction": float(
-                tot["delivering"].sum() / max(1e-9, (horizon - fleet.deploy).sum())
+                tot["delivering"].sum() / max(1e-9, (horizon - plan.deploy).sum())
             ),
             "refreshes_per_device_day": float(tot["refreshes"].sum() / device_days),
             "duplicate_id_connects_per_s": dup_rate,
             "messages_produced": int(produced.sum()),
             "messages_delivered": int(delivered.sum()),
             "messages_lost": int(lost.sum()),
-            "message_latency_p50_s": _rank(latencies, 0.50),
-            "message_latency_p99_s": _rank(latencies, 0.99),
+            "message_latency_p50_s": _latency_rank(report.latencies, 0.50),
+            "message_latency_p99_s": _latency_rank(report.latencies, 0.99),
             **{f"peak_{k}_per_s": float(timeline[f"{k}_per_s"].max()) for k in REQUEST_KINDS},
             **{f"mean_{k}_per_s": float(timeline[f"{k}_per_s"].mean()) for k in REQUEST_KINDS},
         },
@@ -1120,7 +1447,7 @@ def _relative_se(values: NDArray[np.float64]) -> float:
 
 def _exposures(
     s: Scenario,
-    tracked: _Tracked,
+    tracked: _TrackedFleet,
     deploy: NDArray[np.float64],
     rt_dev: NDArray[np.int64],
     rt_time: NDArray[np.float64],
@@ -1176,15 +1503,16 @@ def _latencies(
     cap: int,
     online_messages: float,
     rng: np.random.Generator,
-    samples: int = 200_000,
-) -> NDArray[np.float64]:
+    samples: int = LATENCY_SAMPLES,
+) -> tuple[NDArray[np.float64], float]:
     """A sample of delivery latencies: messages sent while delivering go at once (0 s);
     one produced u seconds into an undeliverable stretch of length D waits D - u (the
-    oldest beyond the outbox capacity are dropped, so only the newest ``cap`` stay)."""
+    oldest beyond the outbox capacity are dropped, so only the newest ``cap`` stay).
+    Returned with the number of delivered messages the sample stands for."""
     kept = np.minimum(counts, cap).astype(np.float64)
     total = online_messages + kept.sum()
     if total <= 0:
-        return np.empty(0)
+        return np.empty(0), 0.0
     n_off = round(samples * kept.sum() / total)
     out = np.zeros(samples)
     if n_off and kept.sum() > 0:
@@ -1192,12 +1520,28 @@ def _latencies(
         length = sb[pick] - sa[pick]
         window = np.where(counts[pick] > cap, length * cap / np.maximum(counts[pick], 1), length)
         out[:n_off] = rng.uniform(0, 1, n_off) * window
-    return out
+    return out, float(total)
+
+
+def _latency_rank(samples: list[tuple[NDArray[np.float64], float]], q: float) -> float:
+    """The nearest-rank quantile of the blocks' latency samples, each sample value
+    weighted by the messages it stands for (one block: :func:`_rank` of its sample)."""
+    if len(samples) == 1:
+        return _rank(samples[0][0], q)
+    values = np.concatenate([v for v, _ in samples])
+    if not len(values):
+        return 0.0
+    weights = np.concatenate([np.full(len(v), w / len(v)) for v, w in samples if len(v)])
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    i = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
+    return float(values[order][min(i, len(values) - 1)])
 
 
 def _events(
     s: Scenario,
-    fleet: Fleet,
+    plan: _Plan,
+    connectivity: list[pd.DataFrame],
     dev: NDArray[np.int64],
     at: NDArray[np.float64],
     approved: NDArray[np.float64],
@@ -1228,19 +1572,10 @@ def _events(
     add(rt_detect, rt_dev, "rt_revoked")
     add(pt_time, -1, "pt_leak")
     add(pt_detect, -1, "pt_revoked")
-    for start, duration, _scope in fleet.outages:
+    for start, duration, _scope in plan.outages:
         add(np.array([start]), -1, "outage_start")
         add(np.array([start + duration]), -1, "outage_end")
-    if s.fleet_size <= EVENTS_PER_DEVICE_LIMIT:
-        times, online = fleet.times[:, :-1], fleet.online
-        prev = np.concatenate([fleet.start_online[:, None], online[:, :-1]], axis=1)
-        live = fleet.times[:, 1:] > times
-        for mask, kind in (
-            (online & ~prev & live, "reconnect"),
-            (~online & prev & live, "disconnect"),
-        ):
-            d, k = np.nonzero(mask)
-            add(times[d, k], d, kind)
+    parts += connectivity
     frame = (
         pd.concat(parts, ignore_index=True)
         if parts
@@ -1248,3 +1583,24 @@ def _events(
     )
     frame["kind"] = pd.Categorical(frame["kind"])
     return frame.sort_values(["time", "device", "kind"], kind="stable").reset_index(drop=True)
+
+
+def _connectivity_events(chunk: _Chunk, start_online: NDArray[np.bool_]) -> list[pd.DataFrame]:
+    """A chunk's reconnects and disconnects (a device offline at t=0 did not
+    disconnect there)."""
+    n = len(chunk.times)
+    times, online = chunk.times[:, :-1], chunk.online
+    first = start_online[chunk.lo : chunk.lo + n, None]
+    prev = np.concatenate([first, online[:, :-1]], axis=1)
+    live = chunk.times[:, 1:] > times
+    parts = []
+    for mask, kind in (
+        (online & ~prev & live, "reconnect"),
+        (~online & prev & live, "disconnect"),
+    ):
+        d, k = np.nonzero(mask)
+        t = times[d, k]
+        parts.append(
+            pd.DataFrame({"time": t, "device": (d + chunk.lo).astype(np.int64), "kind": kind})
+        )
+    return parts
