@@ -22,6 +22,7 @@ from .api.problems import (
     document_problems,
 )
 from .api.requests import PlatformRequest
+from .api.schema_ui import SCHEMA_PATH, asset_routes, render_plugins
 from .broker import start_broker, stop_broker
 from .clock import Clock, SystemClock
 from .services import Services
@@ -119,8 +120,10 @@ def create_app(
             version="0.1.0",
             description="Zero-touch IIoT device provisioning: tokens, operations, devices.",
             components=Components(security_schemes=SECURITY_SCHEMES),
+            # Swagger UI with its scripts served here, not from a CDN (works offline)
+            render_plugins=render_plugins(),
             openapi_router=Router(
-                "/schema", route_handlers=[], include_in_schema=False, opt=PUBLIC
+                SCHEMA_PATH, route_handlers=asset_routes(), include_in_schema=False, opt=PUBLIC
             ),
         ),
         debug=False,
