@@ -1,6 +1,7 @@
-"""``iiot-device run``: a virtual device (a program can be a device).
+r"""``iiot-device run``: a virtual device (a program can be a device).
 
-    iiot-device run --provisioning-token pt_... --server http://127.0.0.1:8000 --db device.db
+    iiot-device run --provisioning-token pt_... --server http://127.0.0.1:8000 --db device.db \
+        --device-id pump-1
 
 Prints the verification code for a technician, then sends a sample telemetry message
 every ``--interval`` seconds and prints desired-property changes, until Ctrl+C.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from .api import ProvisioningOperation
 from .client import DesiredProperties, DeviceClient
 from .clock import SystemClock
-from .errors import DeviceError
+from .errors import DeviceError, DeviceIdRefused
 
 
 def _show_operation(op: ProvisioningOperation) -> None:
@@ -46,6 +47,10 @@ def _run(args: argparse.Namespace) -> int:
             on_provisioning_operation=_show_operation,
             on_desired_properties=_show_desired,
         )
+    except DeviceIdRefused as exc:
+        hint = "" if args.device_id else " (give the device its ID: --device-id ID)"
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 1
     except (DeviceError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -57,3 +57,18 @@ def test_the_sdk_imports_nothing_of_the_platform() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_run_without_a_device_id_says_how_to_give_one(platform: Platform, tmp_path: Path) -> None:
+    """The default token wants the device to name itself: the README's old command, which
+    had no --device-id, ended in "refused Device ID None" and no way forward."""
+    pt = platform.admin.create_provisioning_token("line").provisioning_token
+    result = subprocess.run(
+        [sys.executable, "-m", "iiot_device.cli", "run", "--provisioning-token", pt,
+         "--server", platform.http_url, "--db", str(tmp_path / "d.db")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "requires the device to give its Device ID" in result.stderr
+    assert "(give the device its ID: --device-id ID)" in result.stderr
+    assert "Traceback" not in result.stderr
