@@ -6,10 +6,12 @@ same cells headless in CI that a trainer clicks through live.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -34,6 +36,7 @@ __all__ = [
     "DeviceView",
     "PanelError",
     "PolicyExplorer",
+    "wait_for",
 ]
 
 _DEVICE_ID = re.compile(r"^[0-9A-Za-z_.-]{4,90}$")
@@ -42,6 +45,41 @@ _DEVICE_ID = re.compile(r"^[0-9A-Za-z_.-]{4,90}$")
 def _age(created: datetime, now: datetime) -> str:
     seconds = max(0, int((now - created).total_seconds()))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+async def wait_for(
+    done: Callable[[], bool], *, give_up_after: float, waiting_for: str, poll_every: float = 0.05
+) -> None:
+    """Wait until ``done()`` is true, as a notebook cell that awaits it (``await
+    wait_for(...)``), so a person can click Approve in a panel shown above while the
+    notebook waits, also under Run All (the cells after it run when it ends).
+
+    A kernel runs one cell at a time: a cell that sleeps or joins a thread keeps a
+    button's click queued behind it until the cell ends. While a cell *awaits*,
+    ipykernel (7.4+) dispatches widget messages at once, so the click's handler runs.
+    (jupyter-ui-poll, made for this with blocking cells, cannot pump messages on
+    ipykernel 7.4: the kernel method it drives is gone, and clicks stay queued.)
+
+    Raises :class:`TimeoutError` naming what was awaited after ``give_up_after`` seconds.
+
+    >>> import asyncio, threading
+    >>> ready = threading.Event()
+    >>> threading.Timer(0.01, ready.set).start()
+    >>> asyncio.run(wait_for(ready.is_set, give_up_after=10, waiting_for="the timer"))
+    >>> asyncio.run(wait_for(lambda: False, give_up_after=0.01, waiting_for="nothing"))
+    Traceback (most recent call last):
+    ...
+    TimeoutError: gave up after 0.01 s waiting for nothing
+    """
+    if not (give_up_after > 0 and math.isfinite(give_up_after)):
+        raise ValueError(
+            f"give_up_after: must be a positive number of seconds, not {give_up_after!r}"
+        )
+    deadline = time.monotonic() + give_up_after
+    while not done():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"gave up after {give_up_after:g} s waiting for {waiting_for}")
+        await asyncio.sleep(poll_every)
 
 
 class _Row:

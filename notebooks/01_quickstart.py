@@ -30,9 +30,9 @@ MESSAGES = 20         # telemetry messages the device sends
 
 # %%
 import queue
-import threading
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 
 from iiot_device import DeviceClient
@@ -68,35 +68,44 @@ panel
 # ## Boot the device
 #
 # `DeviceClient.start` opens a Provisioning Operation, shows its verification code (here through a
-# callback), and waits for approval. It runs in a thread so this notebook stays responsive.
+# callback), and waits for approval. It runs in a background thread, so the panel above keeps
+# working while the device waits.
 
 # %%
+from concurrent.futures import ThreadPoolExecutor
+
 shown = queue.Queue()
-started = {}
-
-def boot():
-    started["client"] = DeviceClient.start(
-        pt, platform.data_dir / "device-0001.db",
-        server_url=platform.http_url,
-        device_id="pump-0001",
-        attributes={"site": "hall-3", "model": "P-200"},
-        on_provisioning_operation=shown.put,
-    )
-
-booting = threading.Thread(target=boot, daemon=True)
-booting.start()
+booting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device").submit(
+    DeviceClient.start,
+    pt, platform.data_dir / "device-0001.db",
+    server_url=platform.http_url,
+    device_id="pump-0001",
+    attributes={"site": "hall-3", "model": "P-200"},
+    on_provisioning_operation=shown.put,
+)
 op = shown.get(timeout=30)
 print("The device shows:", op.verification_code)
 
+# %% [markdown]
+# ## Approve
+#
+# Live, click **Approve** on the device's row in the panel above. This cell waits for the
+# device to be registered, and the panel's buttons keep working while it waits, also under
+# *Run All*: the cell *awaits* (`await wait_for(...)`), and while a cell awaits, the kernel
+# handles clicks. In CI the cell approves from code, as the button would.
+
 # %%
+from iiotsim.widgets import wait_for
+
 if LIVE:
-    print("Click Approve in the panel above...")
+    print(f"Click Approve in the panel above for {op.verification_code} ...")
 else:
     panel.refresh()
     panel.approve(op.verification_code)   # what the Approve button does
-booting.join(timeout=600)
-device = started["client"]
-device.device_id, device.registration_token_expires_at
+await wait_for(booting.done, give_up_after=600,
+               waiting_for=f"the device to be approved (code {op.verification_code})")
+device = booting.result()   # the device's own error, if provisioning failed
+print("registered as", device.device_id, "| token valid until", device.registration_token_expires_at)
 
 # %%
 assert device.device_id == "pump-0001"
@@ -119,7 +128,9 @@ frame[["seq", "stream", "message_id", "payload"]].head()
 # %%
 values = pd.DataFrame([json.loads(p) for p in frame["payload"]])
 ax = values.plot(x="n", y="temperature", marker="o", figsize=(7, 3), legend=False)
-ax.set_ylabel("temperature (°C)"); ax.set_title("pump-0001 telemetry");
+ax.set_xlabel("message number"); ax.set_ylabel("temperature (°C)")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # messages are counted, not measured
+ax.set_title("pump-0001 telemetry");
 
 # %%
 assert len(frame) == MESSAGES
@@ -140,7 +151,7 @@ assert (record.connected, record.registration_token_status, record.connection_ta
     True, "valid", 0
 )
 
-# %%
-device.close()
-panel.close()
-platform.stop()
+# %% [markdown]
+# The platform, the device and the panel stay live after *Run All*, so you can keep
+# clicking and sending. When you are done: `device.close(); platform.stop()` (shutting the
+# kernel down also stops them).
