@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from types import TracebackType
 
@@ -29,8 +30,11 @@ from .admin import AdminClient
 class Platform:
     """A running platform for notebooks, tests and hybrid runs (a context manager).
 
-    ``data_dir=None`` keeps the database in a temporary directory removed on exit; a
-    given directory keeps it, so a second ``Platform(data_dir=...)`` sees the same data.
+    ``data_dir=None`` keeps the database in a temporary directory removed at
+    :meth:`stop`, or when the platform is garbage-collected or the interpreter exits (a
+    notebook that keeps its platform live to the end leaves nothing behind when its
+    kernel shuts down); a given directory keeps it, so a second
+    ``Platform(data_dir=...)`` sees the same data.
     ``clock`` (e.g. :class:`iiotsim.clock.ManualClock`) drives every expiry.
     """
 
@@ -49,6 +53,7 @@ class Platform:
         self._temp_dir: str | None = None
         if data_dir is None:
             self._temp_dir = tempfile.mkdtemp(prefix="iiotsim-")
+            self._remove_temp_dir = weakref.finalize(self, shutil.rmtree, self._temp_dir, True)
             data_dir = self._temp_dir
         self.data_dir = Path(data_dir)
         self.admin_key = admin_key or f"ak_{secrets.token_urlsafe(32)}"
@@ -83,7 +88,7 @@ class Platform:
             self._runner.stop()
             self._runner = None
         if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._remove_temp_dir()
             self._temp_dir = None
 
     def _require(self) -> ServerRunner:

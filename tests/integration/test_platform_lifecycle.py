@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -50,3 +52,20 @@ def test_restarted_platform_on_the_same_directory_keeps_its_data(tmp_path: Path)
         first.admin.create_provisioning_token("kept")
     with Platform(data_dir=tmp_path) as second:
         assert [t.name for t in second.admin.list_provisioning_tokens()] == ["kept"]
+
+
+def test_a_platform_left_running_removes_its_temporary_directory_at_exit() -> None:
+    """Notebooks keep their platform live to the end (its widgets stay usable), so the
+    kernel's exit, not ``stop()``, must remove the temporary data directory."""
+    script = (
+        "from iiotsim import Platform\n"
+        "platform = Platform().start()\n"
+        "platform.admin.create_provisioning_token('left-running')\n"
+        "print(platform.data_dir, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    data_dir = Path(done.stdout.strip())
+    assert data_dir.name.startswith("iiotsim-")
+    assert not data_dir.exists()
