@@ -4,6 +4,7 @@ devices matches the simulator's lockouts."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 
 import pytest
@@ -45,8 +46,8 @@ def test_a_link_going_down_closes_connections_and_refuses_new_ones() -> None:
             hub.close()
 
 
-def test_small_hybrid_run_matches_the_simulator() -> None:
-    scenario = Scenario(
+def small_scenario() -> Scenario:
+    return Scenario(
         fleet_size=8,
         duration_days=0.5,
         connectivity=Connectivity(
@@ -59,8 +60,28 @@ def test_small_hybrid_run_matches_the_simulator() -> None:
         messages=Messages(rate_per_hour=0),
         seed=11,
     )
-    with HybridRun(scenario) as run:
-        result = run.run()
+
+
+def test_small_hybrid_run_matches_the_simulator() -> None:
+    calls: list[tuple[float, float]] = []
+    with HybridRun(small_scenario()) as run:
+        result = run.run(progress=lambda done, total: calls.append((done, total)))
+    # progress: simulated seconds, never back, from 0 to the whole horizon
+    horizon = 0.5 * 86400
+    done = [d for d, _ in calls]
+    assert len(calls) > 2 and {t for _, t in calls} == {horizon}
+    assert done[0] == 0 and done[-1] == horizon
+    assert all(a < b for a, b in itertools.pairwise(done))
+    # online over time: the real devices (connection records) beside the prediction
+    online = result.online
+    assert list(online.columns) == ["hybrid", "simulator"]
+    assert online.index.name == "hours" and len(online) == 12
+    assert online.index[0] == 0 and online.index[-1] == 11
+    assert ((online >= 0) & (online <= 8)).all().all()
+    assert online["hybrid"].iloc[0] > 7  # every device starts online with a new token
+    assert online["hybrid"].min() < 8  # and the scenario takes some offline
+    assert online["simulator"].tolist() == result.simulated.timeline["online"].tolist()
+    assert abs(online["hybrid"].mean() - online["simulator"].mean()) <= 1.0
     assert result.off_periods > 0
     row = result.comparison.loc["lockouts per off period"]
     assert abs(row["hybrid"] - row["simulator"]) <= 0.1
