@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
@@ -82,11 +81,15 @@ def serve(
         print("Admin API key: from IIOT_ADMIN_KEY")
     elif not shown:
         print(admin_key_hint(settings))
-    print("Press Ctrl+C to stop.", flush=True)
+    # Ctrl+C and SIGTERM stop the platform once it says so: a handler set before the
+    # prompt, not a KeyboardInterrupt caught around the wait, which missed an interrupt
+    # sent right after the prompt (the process died with -2, its server not stopped).
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print("Press Ctrl+C to stop.", flush=True)
+    stop.wait()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C: stop now
     runner.stop()
     return 0
 
