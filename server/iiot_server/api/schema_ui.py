@@ -9,10 +9,10 @@ under ``/schema/assets/``; the document itself stays at ``/schema/openapi.json``
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from litestar import Router
+from litestar.datastructures import CacheControlHeader
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
     OpenAPIRenderPlugin,
@@ -20,30 +20,17 @@ from litestar.openapi.plugins import (
     YamlRenderPlugin,
 )
 from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 
 from .auth import ACCESS, Access
-
-log = logging.getLogger(__name__)
 
 SCHEMA_PATH = "/schema"
 ASSETS_PATH = f"{SCHEMA_PATH}/assets"
 
 
-def swagger_ui_directory() -> Path | None:
-    """Where the installed Swagger UI files are; None when the package is missing."""
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
-        return None
-    return Path(str(swagger_ui_path))
-
-
 def render_plugins() -> list[OpenAPIRenderPlugin]:
-    """Swagger UI at ``/schema`` with local assets, and the document as JSON and YAML.
-    Without the assets package: Litestar's defaults (CDN-loaded), with a warning."""
-    if swagger_ui_directory() is None:
-        log.warning("swagger-ui-bundle-v2 is not installed: /schema loads its viewer from a CDN")
-        return []
+    """Swagger UI at ``/schema`` (and ``/schema/swagger``) with local assets, and the
+    document as JSON and YAML."""
     return [
         SwaggerRenderPlugin(
             path=["/", "/swagger"],
@@ -60,15 +47,10 @@ def render_plugins() -> list[OpenAPIRenderPlugin]:
 def asset_routes() -> list[Router]:
     """The viewer's files under ``/schema/assets/``, public like the document (cached by
     the browser for a day: they change only with the package)."""
-    directory = swagger_ui_directory()
-    if directory is None:
-        return []
-    from litestar.datastructures import CacheControlHeader
-
     return [
         create_static_files_router(
             path="/assets",
-            directories=[directory],
+            directories=[Path(str(swagger_ui_path))],
             name="schema-assets",
             opt={ACCESS: Access.PUBLIC},
             include_in_schema=False,
