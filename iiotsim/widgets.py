@@ -7,7 +7,9 @@ same cells headless in CI that a trainer clicks through live.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import math
 import re
 import threading
@@ -396,10 +398,15 @@ class PolicyExplorer:
     explorer's numbers at a lifetime are ``simulate()``'s for the base scenario with that
     lifetime. Lifetimes are picked from :data:`ARCHITECT_LIFETIMES_HOURS` (plus the base's
     own, if it is not one of them). Runs are cached by scenario, so a lifetime inside the
-    band only redraws; a change of another control re-runs the band (300 devices x 30
-    days, 8 lifetimes: about 1.5 s on the 2-core machine).
+    band only redraws. A change of another control answers at once for the policy shown
+    (one run), drawing the lifetimes already known and saying the band is updating; the
+    rest of the band runs in a background thread and both plots are redrawn when it is
+    done (a newer change supersedes it). Re-running the whole band before answering took
+    1.5-3 s at 300 devices x 30 days on the 2-core machine; ``benchmarks/explorer.py``
+    prints both times.
 
-    ``explorer.set(lifetime_hours=24, technicians=1)`` does from code what the controls do.
+    ``explorer.set(lifetime_hours=24, technicians=1)`` does from code what the controls
+    do, and returns once the whole band is run (notebooks assert on its numbers).
     """
 
     result: SimulationResult
@@ -410,6 +417,8 @@ class PolicyExplorer:
     """the last figure drawn (trade-off, fleet state)"""
     draws: int
     """how many times the plots were drawn"""
+    band_pending: int
+    """lifetimes of the band still running in the background (0: the plots are final)"""
 
     def __init__(
         self,
@@ -424,7 +433,11 @@ class PolicyExplorer:
         self.lifetimes_hours = tuple(float(h) for h in lifetimes_hours)
         self._cache: OrderedDict[bytes, SimulationResult] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.RLock()  # the cache and the shown state, kernel vs band thread
+        self._generation = 0  # bumped by every change: a stale band run draws nothing
+        self._band_thread: threading.Thread | None = None
         self.draws = 0
+        self.band_pending = 0
         token = self.base.token
         self._base_hours = math.inf if token.lifetime is None else token.lifetime / 3600
         hours = sorted({*ARCHITECT_LIFETIMES_HOURS, *self.lifetimes_hours, self._base_hours})
@@ -544,7 +557,50 @@ class PolicyExplorer:
     def _changed(self) -> None:
         self._enable()
         if not self._holding:
-            self.run()
+            self._answer_now()
+
+    def _answer_now(self) -> None:
+        """A person moved a control: show the policy's run at once, finish the band in a
+        background thread."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        self.result = self._simulate(self.scenario())
+        missing = [h for h in self.lifetimes_hours if not self._cached(self.scenario(h))]
+        with self._lock:
+            self.band_pending = len(missing)
+            self.sweep = self._band(only_cached=True)
+            self._show()
+        if missing:
+            scenarios = [self.scenario(h) for h in missing]
+            self._band_thread = threading.Thread(
+                target=self._finish_band, args=(generation, scenarios),
+                name="policy-explorer-band", daemon=True,
+            )  # fmt: skip
+            self._band_thread.start()
+
+    def _finish_band(self, generation: int, scenarios: list[Scenario]) -> None:
+        try:
+            for scenario in scenarios:
+                if generation != self._generation:
+                    return  # a newer change started its own band
+                self._simulate(scenario)
+            with self._lock:
+                if generation != self._generation:
+                    return
+                self.band_pending = 0
+                self.sweep = self._band(only_cached=True)
+                self._show()
+        except Exception as exc:  # shown in the panel, never a traceback in a thread
+            self.summary.value = f"<span style='color:#b00'>band not updated: {exc}</span>"
+
+    def wait_for_band(self, give_up_after: float = 60.0) -> None:
+        """Wait until the background band run of the last change is drawn (tests)."""
+        thread = self._band_thread
+        if thread is not None:
+            thread.join(give_up_after)
+            if thread.is_alive():
+                raise TimeoutError(f"the band was still running after {give_up_after:g} s")
 
     def _enable(self) -> None:
         """Shape only for lognormal (σ) and Weibull (k); an empirical sample has neither."""
@@ -557,21 +613,30 @@ class PolicyExplorer:
         from .sim import simulate
 
         key = scenario.to_json()
-        result = self._cache.get(key)
+        with self._lock:
+            result = self._cache.get(key)
         if result is None:
-            result = self._cache[key] = simulate(scenario)
+            result = simulate(scenario)  # outside the lock: the other thread may run too
+        with self._lock:
+            self._cache[key] = result
+            self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
         return result
 
-    def run(self) -> SimulationResult:
-        """Run (or recall) the band and the current policy, then redraw both plots."""
+    def _cached(self, scenario: Scenario) -> bool:
+        with self._lock:
+            return scenario.to_json() in self._cache
+
+    def _band(self, *, only_cached: bool = False) -> pd.DataFrame:
+        """One row per lifetime of the band (``only_cached``: those already run)."""
         import pandas as pd
 
         rows = []
         for hours in self.lifetimes_hours:
             scenario = self.scenario(hours)
+            if only_cached and not self._cached(scenario):
+                continue
             rows.append(
                 {
                     "token.lifetime": scenario.token.lifetime,
@@ -581,14 +646,21 @@ class PolicyExplorer:
                     **{str(k): v for k, v in self._simulate(scenario).summary.items()},
                 }
             )
-        self.sweep = pd.DataFrame(rows)
-        self.result = self._simulate(self.scenario())
-        self._show()
+        return pd.DataFrame(rows)
+
+    def run(self) -> SimulationResult:
+        """Run (or recall) the band and the current policy, then redraw both plots."""
+        with self._lock:
+            self._generation += 1  # supersedes a background band still running
+        sweep = self._band()
+        result = self._simulate(self.scenario())
+        with self._lock:
+            self.sweep, self.result, self.band_pending = sweep, result, 0
+            self._show()
         return self.result
 
     def _show(self) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
+        from matplotlib.figure import Figure
 
         from .sim import plots
 
@@ -606,15 +678,35 @@ class PolicyExplorer:
             f" &nbsp;leaked-token exposure mean <b>{s['rt_leak_exposure_mean_h']:.1f} h</b>"
             f" &nbsp;online <b>{100 * s['online_fraction']:.1f}%</b>"
         )
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-        plots.tradeoff(self.sweep, ax=axes[0], highlight=token.lifetime)
-        axes[0].set_xscale("symlog", linthresh=1.0)  # 0 to hundreds of lockouts
-        axes[0].set_title(f"Lifetimes at refresh {token.refresh_fraction:g}; ringed: {policy}")
+        if self.band_pending:
+            self.summary.value += (
+                f" &nbsp;<i>updating the trade-off: {self.band_pending} lifetimes to run</i>"
+            )
+        # a Figure, not pyplot: this may run in the band's thread, and pyplot is not
+        # thread-safe; the PNG goes into the Output widget as its one output (also safe
+        # from a thread, where `with output:` would capture nothing)
+        fig = Figure(figsize=(13, 4.5))
+        axes = fig.subplots(1, 2)
+        if len(self.sweep):
+            plots.tradeoff(self.sweep, ax=axes[0], highlight=token.lifetime)
+            axes[0].set_xscale("symlog", linthresh=1.0)  # 0 to hundreds of lockouts
+        axes[0].set_title(
+            f"Lifetimes at refresh {token.refresh_fraction:g}; ringed: {policy}"
+            + (" (updating)" if self.band_pending else "")
+        )
         plots.fleet_state(self.result, ax=axes[1])
         fig.tight_layout()
-        plt.close(fig)  # shown once, in the output, not again by the inline backend
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=80)
         self.figure = fig
         self.draws += 1
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(fig)  # type: ignore[no-untyped-call]
+        self.output.outputs = (
+            {
+                "output_type": "display_data",
+                "data": {
+                    "image/png": base64.b64encode(png.getvalue()).decode("ascii"),
+                    "text/plain": f"<policy explorer: {policy}>",
+                },
+                "metadata": {},
+            },
+        )

@@ -241,7 +241,9 @@ def test_policy_explorer_every_control_redraws_every_plot() -> None:
     for key, value in changes.items():
         before, draws = explorer.figure, explorer.draws
         explorer.controls[key].value = value  # what a user's click does
-        assert explorer.draws == draws + 1, key
+        explorer.wait_for_band()
+        assert explorer.band_pending == 0, key
+        assert explorer.draws in (draws + 1, draws + 2), key  # at once, and the band
         assert explorer.figure is not before, key
         assert figure_data(explorer.figure) != figure_data(before), key
         if key != "technicians":  # technicians change recovery, not lockouts or exposure
@@ -249,6 +251,36 @@ def test_policy_explorer_every_control_redraws_every_plot() -> None:
             assert tradeoff_now != figure_data(before, slice(0, 1)), key
     assert explorer.result.scenario.connectivity.off == Distribution.weibull(4 * 3600, 0.7)
     assert explorer.result.scenario.provisioning.technicians == 1
+
+
+def test_policy_explorer_answers_a_change_before_the_band_is_run() -> None:
+    """Issue 11: the explorer re-ran every lifetime of the band before answering a
+    change of outages or technicians (1.5-3 s): it now shows the policy at once and
+    finishes the band in the background; a newer change supersedes an older band."""
+    base = notebook_scenario(60, 6)
+    explorer = PolicyExplorer(base, lifetimes_hours=(1, 6, 24))
+    with explorer._lock:  # the band's thread cannot draw while the test looks
+        explorer.controls["technicians"].value = 1
+        assert explorer.result.scenario.provisioning.technicians == 1
+        assert explorer.band_pending == 3
+        assert "updating the trade-off: 3 lifetimes" in explorer.summary.value
+        assert "(updating)" in explorer.figure.axes[0].get_title()
+        superseded = explorer._band_thread
+        explorer.controls["technicians"].value = 2
+    assert superseded is not None
+    superseded.join(60)
+    explorer.wait_for_band()
+    assert explorer.band_pending == 0
+    assert "updating" not in explorer.summary.value
+    assert "(updating)" not in explorer.figure.axes[0].get_title()
+    two = base.replace(**{"provisioning.technicians": 2})
+    for hours, row in zip((1, 6, 24), explorer.sweep.itertuples(), strict=True):
+        expected = simulate(two.replace(**{"token.lifetime": hours * 3600.0})).summary
+        assert row.seed == two.seed
+        assert row.lockouts == expected["lockouts"]
+        assert row.technician_approvals_per_day == expected["technician_approvals_per_day"]
+    shown = explorer.output.outputs[0]["data"]
+    assert "image/png" in shown
 
 
 def test_policy_explorer_labels_are_not_truncated() -> None:
