@@ -46,6 +46,7 @@ TARGET_LOCKOUTS = 1.0   # per 1,000 device-days: what the operations team accept
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 from scipy import stats
 
 from iiotsim.sim import (Connectivity, Distribution, Scenario, compare_policies, plots,
@@ -60,7 +61,11 @@ fleet = Scenario(
                               off=Distribution.lognormal(2 * 3600, 1.5)),
     seed=2026,
 )
-fleet.connectivity
+on, off = fleet.connectivity.on, fleet.connectivity.off
+print(f"{FLEET:,} devices over {DAYS} d. Online periods: {on.kind}, mean {on.mean / 3600:g} h. "
+      f"Offline periods: {off.kind}, mean {off.mean / 3600:g} h, median {off.mean * np.exp(-off.shape**2 / 2) / 60:.0f} min "
+      f"(sigma {off.shape:g}: a long tail of multi-day outages).")
+plain = FuncFormatter(lambda y, _: f"{y:,.0f}")   # log axes read 0, 1, 10, 100: not 10⁰, 10¹
 
 # %% [markdown]
 # ## The policy explorer
@@ -98,15 +103,18 @@ METRICS = ["lockouts_per_1000_device_days", "rt_leak_exposure_mean_h",
            "refreshes_per_device_day", "lockout_recovery_p95_h"]
 grid = sweep(fleet, token__lifetime=[h * 3600 if h else None for h in LIFETIMES_H],
              token__refresh_fraction=REFRESH_FRACTIONS, repetitions=REPETITIONS,
-             processes=2, progress=False)
+             processes=2, progress=True)
 summary = summarize_sweep(grid, METRICS, confidence=CONFIDENCE)
 
 def policy_name(lifetime, fraction):
     lifetime = None if pd.isna(lifetime) else float(lifetime)
     return f"{duration(lifetime)} @ {fraction:g}"
 
+def number(x):   # the same rounding in every column: 551, 17.5, 0.33
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
 def with_interval(stat):   # every metric here is >= 0: a t-interval's lower bound is clipped at 0
-    return f"{stat['mean']:.3g} [{max(stat['low'], 0):.3g}, {stat['high']:.3g}]"
+    return f"{number(stat['mean'])} [{number(max(stat['low'], 0))}, {number(stat['high'])}]"
 
 table = pd.DataFrame(
     {m: [with_interval(summary.loc[p, m]) for p in summary.index] for m in METRICS},
@@ -114,7 +122,7 @@ table = pd.DataFrame(
 )
 table.columns = ["lockouts / 1,000 device-days", "leaked-token exposure (h)",
                  "refreshes / device-day", "recovery p95 (h)"]
-table
+table.rename_axis(f"lifetime @ refresh point (mean [{CONFIDENCE:.0%} CI])")
 
 # %%
 fig, axes = plt.subplots(2, 1, figsize=(11, 6.5))
@@ -122,6 +130,7 @@ plots.policy_heatmap(summary, "lockouts_per_1000_device_days", log=True, ax=axes
 plots.policy_heatmap(summary, "rt_leak_exposure_mean_h", ax=axes[1])
 axes[0].set_title("Lockouts per 1,000 device-days (mean ± 95 % half-width)")
 axes[1].set_title("Leaked-token exposure, mean hours (mean ± 95 % half-width)")
+fig.axes[2].yaxis.set_major_formatter(plain)   # the lockouts' colour bar
 fig.tight_layout()
 
 # %%
@@ -147,7 +156,13 @@ shown = by_lifetime(explorer.sweep)
 first = grid[(grid["repetition"] == 0)
              & (grid["token.refresh_fraction"] == explorer.controls["refresh_fraction"].value)]
 assert np.array_equal(shown.to_numpy(), by_lifetime(first).loc[shown.index].to_numpy())
-early
+print(f"Lifetime 3 d: refreshing at 0.25 instead of 0.5 of the lifetime, paired over {REPETITIONS} repetitions:")
+pd.DataFrame({
+    "refresh at 0.25 − at 0.5": early["difference"], f"{CONFIDENCE:.0%} low": early["low"],
+    f"{CONFIDENCE:.0%} high": early["high"], "half-width, paired": early["half_width"],
+    "half-width, unpaired": early["unpaired_half_width"],
+}).rename(index={"lockouts_per_1000_device_days": "lockouts / 1,000 device-days",
+                 "rt_leak_exposure_mean_h": "leaked-token exposure (h)"}).rename_axis(None).round(2)
 
 # %% [markdown]
 # ## Recommendation
@@ -186,9 +201,12 @@ plots.lifetime_tradeoff(summary, "lockouts_per_1000_device_days", target=TARGET_
                         highlight=(pick_fraction, pick_seconds), ax=axes[0])
 axes[0].set_yscale("symlog", linthresh=1.0)
 axes[0].set_ylim(bottom=0)
+axes[0].yaxis.set_major_formatter(plain)
+axes[0].set_ylabel("lockouts / 1,000 device-days")
 axes[0].set_title("Lockouts (95 % intervals) and the operations team's target")
 plots.lifetime_tradeoff(summary, "rt_leak_exposure_mean_h", highlight=(pick_fraction, pick_seconds), ax=axes[1])
-axes[1].set_ylabel("leaked-token exposure, mean h")
+axes[1].set_ylim(bottom=0)
+axes[1].set_ylabel("leaked-token exposure, mean (h)")
 axes[1].set_title(f"Recommended: {duration(pick_seconds)}, refresh at {pick_fraction:g}")
 fig.tight_layout()
 

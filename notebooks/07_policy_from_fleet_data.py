@@ -37,16 +37,19 @@ LOCKOUT_TARGET = 1.0     # the operations team's target: lockouts per 1,000 devi
 # %%
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from iiotsim.sim import DAY, HOUR, Scenario, compare_policies, fit_connectivity, simulate, summarize_sweep, sweep
-from iiotsim.sim.plots import qq
+from iiotsim.sim.plots import lifetime_tradeoff, qq
 
 DATA = Path("data/fleet_intervals.csv") if Path("data").exists() else Path("notebooks/data/fleet_intervals.csv")
 intervals = pd.read_csv(DATA, parse_dates=["start"])
-(intervals.groupby("state")["duration_s"].describe(percentiles=[0.5, 0.95]) / 3600).round(2).rename(
-    columns=lambda c: f"{c} (h)" if c != "count" else c
-).assign(count=intervals.groupby("state").size())
+observed = (intervals.groupby("state")["duration_s"].describe(percentiles=[0.5, 0.95]) / 3600).round(2)
+observed["count"] = intervals.groupby("state").size()
+observed.rename(columns={"count": "periods", "mean": "mean (h)", "std": "std. dev. (h)", "min": "min (h)",
+                         "50%": "median (h)", "95%": "p95 (h)", "max": "max (h)"}).rename_axis("state")
 
 # %% [markdown]
 # ## The fit
@@ -59,10 +62,21 @@ intervals = pd.read_csv(DATA, parse_dates=["start"])
 # %%
 fit = fit_connectivity(intervals)
 print(fit)
-fit.report().round(3)
+report = fit.report()
+
+def formatted(column, spec):   # the empirical fallback has no parameters: a dash, not NaN
+    return report[column].map(lambda v: "–" if pd.isna(v) else format(v, spec))
+
+pd.DataFrame({
+    "state": report["state"], "family": report["family"], "periods": report["n"],
+    "mean (h)": report["mean_h"].round(2), "shape": formatted("shape", ".2f"),
+    "scipy parameters": report["scipy_params"].fillna("–"), "AIC": formatted("aic", ",.0f"),
+    "Δ AIC": formatted("delta_aic", ",.1f"), "KS statistic": formatted("ks_statistic", ".3f"),
+    "KS p-value": formatted("ks_pvalue", ".2g"), "chosen": report["chosen"].map({True: "✓", False: ""}),
+}).set_index(["state", "family"])
 
 # %%
-qq(fit);
+fig = qq(fit)
 
 # %%
 # The CSV was built with Weibull online periods (mean 5 h, shape 0.7) and lognormal offline
@@ -83,7 +97,7 @@ assert abs(fit.connectivity.off.mean / 60 - 25.0) < 2.5
 fleet = Scenario(fleet_size=FLEET_SIZE, duration_days=DAYS, connectivity=fit.connectivity, seed=7)
 LIFETIMES = [6 * HOUR, DAY, 3 * DAY, 7 * DAY, 30 * DAY]
 FRACTIONS = [0.25, 0.5]
-runs = sweep(fleet, repetitions=REPETITIONS, progress=False,
+runs = sweep(fleet, repetitions=REPETITIONS, progress=True,
              token__lifetime=LIFETIMES, token__refresh_fraction=FRACTIONS)
 metrics = ["lockouts_per_1000_device_days", "rt_leak_exposure_mean_h"]
 table = summarize_sweep(runs, metrics)
@@ -93,11 +107,12 @@ def lifetime_label(seconds):
 
 shown = pd.DataFrame({
     "lockouts / 1,000 device-days": table[(metrics[0], "mean")].round(2),
-    "95 % interval (lockouts)": [f"{lo:.2f} – {hi:.2f}" for lo, hi in zip(table[(metrics[0], "low")], table[(metrics[0], "high")])],
+    # a rate is never negative: the t-interval's lower bound is clipped at 0
+    "95 % interval (lockouts)": [f"{max(lo, 0):.2f} – {hi:.2f}" for lo, hi in zip(table[(metrics[0], "low")], table[(metrics[0], "high")])],
     "leaked-token exposure (h)": table[(metrics[1], "mean")].round(1),
 })
 shown.index = [f"{lifetime_label(l)}, refresh at {f:g}" for l, f in table.index]
-shown
+shown.rename_axis("policy")
 
 # %%
 # The pick: of the policies whose lockouts meet the target even at the top of their
@@ -109,12 +124,33 @@ lifetime, fraction = float(pick[0]), float(pick[1])
 print(f"Recommended: lifetime {lifetime_label(lifetime)}, refresh at {fraction:g} of it "
       f"(every {lifetime_label(lifetime * fraction)}).")
 print(f"Lockouts {table.loc[pick, (metrics[0], 'mean')]:.2f} per 1,000 device-days "
-      f"(95 %: {table.loc[pick, (metrics[0], 'low')]:.2f} – {table.loc[pick, (metrics[0], 'high')]:.2f}); "
+      f"(95 %: {max(table.loc[pick, (metrics[0], 'low')], 0):.2f} – {table.loc[pick, (metrics[0], 'high')]:.2f}); "
       f"leaked-token exposure {table.loc[pick, (metrics[1], 'mean')]:.1f} h.")
 difference = compare_policies(runs,
     {"token.lifetime": float(runner_up[0]), "token.refresh_fraction": float(runner_up[1])},
     {"token.lifetime": lifetime, "token.refresh_fraction": fraction}, metrics)
-difference.round(3)
+print(f"Against the runner-up ({lifetime_label(float(runner_up[0]))}, refresh at {float(runner_up[1]):g}), "
+      f"paired over {REPETITIONS} repetitions:")
+pd.DataFrame({
+    "recommended − runner-up": difference["difference"],
+    "95 % low": difference["low"], "95 % high": difference["high"],
+    "half-width, paired": difference["half_width"], "half-width, unpaired": difference["unpaired_half_width"],
+}, index=difference.index).rename(index={metrics[0]: "lockouts / 1,000 device-days",
+                                         metrics[1]: "leaked-token exposure (h)"}).rename_axis(None).round(2)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+lifetime_tradeoff(table, metrics[0], target=LOCKOUT_TARGET, highlight=(fraction, lifetime), ax=axes[0])
+axes[0].set_yscale("symlog", linthresh=1.0)
+axes[0].set_ylim(bottom=0)
+axes[0].yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))   # 0, 1, 10: not 10⁰
+axes[0].set_ylabel("lockouts / 1,000 device-days")
+axes[0].set_title("Lockouts (95 % intervals) and the target")
+lifetime_tradeoff(table, metrics[1], highlight=(fraction, lifetime), ax=axes[1])
+axes[1].set_ylim(bottom=0)
+axes[1].set_ylabel("leaked-token exposure, mean (h)")
+axes[1].set_title(f"Recommended: {lifetime_label(lifetime)}, refresh at {fraction:g}")
+fig.tight_layout()
 
 # %%
 # Checked independently: the picked policy, simulated afresh on a fleet the sweep never
