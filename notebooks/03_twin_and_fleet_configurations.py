@@ -24,6 +24,10 @@ DEVICES = 3
 
 # %%
 import threading
+import time
+
+import matplotlib.pyplot as plt
+import pandas as pd
 from iiot_device import DeviceClient
 from iiotsim import Platform
 from iiotsim.widgets import DeviceView
@@ -31,10 +35,15 @@ from iiotsim.widgets import DeviceView
 platform = Platform().start()
 token = platform.admin.create_provisioning_token("pumps")
 devices = {}
+started = time.monotonic()
+applied_log = []   # (seconds since start, device, interval it runs at): for the plot below
+actions = []       # (seconds since start, what the platform was told)
+
 def applied(name):
     def on_desired(desired):   # a device applies what it is told and reports it back
         devices[name].update_reported_properties(
             {k: v for k, v in desired.properties.items()} | {"applied_version": desired.version})
+        applied_log.append((time.monotonic() - started, name, desired.properties.get("interval")))
     return on_desired
 
 for i in range(DEVICES):
@@ -45,16 +54,31 @@ for i in range(DEVICES):
                                        on_desired_properties=applied(name))
 for i, name in enumerate(devices):
     platform.admin.update_tags(name, {"site": "hall-3" if i % 2 == 0 else "hall-7"})
-sorted(devices)
+print("devices:", ", ".join(sorted(devices)))
+
+# %% [markdown]
+# ## Two configurations for one site
+#
+# Both target the pumps of hall 3; the higher priority wins where they overlap.
 
 # %%
+def configurations_table():
+    return pd.DataFrame(
+        [{"configuration": c.id, "priority": c.priority,
+          "sets": ", ".join(f"{k} = {v}" for k, v in c.desired_properties.items()),
+          "devices targeted": c.metrics.targeted, "devices applied": c.metrics.applied}
+         for c in platform.admin.list_fleet_configurations()]
+    ).set_index("configuration")
+
 config = platform.admin.create_fleet_configuration(
     {"eq": {"path": "tags.site", "value": "hall-3"}}, {"interval": 30}, priority=1,
     configuration_id="hall3-slow")
+actions.append((time.monotonic() - started, "hall3-slow (priority 1) created"))
 override = platform.admin.create_fleet_configuration(
     {"eq": {"path": "tags.site", "value": "hall-3"}}, {"interval": 5}, priority=9,
     configuration_id="hall3-urgent")
-(config.metrics, override.metrics)
+actions.append((time.monotonic() - started, "hall3-urgent (priority 9) created"))
+configurations_table()
 
 
 # %%
@@ -68,23 +92,103 @@ def wait(check, timeout=30):
 hall3 = [n for i, n in enumerate(devices) if i % 2 == 0]
 assert wait(lambda: all(devices[n].desired_properties.properties.get("interval") == 5 for n in hall3))
 assert wait(lambda: platform.admin.get_fleet_configuration("hall3-urgent").metrics.applied == len(hall3))
-metrics = platform.admin.get_fleet_configuration("hall3-urgent").metrics
-metrics
+configurations_table()   # the devices have applied it and reported it back
 
 # %%
 m = platform.admin.get_fleet_configuration("hall3-urgent").metrics
 assert (m.targeted, m.applied) == (len(hall3), len(hall3))
 
+# %% [markdown]
+# ## One device's twin
+#
+# Desired and reported properties, tags, connection state and recent messages of `pump-0000`;
+# edit its desired properties or tags with a JSON merge patch and **Patch**. (A static export
+# of this notebook shows the widget blank: the plot and table below tell the same story.)
+
 # %%
 view = DeviceView(platform.admin, "pump-0000")
 view
 
-# %%
-platform.admin.delete_fleet_configuration("hall3-urgent")   # the lower priority takes over
-assert wait(lambda: all(devices[n].desired_properties.properties.get("interval") == 30 for n in hall3))
-assert "pump-0001" not in hall3 and "interval" not in devices["pump-0001"].desired_properties.properties
+# %% [markdown]
+# ## The lower priority takes over
+#
+# Deleting the urgent configuration leaves hall 3 to the slow one.
 
 # %%
-for d in devices.values():
-    d.close()
-platform.stop()
+platform.admin.delete_fleet_configuration("hall3-urgent")   # the lower priority takes over
+actions.append((time.monotonic() - started, "hall3-urgent deleted"))
+assert wait(lambda: all(devices[n].desired_properties.properties.get("interval") == 30 for n in hall3))
+assert "pump-0001" not in hall3 and "interval" not in devices["pump-0001"].desired_properties.properties
+assert wait(lambda: all(platform.admin.get_twin(n).reported.properties.get("interval") == 30 for n in hall3))
+
+
+# %%
+def twin_table():
+    rows = []
+    for name in devices:
+        twin = platform.admin.get_twin(name)
+        rows.append({
+            "device": name, "site": twin.tags.properties.get("site"),
+            "desired interval (s)": twin.desired.properties.get("interval"),
+            "reported interval (s)": twin.reported.properties.get("interval"),
+            "desired version": twin.desired.version,
+            "reported: applied version": twin.reported.properties.get("applied_version"),
+        })
+    table = pd.DataFrame(rows).set_index("device")
+    numbers = [c for c in table.columns if c != "site"]
+    table[numbers] = table[numbers].astype("Int64")   # whole numbers; none set: blank
+    table["in sync"] = (table["desired version"] == table["reported: applied version"]).map(
+        {True: "yes", False: "no"})
+    return table.astype(object).where(table.notna(), "–")
+
+twin_table()
+
+# %%
+end = time.monotonic() - started
+log = pd.DataFrame(applied_log, columns=["seconds", "device", "interval"])
+first = min(t for t, _ in actions)
+fig, axes = plt.subplots(len(devices), 1, figsize=(8, 1.3 + 1.2 * len(devices)), sharex=True)
+for ax, (name, client) in zip(axes, devices.items()):
+    runs = log[(log["device"] == name) & log["interval"].notna()]
+    site = platform.admin.get_twin(name).tags.properties["site"]
+    if len(runs):
+        ax.step(list(runs["seconds"]) + [end], list(runs["interval"]) + [runs["interval"].iloc[-1]],
+                where="post", marker="o", color="tab:blue")
+    else:
+        ax.text(0.5, 0.5, "targeted by neither configuration: no interval set",
+                transform=ax.transAxes, ha="center", va="center", color="dimgrey")
+    for t, what in actions:
+        ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 35)
+    ax.set_yticks([5, 30])
+    ax.set_ylabel(f"{name}\n{site}", rotation=0, ha="right", va="center")
+left = first - 0.1 * (end - first)
+for k, (t, what) in enumerate(actions):   # name each platform action once, above the plots
+    right_half = t > (left + end) / 2
+    axes[0].annotate(what, (t, 35), xytext=(0, 3 + 11 * k), textcoords="offset points",
+                     fontsize=8, ha="right" if right_half else "left", va="bottom", color="dimgrey",
+                     arrowprops={"arrowstyle": "-", "color": "lightgrey", "linewidth": 0.8})
+axes[-1].set_xlim(left, end)
+axes[-1].set_xlabel("seconds since the devices started")
+fig.suptitle("Interval each device applied (s): hall 3 follows the highest-priority configuration",
+             fontsize=10, y=0.02, va="bottom")
+fig.tight_layout(rect=(0, 0.06, 1, 1));
+
+# %% [markdown]
+# ## Still live
+#
+# The platform, the devices and the view above stay live after *Run All*: patch `pump-0000`'s
+# desired properties in the view (or from code, as here) and the device applies and reports them.
+
+# %%
+import html
+
+view.set_desired({"mode": "eco"})   # what "Patch desired" does
+assert wait(lambda: platform.admin.get_twin("pump-0000").reported.properties.get("mode") == "eco")
+view.refresh()
+assert html.escape('"mode": "eco"') in view.sections["reported"].value   # the view shows it
+twin_table()
+
+# %% [markdown]
+# When you are done: `for d in devices.values(): d.close()` and `platform.stop()` (shutting the
+# kernel down also stops them).

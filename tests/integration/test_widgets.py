@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import jupytext
 import numpy as np
 import pandas as pd
 import pytest
@@ -290,3 +293,46 @@ def test_policy_explorer_labels_are_not_truncated() -> None:
         assert control.style.description_width == "initial", key
         assert control.description, key
     assert explorer.controls["off_mean_hours"].description == "outage mean (h)"
+
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+_SHOWN = re.compile(
+    r"^(\w+)\s*=\s*(?:Platform|ApprovalPanel|DeviceView|PolicyExplorer)\(", re.MULTILINE
+)
+
+
+def closed_after_run_all(source: str) -> list[str]:
+    """The calls in a notebook's code that close a widget or stop a platform the notebook
+    made (``panel.close()``, ``platform.stop()``, ``platform.admin.close()``): after Run
+    All, a person still clicks what those cells killed."""
+    cells = [
+        c.source for c in jupytext.reads(source, fmt="py:percent").cells if c.cell_type == "code"
+    ]
+    code = "\n".join(cells)
+    names = set(_SHOWN.findall(code))
+    return [
+        m.group(0)
+        for name in sorted(names)
+        for m in re.finditer(rf"\b{name}(?:\.admin)?\.(?:close|stop)\(\)", code)
+    ]
+
+
+def test_the_closing_check_finds_a_teardown_cell() -> None:
+    source = "# %%\nplatform = Platform().start()\npanel = ApprovalPanel(platform.admin)\n" + (
+        "# %%\npanel.close(); platform.stop()\n"
+    )
+    assert closed_after_run_all(source) == ["panel.close()", "platform.stop()"]
+    assert (
+        closed_after_run_all(source.replace("# %%\npanel.close", "# %% [markdown]\n# panel.close"))
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "source", sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.py")), ids=lambda p: p.stem
+)
+def test_no_notebook_kills_what_a_person_still_uses_after_run_all(source: Path) -> None:
+    """Notebook 05 closed its approval panel in its last cell (the panel ended empty) and
+    03 stopped its platform (the device view's "Patch desired" answered "the client has
+    been closed"). A notebook ends with a note on how to stop instead."""
+    assert closed_after_run_all(source.read_text()) == []
