@@ -68,7 +68,10 @@ comparison.apply(lambda row: row.map("{:.3f}".format if row.name == "lockouts pe
 #
 # The real devices' count comes from the platform's own connection records
 # (`GET /api/v1/devices/{id}/connections`): the MQTT connects and disconnects the broker saw.
-# Both series are the mean number of devices online in each quarter hour.
+# Both series are the mean number of devices online in each quarter hour. The network cuts
+# follow the simulator's own draw, so the two lines part only where the platform and the
+# simulator disagree on what a device did when its network came back (a lockout, a late
+# reconnect).
 
 # %%
 online = result.online
