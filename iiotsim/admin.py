@@ -19,8 +19,10 @@ embedded platform, a few seconds):
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -55,12 +57,25 @@ class AdminClient:
     """Technician/admin API calls with an API key. Every call raises
     :class:`~iiotsim.errors.PlatformError` with the platform's problem on refusal."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        ca_cert: str | Path | None = None,
+    ) -> None:
+        """``ca_cert``: a PEM file of the CA to trust for an ``https://`` platform (e.g.
+        ``Platform.ca_cert_path``, the development CA); None: the system's trust store."""
         self.base_url = base_url.rstrip("/")
+        verify: ssl.SSLContext | bool = True
+        if ca_cert is not None:
+            verify = ssl.create_default_context(cafile=str(ca_cert))
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout,
+            verify=verify,
         )
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """The ``iiotsim`` command.
 
-    iiotsim serve [--host H] [--port P] [--mqtt-port M] [--database-url URL]
+    iiotsim serve [--host H] [--port P] [--mqtt-port M] [--database-url URL] [--data-dir D]
+                  [--tls | --tls-cert CERT --tls-key KEY]
     iiotsim simulate SCENARIO.json --out DIR [--processes N]
     iiotsim lab [JUPYTER ARGS...]
     iiotsim token create | operations | approve | cancel | devices | messages | admin-key create

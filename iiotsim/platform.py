@@ -23,6 +23,7 @@ from iiot_server.clock import Clock
 from iiot_server.runner import ServerRunner
 from iiot_server.services import Services
 from iiot_server.settings import Settings, sqlite_url
+from iiot_server.tls import development_certificates
 
 from .admin import AdminClient
 
@@ -36,6 +37,9 @@ class Platform:
     kernel shuts down); a given directory keeps it, so a second
     ``Platform(data_dir=...)`` sees the same data.
     ``clock`` (e.g. :class:`iiotsim.clock.ManualClock`) drives every expiry.
+    ``tls=True`` serves HTTPS and MQTT over TLS with a development CA made at first start
+    in ``data_dir/tls/`` (reused after; :attr:`ca_cert_path` is what devices trust), unless
+    ``settings`` name a certificate and key of the operator's own.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class Platform:
         database_url: str | None = None,
         admin_key: str | None = None,
         settings: Settings | None = None,
+        tls: bool = False,
     ) -> None:
         self._temp_dir: str | None = None
         if data_dir is None:
@@ -70,13 +75,22 @@ class Platform:
             }
         )
         self.clock = clock
+        self.tls = tls or self.settings.tls
+        self.ca_cert_path: Path | None = None
+        """The CA (PEM) a client of this platform trusts when :attr:`tls` is on: the
+        development CA, or None when ``settings`` gave the operator's certificate."""
         self._runner: ServerRunner | None = None
         self._admin: AdminClient | None = None
 
     def start(self) -> Platform:
         """Start the servers; returns once they answer."""
+        if self.tls and not self.settings.tls:
+            files = development_certificates(self.data_dir, (self.settings.host,))
+            self.settings.tls_cert_file = str(files.cert)
+            self.settings.tls_key_file = str(files.key)
+            self.ca_cert_path = files.ca_cert
         self._runner = ServerRunner(self.settings, self.clock).start()
-        self._admin = AdminClient(self._runner.http_url, self.admin_key)
+        self._admin = AdminClient(self._runner.http_url, self.admin_key, ca_cert=self.ca_cert_path)
         return self
 
     def stop(self) -> None:

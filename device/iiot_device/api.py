@@ -9,10 +9,12 @@ Registration Token call an invalid RT), then the field a 400 names. Anything els
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -70,6 +72,8 @@ class Registration:
     refresh_after: float | None
     lifetime: float | None
     max_mqtt_message_size: int
+    mqtt_tls: bool = False
+    """MQTT over TLS (the platform says so at registration)."""
 
 
 class Credential(Enum):
@@ -181,8 +185,15 @@ def _refused(
 class DeviceApi:
     """Blocking calls (with a timeout) to the platform's device API."""
 
-    def __init__(self, server_url: str, *, timeout: float = 10.0) -> None:
-        self.http = httpx.Client(base_url=server_url.rstrip("/"), timeout=timeout)
+    def __init__(
+        self, server_url: str, *, timeout: float = 10.0, ca_cert: str | Path | None = None
+    ) -> None:
+        """``ca_cert``: PEM file of the CA to trust for an ``https://`` platform (its
+        development CA); None: the system's trust store."""
+        verify: ssl.SSLContext | bool = True
+        if ca_cert is not None:
+            verify = ssl.create_default_context(cafile=str(ca_cert))
+        self.http = httpx.Client(base_url=server_url.rstrip("/"), timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self.http.close()
@@ -257,6 +268,7 @@ class DeviceApi:
             b.get("refreshAfter"),
             b.get("registrationTokenLifetime"),
             int(b.get("maxMqttMessageSize") or 262144),
+            bool(b.get("mqttTls", False)),
         )
 
     def refresh(self, pt: str, rt: str) -> IssuedToken:

@@ -46,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
             device_id=args.device_id,
             on_provisioning_operation=_show_operation,
             on_desired_properties=_show_desired,
+            ca_cert=args.ca_cert,
         )
     except DeviceIdRefused as exc:
         hint = "" if args.device_id else " (give the device its ID: --device-id ID)"
@@ -84,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="run a virtual device")
     run.add_argument("--provisioning-token", required=True, help="the device's PT (pt_...)")
     run.add_argument("--server", required=True, help="platform URL, e.g. http://127.0.0.1:8000")
+    run.add_argument(
+        "--ca-cert",
+        default=None,
+        help="PEM file of the CA to trust for an https:// platform (`iiotsim serve --tls` "
+        "prints its path); default: the system's trust store",
+    )
     run.add_argument("--db", required=True, help="the device's local SQLite database")
     run.add_argument("--device-id", help="Device ID to ask for (if the token allows)")
     run.add_argument("--stream", default="telemetry")

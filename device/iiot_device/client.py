@@ -213,6 +213,7 @@ class DeviceClient:
         http_timeout: float = 10.0,
         rng: random.Random | None = None,
         mqtt_address: tuple[str, int] | None = None,
+        ca_cert: str | Path | None = None,
     ) -> None:
         if not provisioning_token:
             raise ValueError("provisioning_token is required")
@@ -237,7 +238,9 @@ class DeviceClient:
         self._mqtt_address = mqtt_address
         """connect here instead of the broker named at registration (a gateway or proxy)"""
         self._store = LocalStore(db_path, limits=outbox, durability=durability)
-        self._api = DeviceApi(server_url, timeout=http_timeout)
+        self._ca_cert = None if ca_cert is None else str(ca_cert)
+        """PEM CA file trusted over HTTPS and MQTT over TLS; None: the system store"""
+        self._api = DeviceApi(server_url, timeout=http_timeout, ca_cert=ca_cert)
 
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -664,6 +667,8 @@ class DeviceClient:
             reconnect_on_failure=False,
         )
         client.username_pw_set(reg.mqtt_username, reg.mqtt_password)
+        if reg.mqtt_tls:  # the server's certificate checked against ca_cert (or the system's)
+            client.tls_set(ca_certs=self._ca_cert)
         client.max_inflight_messages_set(self._max_inflight)
         client.max_queued_messages_set(0)
         answered = threading.Event()

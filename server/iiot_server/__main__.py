@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .domain.errors import SettingsError
 from .runner import ServerRunner
-from .settings import Settings
+from .settings import DEFAULT_DATA_DIR, Settings, sqlite_url
+from .tls import TLS_DIR, TlsFiles, development_certificates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mqtt-port", type=int, default=1883, help="embedded MQTT broker port")
     parser.add_argument("--no-mqtt", action="store_true", help="run the HTTP API only")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"directory of the SQLite database (unless --database-url) and of tls/ "
+        f"(default: {DEFAULT_DATA_DIR}/, or the SQLite database's directory)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="HTTPS and MQTT over TLS on the same ports, with a development CA made at "
+        "first start in DATA_DIR/tls/ca.pem (devices trust that file), unless --tls-cert "
+        "and --tls-key are given",
+    )
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate (chain) to serve")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +59,31 @@ def _default_admin_key_hint(_: Settings) -> str:
     )
 
 
+def _data_dir(args: argparse.Namespace) -> Path:
+    """Where ``serve`` keeps files: ``--data-dir``, else the SQLite database's directory,
+    else the default."""
+    if args.data_dir is not None:
+        return Path(args.data_dir)
+    url = args.database_url or os.environ.get("IIOT_DATABASE_URL")
+    if url and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///")).parent
+    return DEFAULT_DATA_DIR
+
+
+def _tls_files(args: argparse.Namespace, data_dir: Path) -> TlsFiles | None:
+    """The certificate to serve: the operator's, a development one, or None (no TLS)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SettingsError("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+            if not Path(path).is_file():
+                raise SettingsError(f"{option} {path}: no such file")
+        return TlsFiles(cert=Path(args.tls_cert), key=Path(args.tls_key))
+    if args.tls:
+        return development_certificates(data_dir, (args.host,))
+    return None
+
+
 def serve(
     args: argparse.Namespace,
     *,
@@ -50,10 +94,17 @@ def serve(
     creates no admin key (the database has one), prints ``admin_key_hint(settings)``:
     where the key went and how to get a new one."""
     try:
+        data_dir = _data_dir(args)
+        tls = _tls_files(args, data_dir)
+        database_url = args.database_url
+        if database_url is None and args.data_dir is not None:
+            database_url = sqlite_url(data_dir)
         settings = Settings.from_environment(
             host=args.host,
             port=args.port,
-            database_url=args.database_url,
+            database_url=database_url,
+            tls_cert_file=None if tls is None else str(tls.cert),
+            tls_key_file=None if tls is None else str(tls.key),
             mqtt_host=args.host,
             mqtt_port=args.mqtt_port,
             mqtt_enabled=not args.no_mqtt,
@@ -61,6 +112,9 @@ def serve(
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, ValueError) as exc:  # the data directory, or a CA file we cannot read
+        print(f"error: TLS certificates in {data_dir / TLS_DIR}: {exc}", file=sys.stderr)
+        return 1
 
     shown: list[str] = []
 
@@ -76,7 +130,10 @@ def serve(
         return 1
     print(f"iiotsim platform listening on {runner.http_url} (OpenAPI: {runner.http_url}/schema)")
     if settings.mqtt_enabled:
-        print(f"MQTT broker on {settings.mqtt_host}:{settings.mqtt_port}")
+        over = " (MQTT over TLS)" if settings.tls else ""
+        print(f"MQTT broker on {settings.mqtt_host}:{settings.mqtt_port}{over}")
+    if tls is not None and tls.ca_cert is not None:
+        print(f"Development CA (devices and clients trust this file): {tls.ca_cert.resolve()}")
     if settings.admin_key:
         print("Admin API key: from IIOT_ADMIN_KEY")
     elif not shown:

@@ -82,7 +82,8 @@ class ServerRunner:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ServerRunner:
         """Start serving; returns once the server answers (or raises why it could not)."""
@@ -109,6 +110,8 @@ class ServerRunner:
             ),
             timeout_keep_alive=self.settings.http_keep_alive_timeout,  # type: ignore[arg-type]
             timeout_graceful_shutdown=5,
+            ssl_certfile=self.settings.tls_cert_file,
+            ssl_keyfile=self.settings.tls_key_file,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="iiot-server", daemon=True)

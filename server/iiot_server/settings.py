@@ -37,6 +37,12 @@ class Settings(msgspec.Struct, kw_only=True):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     """Port of the embedded broker (0 = a free port); registration reports the real one."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) both listeners serve; with ``tls_key_file`` it turns TLS on:
+    HTTPS and MQTT over TLS on the same ports. ``iiotsim serve --tls`` fills both with a
+    development CA's certificate when the operator gives none (``iiot_server.tls``)."""
+    tls_key_file: str | None = None
+    """PEM private key of ``tls_cert_file``."""
     max_mqtt_message_size: int = 256 * 1024
     mqtt_max_packet_size: int | None = None
     """Largest MQTT packet (bytes, headers included) the broker reads; a bigger announced
@@ -94,7 +100,16 @@ class Settings(msgspec.Struct, kw_only=True):
     by 10,000 devices booting at once (one request each, then a poll every 2 s: 5,000/s);
     per-device PTs are held by the per-device bucket long before this one."""
 
+    @property
+    def tls(self) -> bool:
+        """Whether the listeners speak TLS."""
+        return self.tls_cert_file is not None
+
     def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError(
+                "tls_cert_file and tls_key_file (--tls-cert, --tls-key) go together"
+            )
         # A key without the prefix would be stored, then refused on every request
         # ("expected an API key (ak_…)"): refuse it here, where the operator sees why.
         if self.admin_key is not None and not self.admin_key.startswith("ak_"):

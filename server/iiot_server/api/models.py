@@ -101,6 +101,8 @@ class RegisterResponse(Wire):
     device_id: str
     mqtt_host: str
     mqtt_port: int
+    mqtt_tls: bool
+    """MQTT over TLS on ``mqtt_port`` (trust the platform's CA), else plain MQTT."""
     mqtt_client_id: str
     mqtt_username: str
     mqtt_password: str
@@ -116,6 +118,7 @@ class RegisterResponse(Wire):
             device_id=r.device_id,
             mqtt_host=r.mqtt_host,
             mqtt_port=r.mqtt_port,
+            mqtt_tls=r.mqtt_tls,
             mqtt_client_id=r.device_id,
             mqtt_username=r.mqtt_username,
             mqtt_password=r.mqtt_password,

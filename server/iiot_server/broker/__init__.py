@@ -24,8 +24,16 @@ async def start_broker(services: Services, host: str, port: int) -> PlatformBrok
     """Start the broker on ``host:port`` (0 = a free port) in the running event loop and
     tell registration which port devices should use."""
     name = str(uuid.uuid4())
+    listener: dict[str, object] = {"type": "tcp", "bind": f"{host}:{port}", "max_connections": -1}
+    settings = services.settings
+    if settings.tls:  # MQTT over TLS on this port (an 8883-style listener), same certificate
+        listener |= {
+            "ssl": True,
+            "certfile": settings.tls_cert_file,
+            "keyfile": settings.tls_key_file,
+        }
     config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": -1}},
+        "listeners": {"default": listener},
         # a `plugins` key replaces every default plugin: anonymous access included
         "plugins": {path: {"platform": name} for path in _PLUGINS},
         "timeout_disconnect_delay": 2,

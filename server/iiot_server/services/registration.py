@@ -93,6 +93,7 @@ class Registration:
     workspace_id: str
     mqtt_host: str
     mqtt_port: int
+    mqtt_tls: bool
     mqtt_username: str
     mqtt_password: str
     expires_at: datetime | None
@@ -296,6 +297,7 @@ class RegistrationService:
             workspace_id=s.workspace_id,
             mqtt_host=s.mqtt_host,
             mqtt_port=s.mqtt_port,
+            mqtt_tls=s.tls,
             mqtt_username=token.device_id,
             mqtt_password=password,
             expires_at=token.expires_at,
