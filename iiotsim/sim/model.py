@@ -40,9 +40,12 @@ from .technicians import QueueState, queue_state, working_delay
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 REQUEST_KINDS = ("connect", "refresh", "register", "provisioning", "twin_get", "messages")
+REFRESH_KINDS = ("refresh", "register", "connect")
+"""the requests of one token refresh (spread alike)"""
 EVENTS_PER_DEVICE_LIMIT = 2000  # fleets up to this size get connectivity events too
 FIXED_POINT_MAX_PASSES = 20
-"""cap on fleet/queue passes (measured: 2 at low load, 3-5 near saturation; see docs)"""
+"""cap on fleet/queue passes (measured on notebook 02's year: 1 from 7 d tokens up, 5 at
+3 d, 9 at 1 d, 13 at 1 h; see docs)"""
 FIXED_POINT_DAMPING = 0.5
 """weight of each new pass's queue in the delays the next pass replays"""
 FIXED_POINT_TOLERANCE = (0.01, 2, 60.0)
@@ -559,10 +562,11 @@ def _block_segments(
     np.minimum(times, horizon, out=times)
     # drop columns that start at the horizon for every device
     keep = max(1, int((times < horizon).sum(axis=1).max())) if nb else 1
-    trimmed = np.empty((nb, keep + 1))
+    # column-major: the replay walks the columns, each then contiguous
+    trimmed = np.empty((nb, keep + 1), order="F")
     trimmed[:, :keep] = times[:, :keep]
     trimmed[:, keep] = horizon
-    return trimmed, np.ascontiguousarray(online[:, :keep])
+    return trimmed, np.asfortranarray(online[:, :keep])
 
 
 def _pad(
@@ -579,7 +583,7 @@ def _pad(
     online = np.concatenate(
         [np.pad(o, ((0, 0), (0, width - 1 - o.shape[1])), constant_values=False) for _, o in parts]
     )
-    return times, online
+    return np.asfortranarray(times), np.asfortranarray(online)
 
 
 class _Chunk(NamedTuple):
@@ -724,9 +728,9 @@ class _Bins:
         self._pending: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
         self._buffered = 0
 
-    def _defer(self, method: str, kind: str, *arrays: Any) -> None:
+    def _defer(self, method: str, kind: str, *arrays: Any, times: int = 1) -> None:
         self._pending.setdefault((method, kind), []).append(arrays)
-        self._buffered += len(arrays[0])
+        self._buffered += times * len(arrays[0])
         if self._buffered > 4_000_000:
             self._flush()
 
@@ -743,15 +747,17 @@ class _Bins:
 
     def spread(
         self,
-        kind: str,
+        kind: str | tuple[str, ...],
         a: NDArray[np.float64],
         b: NDArray[np.float64],
         per_second: NDArray[np.float64] | float,
     ) -> None:
-        """Requests at a steady rate over [a, b)."""
+        """Requests at a steady rate over [a, b) (of each kind, when several: computed
+        once)."""
         if len(a):
             rate = np.broadcast_to(np.asarray(per_second, dtype=np.float64), a.shape)
-            self._defer("spread", kind, a, b, rate)
+            kinds = (kind,) if isinstance(kind, str) else kind
+            self._defer("spread", "|".join(kinds), a, b, rate, times=len(kinds))
 
     def at(
         self, kind: str, t: NDArray[np.float64], weight: NDArray[np.float64] | float = 1.0
@@ -809,7 +815,9 @@ class _Bins:
         _add(cover, ia + 1, rate * (a - ia * r) / r)
         _add(cover, ib, -rate * (1 - (b - ib * r) / r))
         _add(cover, ib + 1, -rate * (b - ib * r) / r)
-        self.rate[kind] += np.cumsum(cover)[: self.count + 1]
+        level = np.cumsum(cover)[: self.count + 1]
+        for one in kind.split("|"):
+            self.rate[one] += level
 
     def _at(self, kind: str, t: NDArray[np.float64], w: NDArray[np.float64]) -> None:
         _add(self.events[kind], self._bin(t), w)
@@ -850,7 +858,12 @@ class _Bins:
 
 def _columns(matrix: NDArray[Any], block: int = 64) -> Iterator[NDArray[Any]]:
     """The columns of a row-major matrix as contiguous arrays, ``block`` at a time
-    (cache-friendly: 10,000 x 1,460 times in 0.10 s instead of 0.19 s column by column)."""
+    (cache-friendly: 10,000 x 1,460 times in 0.10 s instead of 0.19 s column by column);
+    of a column-major one (the fleet's blocks) as they are."""
+    if matrix.flags.f_contiguous:
+        for k in range(matrix.shape[1]):
+            yield matrix[:, k]
+        return
     for start in range(0, matrix.shape[1], block):
         yield from np.ascontiguousarray(matrix[:, start : start + block].T)
 
@@ -979,17 +992,14 @@ def _replay(
                 # its refreshes come at 1/fL on average from t=0 (no discrete first one,
                 # which would pile the cycle's first refreshes onto the first fL)
                 f = np.flatnonzero(on & live)
-                for kind in ("refresh", "register", "connect"):
-                    bins.spread(kind, t0[f], t1[f], 1 / fL)
+                bins.spread(REFRESH_KINDS, t0[f], t1[f], 1 / fL)
             elif bins is not None and fires.any():
                 f = np.flatnonzero(fires)
                 # the first refresh is a discrete event (often at reconnect), the rest steady
                 bins.at("refresh", t0[f] + r0[f])
                 bins.at("register", t0[f] + r0[f])
                 bins.at("connect", t0[f] + r0[f])
-                bins.spread("refresh", t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
-                bins.spread("register", t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
-                bins.spread("connect", t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
+                bins.spread(REFRESH_KINDS, t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
         else:
             new_age = a + dur
             r0 = np.full(n, np.inf)
@@ -1197,12 +1207,16 @@ def _report(
         # each block's stretches (in the order a replay of the block alone finds them)
         sa, sb, sd = replay.stretches.arrays()
         del replay
-        block_of = sd // DEVICE_BLOCK
-        for b in range(
+        chunk_blocks = range(
             chunk.first_block, min(blocks, chunk.first_block + -(-size // DEVICE_BLOCK))
-        ):
-            pick = np.flatnonzero(block_of == b)
-            a, e, d = sa[pick], sb[pick], sd[pick]
+        )
+        block_of = sd // DEVICE_BLOCK if len(chunk_blocks) > 1 else None
+        for b in chunk_blocks:
+            if block_of is None:
+                a, e, d = sa, sb, sd
+            else:
+                pick = np.flatnonzero(block_of == b)
+                a, e, d = sa[pick], sb[pick], sd[pick]
             rng = first_rng if b == 0 else _block_rng(s.seed, "messages", b)
             open_end = ~np.isfinite(e)
             length = np.where(open_end, horizon - a, e - a)
@@ -1302,17 +1316,11 @@ def simulate(scenario: Scenario, *, chunk_devices: int | None = None) -> Simulat
     service = _ServiceTimes(s, int(streams.replay.integers(2**63)))
     delays = _Delays(s.provisioning.working_hours)
     passes, converged, previous = 0, False, -1
-    report: _Report | None = None
     args = (s, segments, chunk_devices, start_age)
     while True:
-        # only the reported pass needs a timeline (~40 % of a pass): pass 1 keeps one
-        # (it is the last when nothing meets the queue), later passes none
-        if passes == 0:
-            report = _report(*args, delays, service, pt_revoked, track)
-            lockouts = report.lockouts
-        else:
-            report = None
-            lockouts = _lean_pass(*args, delays, service, pt_revoked, track)
+        # only the reported pass needs a timeline, totals and messages (it costs 5-10
+        # lean passes): the passes are lean, and the settled one is replayed in full
+        lockouts = _lean_pass(*args, delays, service, pt_revoked, track)
         passes += 1
         queue, state = _queue(s, lockouts)
         used = np.concatenate(lockouts.lockout_wait) if lockouts.lockout_wait else np.empty(0)
@@ -1321,8 +1329,8 @@ def simulate(scenario: Scenario, *, chunk_devices: int | None = None) -> Simulat
             break
         previous = len(used)
         delays.blend(state, FIXED_POINT_DAMPING)
-    if report is None:  # the settled pass once more, with its timeline (replays are exact)
-        report = _report(*args, delays, service, pt_revoked, track)
+    # the settled pass once more, in full (replays are exact: the same lockouts)
+    report = _report(*args, delays, service, pt_revoked, track)
     second, tot, tracked, bins = report.lockouts, report.totals, report.tracked, report.bins
     # reported: the final pass's lockouts with the waits that pass replayed (its timeline
     # shows them); approvals after the horizon are censored (still waiting at the end)

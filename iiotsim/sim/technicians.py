@@ -131,8 +131,13 @@ class QueueState:
     hours: tuple[float, float] | None
 
     def delay(self, t: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Wait before handling starts for a request arriving at ``t`` (not in the queue)."""
-        i = np.searchsorted(self.arrivals, t, side="right") - 1
+        """Wait before handling starts for a request arriving at ``t``, behind the
+        requests that arrived before ``t``. A request in the queue arriving at ``t``
+        (the fixed point replays a lockout at the time it had in the previous pass) is
+        not queued behind itself: counting its own handling as its delay, the fixed
+        point's replayed waits exceeded the queue's by up to a handling time and the
+        pinned 400-device scenario never settled (20 passes); now 10."""
+        i = np.searchsorted(self.arrivals, t, side="left") - 1
         free = np.where(i >= 0, self.earliest_free[np.maximum(i, 0)], -np.inf)
         begin = np.maximum(t, free)
         return np.asarray(begin + working_delay(begin, self.hours) - t, dtype=np.float64)
@@ -143,21 +148,37 @@ def queue_state(
 ) -> QueueState:
     """The same discipline as :func:`approve` (its recursion), keeping the queue's state."""
     order = np.argsort(arrivals, kind="stable")
-    # Python floats in the loop (numpy scalars cost ~3x as much per approval)
-    at, handling = arrivals.tolist(), service.tolist()
-    done = [math.nan] * len(at)
+    # Python floats in arrival order, and next_working_time inlined (numpy scalars
+    # cost ~3x as much per approval): 1,000,000 approvals 1.87 -> 0.54 s CPU, identical
+    at, handling = arrivals[order].tolist(), service[order].tolist()
+    done_sorted = [0.0] * len(at)
     earliest = [0.0] * len(at)
     free = [0.0] * provisioning.technicians
     hours = provisioning.working_hours
-    for j, i in enumerate(order.tolist()):
-        start = next_working_time(max(at[i], free[0]), hours)
-        end = start + handling[i]
-        heapq.heapreplace(free, end)
-        done[i] = end
-        earliest[j] = free[0]
-    return QueueState(
-        np.asarray(done, dtype=np.float64),
-        arrivals[order],
-        np.asarray(earliest, dtype=np.float64),
-        hours,
-    )
+    replace = heapq.heapreplace
+    floor = math.floor
+    if hours is None:
+        for j, arrival in enumerate(at):
+            first = free[0]
+            end = (arrival if arrival > first else first) + handling[j]
+            replace(free, end)
+            done_sorted[j] = end
+            earliest[j] = free[0]
+    else:
+        open_at, close_at = hours[0] * 3600.0, hours[1] * 3600.0
+        for j, arrival in enumerate(at):
+            first = free[0]
+            start = arrival if arrival > first else first
+            day = floor(start / DAY) * DAY  # as next_working_time
+            within = start - day
+            if within < open_at:
+                start = float(day + open_at)
+            elif within >= close_at:
+                start = float(day + DAY + open_at)
+            end = start + handling[j]
+            replace(free, end)
+            done_sorted[j] = end
+            earliest[j] = free[0]
+    done = np.empty(len(at))
+    done[order] = done_sorted
+    return QueueState(done, arrivals[order], np.asarray(earliest, dtype=np.float64), hours)
