@@ -111,7 +111,7 @@ from iiotsim.sim import Scenario, sweep
 from iiotsim.sim.plots import duration
 
 exposure = sweep(Scenario(fleet_size=FLEET, duration_days=20, seed=5),
-                 token__lifetime=[h * 3600 for h in LIFETIMES_H], processes=1, progress=False)
+                 token__lifetime=[h * 3600 for h in LIFETIMES_H], processes=1, progress=True)
 exposure_table = pd.DataFrame({
     "token lifetime": [duration(s) for s in exposure["token.lifetime"]],
     "mean exposure (h)": exposure["rt_leak_exposure_mean_h"].round(1),
