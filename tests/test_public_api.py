@@ -66,3 +66,17 @@ def test_one_exception_tree_in_one_module_drawn_in_its_docstring(
     drawn = set(re.findall(r"\b([A-Z][A-Za-z]+(?:Error|Exception)?)\b", errors.__doc__ or ""))
     missing = sorted(c.__name__ for c in defined if c.__name__ not in drawn)
     assert not missing, f"not drawn in {errors_module}'s docstring: {missing}"
+
+
+def test_the_simulator_does_not_load_the_platform() -> None:
+    """``import iiotsim.sim`` (notebooks 02, 07, the policy explorer) must not pay for the
+    platform's server, HTTP models and clients: ``iiotsim`` loads those on first use."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, iiotsim.sim; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.split()  # fmt: skip
+    heavy = ("litestar", "httpx", "iiot_server.api", "iiot_server.runner", "iiotsim.admin")
+    assert [m for m in loaded if m.startswith(heavy)] == []
