@@ -20,15 +20,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
-from iiot_server.api.models import OperationOut
 from iiot_server.domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 
-from .admin import AdminClient
 from .errors import PanelError, PlatformError
 
-if TYPE_CHECKING:  # the simulator (pandas, simpy) loads when a PolicyExplorer is built
+if TYPE_CHECKING:  # the simulator (pandas, simpy) loads when a PolicyExplorer is built,
+    # the HTTP models and client with the platform (a PolicyExplorer needs neither)
     import pandas as pd
+    from iiot_server.api.models import OperationOut
 
+    from .admin import AdminClient
     from .sim import Distribution, Scenario, SimulationResult
 
 __all__ = [

@@ -23,14 +23,14 @@ PACKAGES = [
 @pytest.mark.parametrize("name", [p[0] for p in PACKAGES])
 def test_all_is_exactly_what_the_package_exports(name: str) -> None:
     package = importlib.import_module(name)
+    for member in package.__all__:  # a lazily loaded name (PEP 562) is there once asked for
+        assert getattr(package, member) is not None
     public = {
         member
         for member, value in vars(package).items()
         if not member.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert sorted(package.__all__) == sorted(public)
-    for member in package.__all__:
-        assert getattr(package, member) is not None
 
 
 def _modules(name: str) -> list[types.ModuleType]:
@@ -69,13 +69,15 @@ def test_one_exception_tree_in_one_module_drawn_in_its_docstring(
 
 
 def test_the_simulator_does_not_load_the_platform() -> None:
-    """``import iiotsim.sim`` (notebooks 02, 07, the policy explorer) must not pay for the
-    platform's server, HTTP models and clients: ``iiotsim`` loads those on first use."""
+    """``import iiotsim.sim`` and the policy explorer's module (notebooks 02, 07) must not
+    pay for the platform's server, HTTP models and clients: ``iiotsim`` loads those on
+    first use."""
     import subprocess
     import sys
 
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, iiotsim.sim; print(' '.join(sorted(sys.modules)))"],
+        [sys.executable, "-c", "import sys, iiotsim.sim, iiotsim.widgets; "
+         "print(' '.join(sorted(sys.modules)))"],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout.split()  # fmt: skip
     heavy = ("litestar", "httpx", "iiot_server.api", "iiot_server.runner", "iiotsim.admin")
