@@ -33,6 +33,7 @@ CANCELLED = "/problems/deviceProvisioning/provisioningOperationCancelled"
 EXPIRED = "/problems/deviceProvisioning/provisioningOperationExpired"
 RT_EXPIRED = "/problems/registrationTokenExpired"
 RT_REVOKED = "/problems/registrationTokenRevoked"
+RT_UNKNOWN = "/problems/registrationTokenUnknown"
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ REFUSALS: Final = RefusalTable(
             RegistrationTokenInvalid,
             "Registration Token revoked (cannot be used or refreshed): {detail}",
         ),
+        # a 401 at refresh, where the PT authenticates: the type says it is the RT
+        RT_UNKNOWN: Refusal(RegistrationTokenInvalid, "Registration Token refused: {detail}"),
     },
     by_status={
         (Credential.PROVISIONING_TOKEN, 401): Refusal(

@@ -67,16 +67,16 @@ def test_full_provisioning_flow(platform: Platform, http: httpx.Client) -> None:
 
     # rt1 is now the grandparent: revoked at once
     grandparent = refresh(http, pt, rt1)
-    assert grandparent.status_code == 403
+    assert grandparent.status_code == 401
     assert grandparent.json()["type"] == "/problems/registrationTokenRevoked"
-    assert register(http, rt1).status_code == 403
+    assert register(http, rt1).status_code == 401
     assert register(http, rt2).status_code == 200  # parent: still in its grace period
     assert register(http, rt3).status_code == 200
 
     revoked = admin.revoke_device("pump-0001")
     assert revoked.revoked_tokens >= 2
     refused = register(http, rt3)
-    assert refused.status_code == 403
+    assert refused.status_code == 401
     assert refused.json()["type"] == "/problems/registrationTokenRevoked"
     assert refused.headers["content-type"].startswith(PROBLEM)
     assert admin.get_device("pump-0001").registration_token_status is None
@@ -91,7 +91,7 @@ def test_completing_again_reissues_and_invalidates_earlier(
     first = complete(http, pt, op["provisioningOperationId"]).json()["registrationToken"]
     second = complete(http, pt, op["provisioningOperationId"]).json()["registrationToken"]
     assert first != second
-    assert register(http, first).status_code == 403
+    assert register(http, first).status_code == 401
     assert register(http, second).status_code == 200
 
 
@@ -152,9 +152,9 @@ def test_registration_token_expiry_and_refresh_point(
     assert register(http, rt).json()["refreshAfter"] == pytest.approx(800)
     clock.advance(2600)
     expired = register(http, rt)
-    assert expired.status_code == 403
+    assert expired.status_code == 401
     assert expired.json()["type"] == "/problems/registrationTokenExpired"
-    assert refresh(http, pt, rt).status_code == 403
+    assert refresh(http, pt, rt).status_code == 401
 
 
 def test_refreshed_parent_works_only_during_grace(
@@ -166,7 +166,7 @@ def test_refreshed_parent_works_only_during_grace(
     clock.advance(platform.settings.refresh_grace_period - 1)
     assert register(http, parent).status_code == 200
     clock.advance(1)
-    assert register(http, parent).status_code == 403
+    assert register(http, parent).status_code == 401
     assert register(http, child).status_code == 200
 
 
@@ -177,7 +177,7 @@ def test_lost_refresh_response_can_be_retried(platform: Platform, http: httpx.Cl
     retried = refresh(http, pt, parent)
     assert retried.status_code == 201
     assert register(http, retried.json()["registrationToken"]).status_code == 200
-    assert register(http, lost).status_code == 403
+    assert register(http, lost).status_code == 401
 
 
 def test_restart_keeps_tokens_operations_and_devices(tmp_path: Path, clock: ManualClock) -> None:
@@ -326,7 +326,7 @@ def test_delete_device(platform: Platform, http: httpx.Client) -> None:
     pt = platform.admin.create_provisioning_token("t").provisioning_token
     rt = provision(platform, http, pt, deviceId="gone-01")
     platform.admin.delete_device("gone-01")
-    assert register(http, rt).status_code == 403
+    assert register(http, rt).status_code == 401
     with pytest.raises(PlatformError) as err:
         platform.admin.get_device("gone-01")
     assert err.value.status == 404

@@ -105,7 +105,9 @@ class DeviceRegistrationController(Controller):
     async def register(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services]
     ) -> RegisterResponse:
-        """MQTT connection details for the Registration Token in the header."""
+        """MQTT connection details for the Registration Token in the header. An unknown,
+        expired or revoked token is a 401 (``WWW-Authenticate: DeviceToken``): the device
+        provisions again, as Spotflow's SDK does on a 401 only."""
         secret = registration_token_secret(request)
         return RegisterResponse.of(await services.registration.register(secret))
 
@@ -135,7 +137,8 @@ class DeviceRegistrationController(Controller):
     @put(
         "/registration-tokens/refresh",
         status_code=201,
-        # an unknown, expired or revoked Registration Token to refresh: 403
+        # a Registration Token issued under another Provisioning Token: 403; an unknown,
+        # expired or revoked one: 401, with its own problem type (the PT is fine)
         opt={ACCESS: Access.PROVISIONING_TOKEN, PROBLEMS: (403,)},
     )
     async def refresh(

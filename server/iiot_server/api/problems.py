@@ -15,7 +15,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.routes import HTTPRoute
 
 from ..domain import errors
-from .auth import Access, access_of
+from .auth import SCHEMES, Access, access_of
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,6 @@ STATUS: list[tuple[type[errors.DomainError], int]] = [
     (errors.ValidationError, 400),
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
-    (errors.RegistrationTokenExpired, 403),
-    (errors.RegistrationTokenRevoked, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.ProvisioningOperationCancelled, 410),
@@ -72,12 +70,22 @@ def status_of(exc: errors.DomainError) -> int:
     return 400
 
 
-def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def authentication_scheme(request: Request[Any, Any, Any]) -> str:
+    """The ``Authorization`` scheme the route asks for, for a 401's ``WWW-Authenticate``
+    (RFC 9110 11.6.1): ``DeviceToken`` on device routes, ``Bearer`` on the others."""
+    try:
+        access = access_of(request.route_handler)
+    except (KeyError, AttributeError, ValueError):  # no route matched: the API's people
+        return "Bearer"
+    return SCHEMES.get(access, "Bearer")
+
+
+def domain_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     assert isinstance(exc, errors.DomainError)
     status = status_of(exc)
     headers = {}
     if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
+        headers["WWW-Authenticate"] = authentication_scheme(request)
     if isinstance(exc, errors.TooManyRequests):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return problem(status, exc.problem_type, exc.title, exc.detail, exc.field, headers)
@@ -223,8 +231,8 @@ def problem_statuses(handler: HTTPRouteHandler) -> list[int]:
     if access is Access.PUBLIC:
         return sorted(handler.opt.get(PROBLEMS, ()))
     statuses = {400, 401, *handler.opt.get(PROBLEMS, ())}
-    if access in (Access.TECHNICIAN, Access.ADMIN, Access.REGISTRATION_TOKEN):
-        statuses.add(403)  # a technician on an admin route; an expired or revoked RT
+    if access in (Access.TECHNICIAN, Access.ADMIN):
+        statuses.add(403)  # a technician on an admin route
     if access in (Access.PROVISIONING_TOKEN, Access.REGISTRATION_TOKEN):
         statuses.add(429)  # the device API's rate and open-operation limits
     if handler.parsed_fn_signature.parameters.keys() & {"data"} or "{" in "".join(handler.paths):

@@ -8,9 +8,10 @@ offending input ``field``; the HTTP layer maps the classes to status codes once
     ├── ValidationError                  400
     │   └── SettingsError                (also a ValueError) a setting the server cannot run with
     ├── Unauthorized                     401
+    │   ├── RegistrationTokenUnknown     401 (an RT the platform never issued)
+    │   ├── RegistrationTokenExpired     401
+    │   └── RegistrationTokenRevoked     401
     ├── Forbidden                        403
-    ├── RegistrationTokenExpired         403
-    ├── RegistrationTokenRevoked         403
     ├── NotFound                         404
     ├── Conflict                         409
     │   └── InvalidTransition            409
@@ -86,12 +87,21 @@ class ProvisioningOperationExpired(DomainError):
     title = "Provisioning Operation has expired"
 
 
-class RegistrationTokenExpired(DomainError):
+class RegistrationTokenUnknown(Unauthorized):
+    """An RT the platform does not know (never issued, or its device deleted). Like an
+    expired or revoked one it is a 401: Spotflow's SDK provisions again on a 401 at
+    register and only then (on a 403 it retried the dead token every 5 s forever)."""
+
+    problem_type = "/problems/registrationTokenUnknown"
+    title = "Unknown Registration Token"
+
+
+class RegistrationTokenExpired(Unauthorized):
     problem_type = "/problems/registrationTokenExpired"
     title = "Registration Token has expired"
 
 
-class RegistrationTokenRevoked(DomainError):
+class RegistrationTokenRevoked(Unauthorized):
     problem_type = "/problems/registrationTokenRevoked"
     title = "Registration Token was revoked"
 

@@ -15,7 +15,7 @@ from ..domain.errors import (
     NotFound,
     RegistrationTokenExpired,
     RegistrationTokenRevoked,
-    Unauthorized,
+    RegistrationTokenUnknown,
 )
 from ..domain.operations import CLOSED_BY_DEVICE_END, CancelReason
 from ..domain.tokens import (
@@ -236,7 +236,7 @@ class RegistrationService:
 
     def _require_usable(self, token: RegistrationToken | None, now: datetime) -> RegistrationToken:
         if token is None:
-            raise Unauthorized("unknown Registration Token", field=FIELD)
+            raise RegistrationTokenUnknown("unknown Registration Token", field=FIELD)
         status = token.status(now, self.grace_period)
         if status is TokenStatus.EXPIRED:
             raise RegistrationTokenExpired("the Registration Token has expired", field=FIELD)
@@ -324,7 +324,7 @@ class RegistrationService:
         t = to_epoch(now)
         found = self._find(conn, secret)
         if found is None:
-            raise Forbidden("unknown Registration Token", field=FIELD)
+            raise RegistrationTokenUnknown("unknown Registration Token", field=FIELD)
         token = self._require_usable(found, now)
         if token.provisioning_token_id != provisioning_token_id:
             raise Forbidden(
