@@ -23,6 +23,7 @@ from iiot_server.clock import Clock
 from iiot_server.runner import ServerRunner
 from iiot_server.services import Services
 from iiot_server.settings import Settings, sqlite_url
+from iiot_server.signing_key import signing_key_in
 from iiot_server.tls import development_certificates
 
 from .admin import AdminClient
@@ -84,6 +85,8 @@ class Platform:
 
     def start(self) -> Platform:
         """Start the servers; returns once they answer."""
+        if self.settings.sas_signing_key is None:  # connection strings outlive a restart
+            self.settings.sas_signing_key = signing_key_in(self.data_dir)
         if self.tls and not self.settings.tls:
             files = development_certificates(self.data_dir, (self.settings.host,))
             self.settings.tls_cert_file = str(files.cert)

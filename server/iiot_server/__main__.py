@@ -13,6 +13,7 @@ from pathlib import Path
 from .domain.errors import SettingsError
 from .runner import ServerRunner
 from .settings import DEFAULT_DATA_DIR, Settings, sqlite_url
+from .signing_key import signing_key_in
 from .tls import TLS_DIR, TlsFiles, development_certificates
 
 
@@ -105,6 +106,9 @@ def serve(
             database_url=database_url,
             tls_cert_file=None if tls is None else str(tls.cert),
             tls_key_file=None if tls is None else str(tls.key),
+            sas_signing_key=(
+                None if os.environ.get("IIOT_SAS_SIGNING_KEY") else signing_key_in(data_dir)
+            ),
             mqtt_host=args.host,
             mqtt_port=args.mqtt_port,
             mqtt_enabled=not args.no_mqtt,
@@ -112,8 +116,8 @@ def serve(
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ValueError) as exc:  # the data directory, or a CA file we cannot read
-        print(f"error: TLS certificates in {data_dir / TLS_DIR}: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:  # the data directory, or a file we cannot read
+        print(f"error: the data directory {data_dir} ({TLS_DIR}/, keys): {exc}", file=sys.stderr)
         return 1
 
     shown: list[str] = []

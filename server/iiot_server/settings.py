@@ -10,6 +10,7 @@ import msgspec
 from .domain.errors import SettingsError
 from .domain.operations import DEFAULT_OPERATION_LIFETIME
 from .domain.tokens import DEFAULT_REFRESH_GRACE_PERIOD
+from .signing_key import decode_signing_key
 
 DEFAULT_DATA_DIR = Path("iiot-data")
 
@@ -43,6 +44,9 @@ class Settings(msgspec.Struct, kw_only=True):
     development CA's certificate when the operator gives none (``iiot_server.tls``)."""
     tls_key_file: str | None = None
     """PEM private key of ``tls_cert_file``."""
+    sas_signing_key: str | None = None
+    """Base64url secret (32+ bytes) the per-device keys of Spotflow's SAS connection
+    strings are derived from (``iiot_server.signing_key``); None: one per process."""
     max_mqtt_message_size: int = 256 * 1024
     mqtt_max_packet_size: int | None = None
     """Largest MQTT packet (bytes, headers included) the broker reads; a bigger announced
@@ -110,6 +114,8 @@ class Settings(msgspec.Struct, kw_only=True):
             raise SettingsError(
                 "tls_cert_file and tls_key_file (--tls-cert, --tls-key) go together"
             )
+        if self.sas_signing_key is not None:
+            decode_signing_key(self.sas_signing_key)  # refused here, not at first register
         # A key without the prefix would be stored, then refused on every request
         # ("expected an API key (ak_…)"): refuse it here, where the operator sees why.
         if self.admin_key is not None and not self.admin_key.startswith("ak_"):
@@ -126,6 +132,8 @@ class Settings(msgspec.Struct, kw_only=True):
             values["admin_key"] = key
         if url := os.environ.get("IIOT_DATABASE_URL"):
             values["database_url"] = url
+        if key := os.environ.get("IIOT_SAS_SIGNING_KEY"):
+            values["sas_signing_key"] = key
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return msgspec.convert(values, cls)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ..domain import sas
 from ..domain.device_id import DEVICE_ID_PATTERN
 from ..domain.fleet import FleetConfiguration
 from ..domain.operations import OperationState
@@ -110,6 +111,17 @@ class RegisterResponse(Wire):
     registration_token_lifetime: float | None
     refresh_after: float | None
     max_mqtt_message_size: int
+    # Spotflow's fields (its SDK reads these; see docs/protocol.md "Spotflow SDK")
+    connection_string: str
+    """``HostName=<mqtt host>;DeviceId=<workspace>:<device>;SharedAccessSignature=…``"""
+    iot_hub_host_name: str
+    """The MQTT host (Spotflow's SDK connects to its port 8883)."""
+    connection_string_type: str
+    """Always ``SharedAccessSignature``."""
+    connection_string_expiration: datetime
+    """When the SAS expires: with the RT, or a day after registering for an infinite RT."""
+    token_remaining_lifetime: str | None
+    """The RT's remaining lifetime as a .NET time span (``[d.]hh:mm:ss``); null: infinite."""
 
     @classmethod
     def of(cls, r: Registration) -> RegisterResponse:
@@ -126,6 +138,13 @@ class RegisterResponse(Wire):
             registration_token_lifetime=r.remaining_lifetime,
             refresh_after=r.refresh_after,
             max_mqtt_message_size=r.max_mqtt_message_size,
+            connection_string=r.connection_string,
+            iot_hub_host_name=r.mqtt_host,
+            connection_string_type=sas.CONNECTION_STRING_TYPE,
+            connection_string_expiration=r.connection_string_expires_at,
+            token_remaining_lifetime=(
+                None if r.remaining_lifetime is None else sas.dotnet_time_span(r.remaining_lifetime)
+            ),
         )
 
 

@@ -4,12 +4,14 @@ connection credentials that registration hands out."""
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, RowMapping, delete, select
 
 from ..clock import Clock
+from ..domain import sas
 from ..domain.errors import (
     Forbidden,
     NotFound,
@@ -29,6 +31,7 @@ from ..domain.tokens import (
 from ..events import PlatformEvents, RegistrationEnded
 from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..settings import Settings
+from ..signing_key import KEY_BYTES, decode_signing_key
 from ..store import statements as sql
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import (
@@ -100,6 +103,10 @@ class Registration:
     remaining_lifetime: float | None
     refresh_after: float | None
     max_mqtt_message_size: int
+    connection_string: str
+    """Spotflow's: ``HostName=…;DeviceId=<workspace>:<device>;SharedAccessSignature=…``"""
+    connection_string_expires_at: datetime
+    """When the SAS in it expires: with the RT, or a day from now for an infinite RT."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,16 @@ class RegistrationService:
         self._settings = settings
         self._events = events
         self._limits = limits or DeviceApiLimits(settings, clock)
+        self._signing_key = (
+            secrets.token_bytes(KEY_BYTES)
+            if settings.sas_signing_key is None
+            else decode_signing_key(settings.sas_signing_key)
+        )
+
+    def sas_key(self, registration_token_id: str) -> bytes:
+        """The key a SAS issued for this Registration Token is signed with (derived from
+        the platform's signing key; never stored)."""
+        return sas.device_key(self._signing_key, registration_token_id)
 
     @property
     def grace_period(self) -> float:
@@ -292,6 +309,12 @@ class RegistrationService:
             assert due is not None
             refresh_after = max(0.0, (due - now).total_seconds())
         s = self._settings
+        # the SAS expires with the RT (whole seconds, rounded down: never after it)
+        sas_expiry = int(to_epoch(token.expires_at or now + sas.INFINITE_TOKEN_SAS_LIFETIME))
+        hub_device_id = sas.iot_hub_device_id(s.workspace_id, token.device_id)
+        signature = sas.sign(
+            sas.resource_uri(s.mqtt_host, hub_device_id), self.sas_key(token.id), sas_expiry
+        )
         return Registration(
             device_id=token.device_id,
             workspace_id=s.workspace_id,
@@ -304,6 +327,8 @@ class RegistrationService:
             remaining_lifetime=remaining,
             refresh_after=refresh_after,
             max_mqtt_message_size=s.max_mqtt_message_size,
+            connection_string=sas.connection_string(s.mqtt_host, hub_device_id, signature),
+            connection_string_expires_at=from_epoch_required(sas_expiry),
         )
 
     async def refresh(self, provisioning_token_id: str, secret: str) -> IssuedToken:
