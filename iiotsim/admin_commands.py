@@ -111,6 +111,12 @@ def _connection_options() -> argparse.ArgumentParser:
         help="API key ak_... (default: $IIOT_ADMIN_KEY; `iiotsim serve` prints one at "
         "first start, `iiotsim admin-key create` makes a new one)",
     )
+    group.add_argument(
+        "--ca-cert",
+        default=None,
+        help="PEM file of the CA to trust for an https:// platform (default: $IIOT_CA_CERT, "
+        "else the system's trust store; `iiotsim serve --tls` prints its development CA)",
+    )
     return options
 
 
@@ -123,7 +129,8 @@ def _client(args: argparse.Namespace) -> AdminClient:
             "printed the admin key at its first start; `iiotsim admin-key create` makes "
             "a new one)"
         )
-    return AdminClient(server, key, timeout=30.0)
+    ca_cert = args.ca_cert or os.environ.get("IIOT_CA_CERT") or None
+    return AdminClient(server, key, timeout=30.0, ca_cert=ca_cert)
 
 
 def _run_against_platform(

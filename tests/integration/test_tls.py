@@ -15,6 +15,7 @@ from cryptography import x509
 from iiot_device import Status
 from iiot_device.api import DeviceApi
 
+from iiotsim.cli import main as admin_cli
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
@@ -123,3 +124,13 @@ def test_device_api_trusts_the_given_ca_only(tls_platform: Platform) -> None:
     trusting = DeviceApi(tls_platform.http_url, timeout=5, ca_cert=tls_platform.ca_cert_path)
     assert trusting.init(pt, "tls-0002", None).device_id == "tls-0002"
     trusting.close()
+
+
+def test_admin_commands_trust_the_ca_they_are_given(
+    tls_platform: Platform, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = ["--server", tls_platform.http_url, "--api-key", tls_platform.admin_key]
+    assert admin_cli(["devices", *server, "--ca-cert", str(tls_platform.ca_cert_path)]) == 0
+    capsys.readouterr()
+    assert admin_cli(["devices", *server]) == 1  # the system store lacks the development CA
+    assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
