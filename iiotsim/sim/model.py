@@ -982,7 +982,9 @@ def _replay(
         a = age
         if math.isfinite(L):
             r0 = np.maximum(0.0, fL - a)
-            fires = on & (r0 <= dur) & live
+            # a refresh due exactly at the horizon is after the run (a fresh start whose
+            # horizon is a multiple of f x L put one there for every device in phase)
+            fires = on & live & ((r0 < dur) | ((r0 == dur) & (t1 < horizon)))
             count = np.where(fires, 1 + np.floor((dur - r0) / fL), 0.0)
             new_age = np.where(fires, (dur - r0) - (count - 1) * fL, a + dur)
             if report:
@@ -995,11 +997,14 @@ def _replay(
                 bins.spread(REFRESH_KINDS, t0[f], t1[f], 1 / fL)
             elif bins is not None and fires.any():
                 f = np.flatnonzero(fires)
-                # the first refresh is a discrete event (often at reconnect), the rest steady
-                bins.at("refresh", t0[f] + r0[f])
-                bins.at("register", t0[f] + r0[f])
-                bins.at("connect", t0[f] + r0[f])
-                bins.spread(REFRESH_KINDS, t0[f] + r0[f] + 1e-9, t1[f], 1 / fL)
+                # the first refresh is a discrete event (often at reconnect), the rest
+                # steady up to the last one (count - 1 of them: spread to the segment's
+                # end, up to one too many per segment: +26 % at 1 d)
+                first = t0[f] + r0[f]
+                bins.at("refresh", first)
+                bins.at("register", first)
+                bins.at("connect", first)
+                bins.spread(REFRESH_KINDS, first + 1e-9, first + (count[f] - 1) * fL, 1 / fL)
         else:
             new_age = a + dur
             r0 = np.full(n, np.inf)

@@ -81,15 +81,15 @@ SUMMARY = {
     "messages_lost": 32318.0,
     "message_latency_p50_s": 0.0,
     "message_latency_p99_s": 6721.598510167662,
-    "peak_connect_per_s": 1.4671795767441387,
-    "peak_refresh_per_s": 0.04648349513086122,
-    "peak_register_per_s": 0.04648349513086122,
+    "peak_connect_per_s": 1.459760989227705,
+    "peak_refresh_per_s": 0.04115492153061468,
+    "peak_register_per_s": 0.04115492153061468,
     "peak_provisioning_per_s": 23.03128014935213,
     "peak_twin_get_per_s": 0.08722222222222223,
     "peak_messages_per_s": 0.9033633883558523,
-    "mean_connect_per_s": 0.10545928066924014,
-    "mean_refresh_per_s": 0.026947513693931502,
-    "mean_register_per_s": 0.027104728200104337,
+    "mean_connect_per_s": 0.10041377314814776,
+    "mean_refresh_per_s": 0.02190200617283912,
+    "mean_register_per_s": 0.022059220679011962,
     "mean_provisioning_per_s": 8.108743958872013,
     "mean_twin_get_per_s": 0.015555555555555557,
     "mean_messages_per_s": 0.5430047679981767,
@@ -98,7 +98,7 @@ SUMMARY = {
 FRAMES = {
     "events": ("156c052acca367111168c57e4e3397b9a268abee51f780ac07d1f04eee99d3d2", 32703),
     "devices": ("9c5497b6d950994814a58cceaa892f9a8210a34fe0260295c746adf88bf6ef12", 400),
-    "timeline": ("c75883610a80cf777c6081a154302e02da859c47504d51e088f5c26b47fac2bf", 288),
+    "timeline": ("bfe1e5273f18c15f20ccc2fb39f42510a755cc523e4d638fe304ccd346676258", 288),
 }
 
 

@@ -114,7 +114,10 @@ def test_fresh_start_reproduces_the_former_start_bit_for_bit() -> None:
     every fleet started fresh): the same scenario with ``start="fresh"`` gives the
     same frames. Regenerated once since, for the queue's delay that no longer queues a
     replayed lockout behind itself (``QueueState.delay``; the approvals of the 24
-    lockouts moved, nothing else; with the former delay the old digests still hold)."""
+    lockouts moved, nothing else; with the former delay the old digests still hold),
+    and again for the timeline's refresh rate (spread to each segment's last refresh,
+    not its end) and no refresh due exactly at the horizon (5 d = 10 x f x L: devices
+    in phase counted one after the run)."""
     result = simulate(
         Scenario(
             fleet_size=300,
@@ -133,10 +136,10 @@ def test_fresh_start_reproduces_the_former_start_bit_for_bit() -> None:
         5281,
     )
     assert _digest(result.devices) == (
-        "08fda8b41aa402578c70695295d989acec4542933e4dce4c6b5e5f9441a95613"
+        "fbdad0c45f8e81832a1c3573f7bf11831ae0575e3a2ce268b5eb71a457b1248b"
     )
     assert _digest(result.timeline) == (
-        "ca0cbb58abdfa066b091b9d3d56373af2d757fccffe8e55aa081933b37438d5c"
+        "c38852833ffab23c81ac278019523082cc73ba56beec78f8dec87fc58bdbba42"
     )
     assert result.summary["lockouts"] == 24
 
