@@ -443,6 +443,46 @@ class RegistrationService:
             return None
         return MqttIdentity(token.device_id, token.id, token.usable_until(self.grace_period))
 
+    async def authenticate_sas(
+        self, client_id: str | None, username: str | None, password: str | None
+    ) -> MqttIdentity | None:
+        """The device an IoT Hub dialect CONNECT proves to be, or None: client id
+        ``<workspace>:<device>``, username ``<mqtt host>/<client id>/…``, password a SAS for
+        ``<mqtt host>/devices/<client id>`` not yet expired and signed with the key of one of
+        the device's usable Registration Tokens (:meth:`sas_key`), so it dies with that RT.
+        The identity ends at the SAS's expiry or the RT's, whichever comes first."""
+        if not client_id or not username or not password:
+            return None
+        token = sas.parse(password)
+        workspace, _, device_id = client_id.partition(":")
+        host = self._settings.mqtt_host
+        if (
+            token is None
+            or workspace != self._settings.workspace_id
+            or not device_id
+            or token.resource != sas.resource_uri(host, client_id)
+            or not username.startswith(f"{host}/{client_id}/")
+        ):
+            return None
+        now = self._clock.now()
+        sas_expires_at = from_epoch_required(token.expiry)
+        if sas_expires_at <= now:
+            return None
+
+        def candidates(conn: Connection) -> list[RegistrationToken]:
+            c = registration_tokens.c
+            rows = conn.execute(
+                select(registration_tokens).where(c.device_id == device_id, c.revoked_at.is_(None))
+            )
+            return [_rt(row._mapping) for row in rows]
+
+        for rt in await self._db.read(candidates):  # the current RT, a parent in its grace
+            if rt.status(now, self.grace_period).usable and sas.verify(token, self.sas_key(rt.id)):
+                until = rt.usable_until(self.grace_period)
+                expires = sas_expires_at if until is None else min(until, sas_expires_at)
+                return MqttIdentity(device_id, rt.id, expires)
+        return None
+
 
 def _revoke_all(conn: Connection, device_id: str, t: float) -> int:
     result = conn.execute(sql.REVOKE_DEVICE_TOKENS, {"b_device_id": device_id, "b_now": t})
