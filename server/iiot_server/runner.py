@@ -30,9 +30,23 @@ T = TypeVar("T")
 try:  # uvloop: a faster loop where it exists (not on Windows)
     import uvloop
 
-    _new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    _BaseLoop: type[asyncio.AbstractEventLoop] = uvloop.Loop
 except ImportError:  # pragma: no cover
-    _new_loop = asyncio.new_event_loop
+    _BaseLoop = asyncio.SelectorEventLoop
+
+
+class _PlatformLoop(_BaseLoop):  # type: ignore[valid-type,misc]
+    """The server's loop: every TLS listener on it (uvicorn's and amqtt's, neither of which
+    takes the option) gets ``ssl_handshake_timeout`` (``Settings.tls_handshake_timeout``)
+    instead of asyncio's 60 s."""
+
+    tls_handshake_timeout: float = 10.0
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", self.tls_handshake_timeout)
+        server: asyncio.Server = await super().create_server(*args, **kwargs)
+        return server
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -128,7 +142,8 @@ class ServerRunner:
 
     def _run(self) -> None:
         assert self._server is not None and self._socket is not None
-        loop = _new_loop()
+        loop = _PlatformLoop()
+        loop.tls_handshake_timeout = self.settings.tls_handshake_timeout
         self.loop = loop
         asyncio.set_event_loop(loop)
         try:

@@ -44,6 +44,11 @@ class Settings(msgspec.Struct, kw_only=True):
     development CA's certificate when the operator gives none (``iiot_server.tls``)."""
     tls_key_file: str | None = None
     """PEM private key of ``tls_cert_file``."""
+    tls_handshake_timeout: float = 10.0
+    """Seconds (real time) a connection to a TLS listener has to finish its handshake; the
+    CONNECT and header deadlines only start after it. asyncio's default is 60 s: a silent
+    socket held both ports for 60 s, uncounted by the MQTT connection limit (measured).
+    10 s leaves a TLS 1.2 handshake (2 round trips) room on a 2 s-RTT cellular link."""
     sas_signing_key: str | None = None
     """Base64url secret (32+ bytes) the per-device keys of Spotflow's SAS connection
     strings are derived from (``iiot_server.signing_key``); None: one per process."""

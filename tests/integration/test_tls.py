@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 from iiot_device import Status
 from iiot_device.api import DeviceApi
+from iiot_server.settings import Settings
 
 from iiotsim.cli import main as admin_cli
 from iiotsim.clock import ManualClock
@@ -134,3 +135,14 @@ def test_admin_commands_trust_the_ca_they_are_given(
     capsys.readouterr()
     assert admin_cli(["devices", *server]) == 1  # the system store lacks the development CA
     assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+
+
+def test_a_silent_tls_connection_is_closed_after_the_handshake_timeout(tmp_path: Path) -> None:
+    """asyncio gives a TLS handshake 60 s; the platform gives it tls_handshake_timeout, on
+    both listeners, so silent sockets cannot pile up before any other deadline starts."""
+    with Platform(
+        data_dir=tmp_path, tls=True, settings=Settings(tls_handshake_timeout=1.0)
+    ) as platform:
+        for port in (platform.runner.port, platform.mqtt_port):
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as silent:
+                assert silent.recv(1) == b""  # closed by the server (20 s would raise)
