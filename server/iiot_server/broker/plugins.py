@@ -16,6 +16,7 @@ from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import IncomingApplicationMessage, Session
 
+from ..domain import sas
 from ..domain.errors import ValidationError
 from ..domain.topics import TopicAction, TopicKind, device_may, parse_topic
 from ..services.messages import IncomingMessage, decompress
@@ -49,14 +50,28 @@ class DeviceAuthPlugin(BaseAuthPlugin):
 
     async def authenticate(self, *, session: Session) -> bool | None:
         broker = _broker(self)
+        hub = is_hub_connect(session)
+        device_id = (session.client_id or "").partition(":")[2] if hub else session.client_id
         # before the token is read: a revoke from here on is caught once the session is
         # recorded (PlatformBroker.session_connected)
-        session.iiot_auth_epoch = broker.registration_epoch(session.client_id or "")  # type: ignore[attr-defined]
-        identity = await broker.services.registration.authenticate_mqtt(
-            session.client_id, session.username, session.password
-        )
+        session.iiot_auth_epoch = broker.registration_epoch(device_id or "")  # type: ignore[attr-defined]
+        if hub:
+            session.iiot_hub_client_id = session.client_id  # type: ignore[attr-defined]
+        identity = await broker.check_credentials(session)
         session.iiot_identity = identity  # type: ignore[attr-defined]
+        if identity is not None and hub:
+            broker.adopt_hub_identity(session, identity.device_id)
         return identity is not None
+
+
+def is_hub_connect(session: Session) -> bool:
+    """Whether a CONNECT speaks the IoT Hub dialect: a SAS as its password and a
+    ``<workspace>:<device>`` client id (a Device ID has no ``:``)."""
+    return bool(
+        session.password
+        and session.password.startswith(sas.PREFIX)
+        and ":" in (session.client_id or "")
+    )
 
 
 class DeviceTopicPlugin(BaseTopicPlugin):

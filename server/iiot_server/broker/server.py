@@ -31,7 +31,14 @@ from amqtt.session import IncomingApplicationMessage, Session
 from amqtt.utils import gen_client_id
 
 from ..domain.errors import DomainError, ValidationError
-from ..domain.topics import TopicAction, TopicKind, device_may, parse_topic, twin_topic
+from ..domain.topics import (
+    TopicAction,
+    TopicKind,
+    device_may,
+    hub_telemetry_topic,
+    parse_topic,
+    twin_topic,
+)
 from ..domain.twin import with_version
 from ..events import RegistrationEnded
 from ..services import Services
@@ -100,7 +107,23 @@ class _IngestingHandler(BrokerProtocolHandler):
     """
 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
-        session, topic, data = self.session, publish_packet.topic_name, publish_packet.data
+        session = self.session
+        hub_client_id: str | None = getattr(session, "iiot_hub_client_id", None)
+        if session is not None and session.client_id and hub_client_id is not None:
+            # the IoT Hub dialect's telemetry topic stands for a native one: from here on
+            # the message is the device's like any other (ACL, de-duplication, storage)
+            native = hub_telemetry_topic(
+                hub_client_id, session.client_id, publish_packet.topic_name or ""
+            )
+            if native is not None:
+                publish_packet.topic_name = native
+            elif (publish_packet.topic_name or "").startswith(f"devices/{hub_client_id}/"):
+                log.warning(
+                    "%s: %s not taken (property bag refused, see hub_telemetry_topic)",
+                    hub_client_id,
+                    publish_packet.topic_name,
+                )
+        topic, data = publish_packet.topic_name, publish_packet.data
         qos = publish_packet.qos
         if (
             session is None
@@ -288,6 +311,7 @@ class PlatformBroker(Broker):
             "iiot_identity",
             "iiot_authenticated",
             "iiot_auth_epoch",
+            "iiot_hub_client_id",
         ):
             setattr(session, name, getattr(incoming, name, None))
         session.iiot_clean_start = False  # type: ignore[attr-defined]
@@ -521,11 +545,37 @@ class PlatformBroker(Broker):
         session is recorded (see :meth:`session_connected`)."""
         return self._registration_endings.get(device_id, 0)
 
-    async def _recheck(self, live: _Live) -> None:
-        session = live.session
-        identity = await self.services.registration.authenticate_mqtt(
+    async def check_credentials(self, session: Session) -> MqttIdentity | None:
+        """The device a session's credentials prove, in either dialect: the IoT Hub one
+        (``iiot_hub_client_id`` set, a SAS password) or the native one (an ``mp_``
+        password). Both end up bound to a usable Registration Token of the device."""
+        hub_client_id: str | None = getattr(session, "iiot_hub_client_id", None)
+        registration = self.services.registration
+        if hub_client_id is not None:
+            return await registration.authenticate_sas(
+                hub_client_id, session.username, session.password
+            )
+        return await registration.authenticate_mqtt(
             session.client_id, session.username, session.password
         )
+
+    @staticmethod
+    def adopt_hub_identity(session: Session, device_id: str) -> None:
+        """Make an authenticated IoT Hub dialect session the device's own: its client id
+        becomes the Device ID, so both dialects share the live-session registry, the ACL,
+        the revocation switch and the takeover rule (a hub connection takes over a native
+        one of the same device and vice versa). Its Will, if on the device's hub telemetry
+        topic, is translated like its PUBLISHes; any other Will topic is left to the ACL."""
+        hub_client_id = session.client_id or ""
+        session.client_id = device_id
+        if session.will_flag and session.will_topic:
+            native = hub_telemetry_topic(hub_client_id, device_id, session.will_topic)
+            if native is not None:
+                session.will_topic = native
+
+    async def _recheck(self, live: _Live) -> None:
+        session = live.session
+        identity = await self.check_credentials(session)
         if (
             identity is None
             or identity.registration_token_id != live.identity.registration_token_id

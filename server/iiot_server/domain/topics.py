@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from .errors import ValidationError
 
@@ -144,3 +144,54 @@ def device_may(device_id: str, action: TopicAction, topic: str) -> bool:
 
 def twin_topic(device_id: str, suffix: str) -> str:
     return f"devices/{device_id}/twin/{suffix}"
+
+
+# The IoT Hub MQTT dialect (Azure IoT Hub's device topics, as Spotflow's SDK uses them) ----
+
+HUB_TELEMETRY_LEVEL = "messages/events"
+"""``devices/<workspace>:<device>/messages/events/<property bag>``: a device's telemetry."""
+
+_HUB_IGNORED_FLAGS = ("has-externalized-payload", "ignore-payload", "content-encoding")
+
+
+def hub_telemetry_topic(hub_device_id: str, device_id: str, topic: str) -> str | None:
+    """The native topic a telemetry PUBLISH of the IoT Hub dialect stands for, or None when
+    ``topic`` is not the device's own ``devices/<hub_device_id>/messages/events/…`` or its
+    property bag asks for something the platform does not do.
+
+    The property bag is the URL-encoded ``key=value&…`` Spotflow's SDK writes
+    (``spotflow/src/iothub/sender.rs``): ``stream-name`` gives the stream (``default``
+    without one) and ``message-id`` the id messages are de-duplicated by, exactly as a
+    native ``mid``. ``stream-group-name``, ``site-id``, ``batch-id``, ``batch-slice-id``,
+    ``chunk-id``, ``complete-batch``, ``complete-message`` and IoT Hub's other application
+    and ``$.`` system properties are accepted and ignored (IoT Hub passes unknown
+    properties on). Refused (None): Brotli ``content-encoding`` (the platform decodes zlib
+    only), ``has-externalized-payload`` (a link to a file upload the platform does not
+    serve) and ``ignore-payload`` (a batch-closing message with nothing to store).
+
+    >>> hub_telemetry_topic("default:pump-1", "pump-1",
+    ...     "devices/default:pump-1/messages/events/stream-name=vibration&message-id=m%3A1")
+    'devices/pump-1/messages/vibration/mid=m%3A1'
+    >>> hub_telemetry_topic("default:pump-1", "pump-1", "devices/default:pump-1/messages/events/")
+    'devices/pump-1/messages/default'
+    >>> hub_telemetry_topic("default:pump-1", "pump-1", "devices/default:pump-2/messages/events/")
+    """
+    prefix = f"devices/{hub_device_id}/{HUB_TELEMETRY_LEVEL}"
+    if topic != prefix and not topic.startswith(prefix + "/"):
+        return None
+    bag = topic[len(prefix) + 1 :]
+    try:
+        properties = dict(parse_qsl(bag, keep_blank_values=True)) if bag else {}
+    except ValueError:
+        return None
+    if any(flag in properties for flag in _HUB_IGNORED_FLAGS):
+        return None
+    try:
+        stream = validate_stream(properties.get("stream-name", DEFAULT_STREAM), field="stream-name")
+        message_id = properties.get("message-id")
+        if message_id is not None:
+            validate_message_id(message_id, field="message-id")
+    except ValidationError:
+        return None
+    native = f"devices/{device_id}/messages/{stream}"
+    return native if message_id is None else f"{native}/{urlencode({'mid': message_id})}"
