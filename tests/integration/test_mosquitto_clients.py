@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
+from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
+from ..server.test_register_spotflow_shape import expected_signature
 from .mqtt import provision, wait_for
 from .test_broker import stored
+from .test_iot_hub_dialect import hub_credentials
 
 MISSING = shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None
 pytestmark = pytest.mark.skipif(
@@ -188,3 +193,62 @@ def test_mosquitto_pub_with_a_forbidden_will_is_refused(
     assert not platform.services.broker.retained_messages
     assert not stored(platform, rogue.device_id)
     assert platform.admin.get_twin(victim.device_id).desired.version == 0
+
+
+def test_mosquitto_pub_over_tls_with_a_sas_from_register_speaks_the_iot_hub_dialect(
+    clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 13, with another project's client: the IoT Hub dialect as Spotflow's SDK
+    speaks it (client id ``<ws>:<dev>``, the IoT Hub username, the SAS from the register
+    answer as password) over TLS, trusting the development CA. Telemetry is stored; a
+    wrong signature and an expired SAS are refused at CONNECT; another device's topic is
+    not stored."""
+    with Platform(data_dir=tmp_path / "data", clock=clock, tls=True) as tls:
+        assert tls.ca_cert_path is not None
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_cert_path))  # for httpx, as for the SDK
+        reg, other = provision(tls, "mosq-hub-1"), provision(tls, "mosq-hub-2")
+        creds = hub_credentials(tls, reg)
+
+        def hub_pub(password: str, topic: str, message: str) -> subprocess.CompletedProcess[str]:
+            return mosquitto_pub(
+                tls,
+                "--cafile",
+                str(tls.ca_cert_path),
+                "-i",
+                creds.client_id,
+                "-u",
+                creds.username,
+                "-P",
+                password,
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                message,
+            )
+
+        own = "devices/default:mosq-hub-1/messages/events/stream-name=temp&message-id=t1"
+        sent = hub_pub(creds.password, own, "21.5")
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: stored(tls, reg.device_id) == [("temp", "t1", "21.5")])
+
+        sig = creds.password.split("&sig=", 1)[1].split("&", 1)[0]
+        wrong = hub_pub(creds.password.replace(sig, "A" * len(sig)), own, "wrong signature")
+        sr = creds.password.split("sr=", 1)[1].split("&", 1)[0]
+        past = str(int(clock.now().timestamp()) - 1)
+        signature = quote(expected_signature(tls, reg.device_id, sr, past), safe="")
+        expired_sas = f"SharedAccessSignature sr={sr}&sig={signature}&se={past}"
+        expired = hub_pub(expired_sas, own, "expired")
+        for refused in (wrong, expired):
+            assert refused.returncode != 0
+            assert "not authori" in (refused.stderr + refused.stdout).lower()
+
+        forged = hub_pub(
+            creds.password, "devices/default:mosq-hub-2/messages/events/stream-name=x", "forged"
+        )
+        assert forged.returncode == 0, forged.stderr  # accepted on the wire, never stored
+        last = hub_pub(creds.password, own.replace("t1", "t2"), "22.0")
+        assert last.returncode == 0, last.stderr
+        assert wait_for(lambda: len(stored(tls, reg.device_id)) == 2)
+        assert stored(tls, other.device_id) == []
