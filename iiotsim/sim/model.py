@@ -3,8 +3,9 @@ and goes.
 
 How it stays fast: a device's network connectivity (its own on/off renewal process,
 merged with outages and the reconnect delays of their storms) does not depend on its
-tokens, so it is drawn up front as a matrix of segments (devices x segments) and the
-model walks the segments column by column, vectorised over devices. Between two
+tokens, so it is drawn up front as a matrix of segments (devices x segments), one block
+of :data:`DEVICE_BLOCK` devices at a time, and the model walks the segments column by
+column, vectorised over the block's devices. Between two
 segment boundaries nothing can change an outcome: refreshes while online follow in
 closed form (at ``refresh_fraction x lifetime`` of token age, and at once on reconnect
 if that point passed offline), a lockout is decided at reconnect (token age >= lifetime),
@@ -16,6 +17,8 @@ each next pass replays with the queue's delay (as a function of lockout time, da
 0.5) until the lockout count and mean wait settle within 1 % (or 2 lockouts / 60 s), at
 most :data:`FIXED_POINT_MAX_PASSES` passes; the summary says how many and whether it
 settled, and reports the final pass's own waits (approvals after the horizon censored).
+The passes record lockouts only; the settled one is replayed once more with its
+timeline, totals and messages.
 Token rules are the platform's (``iiot_server.domain.tokens``).
 """
 
