@@ -12,9 +12,12 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
+import socket
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +31,26 @@ from iiot_server.tls import development_certificates
 
 from .admin import AdminClient
 
+log = logging.getLogger(__name__)
+
+SPOTFLOW_MQTT_PORT = 8883
+"""The only MQTT port Spotflow's device SDK connects to (``MqttOptions::new(device_id,
+iothub, 8883)``; a port written into ``iotHubHostName`` fails name resolution): see
+``docs/protocol.md``, 'Spotflow SDK'."""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (as asyncio does, SO_REUSEADDR: a
+    port in TIME_WAIT after a previous platform counts as free, one listened on does not)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 class Platform:
     """A running platform for notebooks, tests and hybrid runs (a context manager).
@@ -40,7 +63,10 @@ class Platform:
     ``clock`` (e.g. :class:`iiotsim.clock.ManualClock`) drives every expiry.
     ``tls=True`` serves HTTPS and MQTT over TLS with a development CA made at first start
     in ``data_dir/tls/`` (reused after; :attr:`ca_cert_path` is what devices trust), unless
-    ``settings`` name a certificate and key of the operator's own.
+    ``settings`` name a certificate and key of the operator's own. With TLS and no
+    ``mqtt_port``, MQTT listens on 8883 when it is free on ``host`` (the only port
+    Spotflow's SDK uses), else on a free port with a warning saying that SDK will not
+    connect. ``mqtt_port=0`` asks for a free port in any case.
     """
 
     def __init__(
@@ -50,7 +76,7 @@ class Platform:
         *,
         host: str = "127.0.0.1",
         http_port: int = 0,
-        mqtt_port: int = 0,
+        mqtt_port: int | None = None,
         database_url: str | None = None,
         admin_key: str | None = None,
         settings: Settings | None = None,
@@ -70,13 +96,14 @@ class Platform:
                 "host": host,
                 "port": http_port,
                 "mqtt_host": host,
-                "mqtt_port": mqtt_port,
+                "mqtt_port": mqtt_port or 0,
                 "database_url": database_url or sqlite_url(self.data_dir),
                 "admin_key": self.admin_key,
             }
         )
         self.clock = clock
         self.tls = tls or self.settings.tls
+        self._mqtt_port_given = mqtt_port is not None
         self.ca_cert_path: Path | None = None
         """The CA (PEM) a client of this platform trusts when :attr:`tls` is on: the
         development CA, or None when ``settings`` gave the operator's certificate."""
@@ -92,9 +119,27 @@ class Platform:
             self.settings.tls_cert_file = str(files.cert)
             self.settings.tls_key_file = str(files.key)
             self.ca_cert_path = files.ca_cert
+        if self.tls and not self._mqtt_port_given:
+            self.settings.mqtt_port = self._spotflow_mqtt_port()
         self._runner = ServerRunner(self.settings, self.clock).start()
         self._admin = AdminClient(self._runner.http_url, self.admin_key, ca_cert=self.ca_cert_path)
         return self
+
+    def _spotflow_mqtt_port(self) -> int:
+        """8883 if free on the MQTT host, else 0 (a free port) with a warning. Probed just
+        before the broker binds: another process taking 8883 in between fails the start."""
+        host = self.settings.mqtt_host
+        if port_is_free(host, SPOTFLOW_MQTT_PORT):
+            return SPOTFLOW_MQTT_PORT
+        message = (
+            f"port {SPOTFLOW_MQTT_PORT} on {host} is taken: MQTT over TLS listens on a free "
+            f"port instead, and the real Spotflow SDK will not connect (it always connects "
+            f"to port {SPOTFLOW_MQTT_PORT} of iotHubHostName); iiot_device and other clients "
+            "take the port from Platform.mqtt_port"
+        )
+        log.warning("%s", message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return 0
 
     def stop(self) -> None:
         """Stop the servers and remove a temporary data directory; idempotent."""

@@ -7,15 +7,17 @@ revocation switch and takeover rule as the native dialect."""
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
 from iiotsim.clock import ManualClock
-from iiotsim.platform import Platform
+from iiotsim.platform import SPOTFLOW_MQTT_PORT, Platform, port_is_free
 
 from ..security.raw_mqtt import abort, connect_packet, open_socket, read_connack
 from ..server.test_register_spotflow_shape import expected_signature
@@ -205,3 +207,47 @@ def test_a_hub_will_on_its_own_telemetry_is_stored_and_on_another_device_refused
     assert die_with_will("devices/default:hub-0009/messages/events/stream-name=w") == 0
     assert wait_for(lambda: stored(platform, reg.device_id) == [("w", None, "died")])
     assert stored(platform, other.device_id) == []
+
+
+def test_a_tls_platform_listens_for_mqtt_on_8883_as_spotflows_sdk_requires(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
+        pytest.skip("port 8883 on 127.0.0.1 is taken by another process: cannot show it used")
+    with Platform(data_dir=tmp_path / "data", clock=clock, tls=True) as tls:
+        assert tls.mqtt_port == SPOTFLOW_MQTT_PORT
+        assert tls.ca_cert_path is not None
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_cert_path))  # for httpx, as for the SDK
+        creds = hub_credentials(tls, provision(tls, "hub-8883"))
+        device = Device(tls, creds.client_id, creds.password, creds.username)
+        device.client.tls_set(ca_certs=str(tls.ca_cert_path))
+        try:  # what Spotflow's SDK does: MQTT over TLS to 8883 of iotHubHostName
+            assert (creds.host, device.port) == ("127.0.0.1", SPOTFLOW_MQTT_PORT)
+            assert device.connect() == 0
+        finally:
+            device.close()
+
+
+def test_a_tls_platform_warns_when_8883_is_taken_and_listens_elsewhere(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    holder = None
+    if port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):  # take it, so it is taken either way
+        holder = socket.create_server(("127.0.0.1", SPOTFLOW_MQTT_PORT))
+    try:
+        tls = Platform(data_dir=tmp_path / "data", clock=clock, tls=True)
+        with pytest.warns(RuntimeWarning, match="real Spotflow SDK will not connect"):
+            tls.start()
+        try:
+            assert tls.mqtt_port != SPOTFLOW_MQTT_PORT
+            assert tls.mqtt_port > 0
+        finally:
+            tls.stop()
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+def test_an_explicit_mqtt_port_is_kept_with_tls(tmp_path: Path, clock: ManualClock) -> None:
+    with Platform(data_dir=tmp_path / "data", clock=clock, tls=True, mqtt_port=0) as tls:
+        assert tls.mqtt_port != SPOTFLOW_MQTT_PORT
