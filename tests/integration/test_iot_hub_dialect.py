@@ -6,6 +6,7 @@ revocation switch and takeover rule as the native dialect."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -251,3 +252,46 @@ def test_a_tls_platform_warns_when_8883_is_taken_and_listens_elsewhere(
 def test_an_explicit_mqtt_port_is_kept_with_tls(tmp_path: Path, clock: ManualClock) -> None:
     with Platform(data_dir=tmp_path / "data", clock=clock, tls=True, mqtt_port=0) as tls:
         assert tls.mqtt_port != SPOTFLOW_MQTT_PORT
+
+
+def next_message(device: Device) -> tuple[str, bytes]:
+    msg = device.messages.get(timeout=WAIT)
+    return msg.topic, bytes(msg.payload)
+
+
+def test_the_twin_over_iothub_topics_as_spotflows_sdk_uses_it(
+    platform: Platform, hub_connect: Callable[..., Device]
+) -> None:
+    reg, other = provision(platform, "hub-twin-1"), provision(platform, "hub-twin-2")
+    platform.admin.update_desired_properties(reg.device_id, {"setpoint": 5})
+    device = hub_connect(hub_credentials(platform, reg))
+    bystander = hub_connect(hub_credentials(platform, other))
+    for client in (device, bystander):
+        assert client.connect() == 0
+        assert client.subscribe("$iothub/twin/res/#") == [1]
+        assert client.subscribe("$iothub/twin/PATCH/properties/desired/#") == [1]
+    assert device.subscribe("$iothub/#") == [128]  # nothing wider than its own answers
+
+    device.publish("$iothub/twin/GET/?$rid=r1", b"", qos=1)
+    topic, body = next_message(device)
+    assert topic == "$iothub/twin/res/200/?$rid=r1"
+    assert json.loads(body) == {
+        "desired": {"setpoint": 5, "$version": 1},
+        "reported": {"$version": 0},
+    }
+
+    device.publish("$iothub/twin/PATCH/properties/reported/?$rid=r2", b'{"temp": 21}', qos=1)
+    assert next_message(device) == ("$iothub/twin/res/204/?$rid=r2&$version=1", b"")
+    assert platform.admin.get_twin(reg.device_id).reported.properties == {"temp": 21}
+
+    device.publish("$iothub/twin/PATCH/properties/reported/?$rid=r3", b"{not json", qos=1)
+    topic, body = next_message(device)
+    assert topic == "$iothub/twin/res/400/?$rid=r3"
+    assert "message" in json.loads(body)
+
+    platform.admin.update_desired_properties(reg.device_id, {"setpoint": 6})
+    topic, body = next_message(device)
+    assert topic == "$iothub/twin/PATCH/properties/desired/?$version=2"
+    assert json.loads(body) == {"setpoint": 6, "$version": 2}
+    assert bystander.messages.empty()
+    assert platform.admin.get_twin(other.device_id).reported.version == 0

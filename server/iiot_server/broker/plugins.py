@@ -18,7 +18,7 @@ from amqtt.session import IncomingApplicationMessage, Session
 
 from ..domain import sas
 from ..domain.errors import ValidationError
-from ..domain.topics import TopicAction, TopicKind, device_may, parse_topic
+from ..domain.topics import TopicAction, TopicKind, device_may, hub_may_subscribe, parse_topic
 from ..services.messages import IncomingMessage, decompress
 
 if TYPE_CHECKING:
@@ -88,6 +88,13 @@ class DeviceTopicPlugin(BaseTopicPlugin):
     ) -> bool | None:
         if session is None or topic is None or action is None or not session.client_id:
             return False
+        hub_client_id: str | None = getattr(session, "iiot_hub_client_id", None)
+        if (
+            hub_client_id is not None
+            and action is Action.SUBSCRIBE
+            and hub_may_subscribe(hub_client_id, topic)
+        ):
+            return True
         return device_may(session.client_id, TopicAction(action.value), topic)
 
 

@@ -35,7 +35,10 @@ from ..domain.topics import (
     TopicAction,
     TopicKind,
     device_may,
+    hub_desired_topic,
     hub_telemetry_topic,
+    hub_twin_response_topic,
+    parse_hub_twin_request,
     parse_topic,
     twin_topic,
 )
@@ -117,6 +120,8 @@ class _IngestingHandler(BrokerProtocolHandler):
             )
             if native is not None:
                 publish_packet.topic_name = native
+            elif await self._hub_twin_request(session, publish_packet):
+                return
             elif (publish_packet.topic_name or "").startswith(f"devices/{hub_client_id}/"):
                 log.warning(
                     "%s: %s not taken (property bag refused, see hub_telemetry_topic)",
@@ -155,6 +160,21 @@ class _IngestingHandler(BrokerProtocolHandler):
         puback = PubackPacket.build(message.packet_id)
         await self._send_packet(puback)
         message.puback_packet = puback
+
+    async def _hub_twin_request(self, session: Session, publish_packet: PublishPacket) -> bool:
+        """An IoT Hub twin GET or reported PATCH (QoS 0 or 1), answered on
+        ``$iothub/twin/res/…`` to this session, then acknowledged; False if the PUBLISH is
+        not one (amqtt's own path and the ACL take it)."""
+        request = parse_hub_twin_request(publish_packet.topic_name or "")
+        if request is None or publish_packet.qos not in (QOS_0, QOS_1):
+            return False
+        broker: PlatformBroker = self.iiot_broker  # type: ignore[attr-defined]
+        kind, request_id = request
+        await broker.answer_hub_twin_request(session, kind, request_id, publish_packet.data)
+        header = publish_packet.variable_header
+        if publish_packet.qos == QOS_1 and header is not None and header.packet_id is not None:
+            await self._send_packet(PubackPacket.build(header.packet_id))
+        return True
 
 
 @dataclass
@@ -282,6 +302,7 @@ class PlatformBroker(Broker):
             reader, writer, self.plugins_manager
         )
         handler.__class__ = _IngestingHandler  # amqtt names its handler class inline
+        handler.iiot_broker = self  # type: ignore[attr-defined]
         session.iiot_clean_start = session.clean_session and bool(session.client_id)  # type: ignore[attr-defined]
         if session.clean_session and not session.client_id:
             session.client_id = gen_client_id()
@@ -643,6 +664,57 @@ class PlatformBroker(Broker):
 
     def _on_desired_changed(self, device_id: str, patch: dict[str, Any]) -> None:
         self._spawn(self._send(device_id, "desired", patch))
+        live = self._live.get(device_id)
+        version = patch.get("$version")
+        hub = live is not None and getattr(live.session, "iiot_hub_client_id", None) is not None
+        if live is not None and hub and isinstance(version, int):
+            self._spawn(self._send_to_session(live.session, hub_desired_topic(version), patch))
+
+    async def _send_to_session(
+        self, session: Session, topic: str, body: dict[str, Any] | None
+    ) -> None:
+        """Send to one session only, at QoS 0: the ``$iothub/…`` topics name no device, so
+        they are never broadcast. A lost answer or patch is recovered by the SDK itself: it
+        asks for the full twin after every reconnection (``handlers/twins.rs``) and on a
+        desired ``$version`` that is not its own + 1."""
+        handler = self._get_handler(session)
+        if handler is None or session.transitions.state != "connected":
+            return
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        await handler.mqtt_publish(topic, data, QOS_0, retain=False)
+
+    async def answer_hub_twin_request(
+        self, session: Session, kind: TopicKind, request_id: str, payload: bytes | None
+    ) -> None:
+        """IoT Hub's twin over MQTT on the device's one twin: a GET is answered
+        ``res/200`` with ``{"desired": {…, "$version"}, "reported": {…, "$version"}}``, a
+        reported PATCH (a JSON merge patch) ``res/204`` with the new reported ``$version``
+        in the topic; a refused patch ``res/400`` with ``{"message": …}``, a failure
+        ``res/500``."""
+        from ..domain.documents import decode_json_document  # as _answer_twin_request
+
+        device_id = session.client_id or ""
+        twins = self.services.twins
+        try:
+            if kind is TopicKind.TWIN_REPORTED:
+                body = decode_json_document(payload or b"{}", field="reported")
+                twin = await twins.patch(device_id, Section.REPORTED, body)
+                topic = hub_twin_response_topic(204, request_id, twin.reported.version)
+                await self._send_to_session(session, topic, None)
+                return
+            twin = await twins.get(device_id)
+            answer = {
+                "desired": with_version(twin.desired.properties, twin.desired.version),
+                "reported": with_version(twin.reported.properties, twin.reported.version),
+            }
+            await self._send_to_session(session, hub_twin_response_topic(200, request_id), answer)
+        except (ValueError, DomainError) as exc:
+            log.info("twin request from %s refused: %s", device_id, exc)
+            topic = hub_twin_response_topic(400, request_id)
+            await self._send_to_session(session, topic, {"message": str(exc)})
+        except Exception:
+            log.exception("twin request from %s failed", device_id)
+            await self._send_to_session(session, hub_twin_response_topic(500, request_id), None)
 
     async def _send(self, device_id: str, suffix: str, body: dict[str, Any]) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()

@@ -195,3 +195,61 @@ def hub_telemetry_topic(hub_device_id: str, device_id: str, topic: str) -> str |
         return None
     native = f"devices/{device_id}/messages/{stream}"
     return native if message_id is None else f"{native}/{urlencode({'mid': message_id})}"
+
+
+HUB_TWIN_SUBSCRIPTIONS = ("$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#")
+"""What Spotflow's SDK subscribes to for its twin (besides cloud-to-device messages)."""
+_HUB_TWIN_REQUESTS = {
+    "$iothub/twin/GET/": TopicKind.TWIN_GET,
+    "$iothub/twin/PATCH/properties/reported/": TopicKind.TWIN_REPORTED,
+}
+_REQUEST_ID_PATTERN = MESSAGE_ID_PATTERN
+
+
+def hub_may_subscribe(hub_device_id: str, topic_filter: str) -> bool:
+    """Whether an IoT Hub dialect session may subscribe to ``topic_filter``: the twin
+    answers and desired patches (sent to the session itself, never broadcast, so these
+    filters reach nobody else's) and its own cloud-to-device topic.
+
+    >>> hub_may_subscribe("default:pump-1", "$iothub/twin/res/#")
+    True
+    >>> hub_may_subscribe("default:pump-1", "$iothub/#")
+    False
+    """
+    return (
+        topic_filter in HUB_TWIN_SUBSCRIPTIONS
+        or topic_filter == f"devices/{hub_device_id}/messages/devicebound/#"
+    )
+
+
+def parse_hub_twin_request(topic: str) -> tuple[TopicKind, str] | None:
+    """``(TWIN_GET | TWIN_REPORTED, request id)`` for IoT Hub's
+    ``$iothub/twin/GET/?$rid=…`` and ``$iothub/twin/PATCH/properties/reported/?$rid=…``,
+    else None (also for a request id that could not be echoed safely in a topic).
+
+    >>> parse_hub_twin_request("$iothub/twin/GET/?$rid=7f3c-1")
+    (<TopicKind.TWIN_GET: 'twin_get'>, '7f3c-1')
+    >>> parse_hub_twin_request("$iothub/twin/GET/?$rid=a/b") is None
+    True
+    """
+    for prefix, kind in _HUB_TWIN_REQUESTS.items():
+        if topic.startswith(prefix + "?"):
+            query = dict(parse_qsl(topic[len(prefix) + 1 :], keep_blank_values=True))
+            rid = query.get("$rid", "")
+            return (kind, rid) if _REQUEST_ID_PATTERN.fullmatch(rid) else None
+    return None
+
+
+def hub_twin_response_topic(status: int, request_id: str, version: int | None = None) -> str:
+    """``$iothub/twin/res/{status}/?$rid={request id}[&$version={version}]``.
+
+    >>> hub_twin_response_topic(204, "r1", 3)
+    '$iothub/twin/res/204/?$rid=r1&$version=3'
+    """
+    tail = "" if version is None else f"&$version={version}"
+    return f"$iothub/twin/res/{status}/?$rid={request_id}{tail}"
+
+
+def hub_desired_topic(version: int) -> str:
+    """``$iothub/twin/PATCH/properties/desired/?$version={version}``."""
+    return f"$iothub/twin/PATCH/properties/desired/?$version={version}"
