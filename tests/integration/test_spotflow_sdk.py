@@ -1,0 +1,95 @@
+"""The real Spotflow device SDK (``spotflow-device`` 2.1.1, a Rust core) against
+``Platform(tls=True)`` (issue 13): it provisions over HTTPS, connects to MQTT over TLS on
+port 8883 of ``iotHubHostName`` with the SAS from the register answer, sends, and syncs its
+twin over the ``$iothub/…`` topics. It trusts the development CA through ``SSL_CERT_FILE``
+(OpenSSL via native-tls, see docs/protocol.md). Real time: the SDK checks its SAS against
+its own clock, so no ManualClock here; waits are bounded waits on network effects."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iiotsim.platform import SPOTFLOW_MQTT_PORT, Platform, port_is_free
+
+spotflow_device = pytest.importorskip("spotflow_device")
+
+SDK_WAIT = 30.0
+
+
+def eventually(check: Callable[[], bool], within: float = SDK_WAIT) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def test_the_real_spotflow_sdk_provisions_starts_sends_and_syncs_its_twin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
+        pytest.skip("port 8883 on 127.0.0.1 is taken: Spotflow's SDK connects to no other port")
+    with Platform(data_dir=tmp_path / "platform", tls=True) as platform:
+        assert platform.mqtt_port == SPOTFLOW_MQTT_PORT
+        monkeypatch.setenv("SSL_CERT_FILE", str(platform.ca_cert_path))
+        pt = platform.admin.create_provisioning_token("spotflow sdk").provisioning_token
+        shown: list[tuple[str, str]] = []
+
+        def display(operation: object) -> None:  # the SDK shows the code; a human approves
+            op_id, code = operation.id, operation.verification_code  # type: ignore[attr-defined]
+            shown.append((op_id, code))
+            threading.Thread(
+                target=platform.admin.approve_operation, args=(op_id,), daemon=True
+            ).start()
+
+        started: list[object] = []
+
+        def start() -> None:  # retries forever on a refusal: bounded by the join below
+            started.append(
+                spotflow_device.DeviceClient.start(
+                    device_id="spotflow-0001",
+                    provisioning_token=pt,
+                    db=str(tmp_path / "spotflow.db"),
+                    instance=platform.http_url.removeprefix("https://"),
+                    display_provisioning_operation_callback=display,
+                )
+            )
+
+        starter = threading.Thread(target=start, daemon=True)
+        starter.start()
+        starter.join(2 * SDK_WAIT)
+        assert started, "DeviceClient.start() did not return"
+        client: Any = started.pop()
+        try:
+            assert len(shown) == 1  # start() returned: provisioned, registered, twin answered
+            assert (client.workspace_id, client.device_id) == ("default", "spotflow-0001")
+
+            sender = client.create_stream_sender(stream_group="plant", stream="vibration")
+            sender.send_message(b"0.42")
+            client.wait_enqueued_messages_sent()
+            assert eventually(lambda: bool(platform.admin.list_device_messages("spotflow-0001")))
+            [message] = platform.admin.list_device_messages("spotflow-0001")
+            assert (message.stream, message.payload) == ("vibration", "0.42")
+
+            client.update_reported_properties({"temperature": 21})
+            assert eventually(
+                lambda: (
+                    platform.admin.get_twin("spotflow-0001").reported.properties
+                    == {"temperature": 21}
+                )
+            )
+
+            platform.admin.update_desired_properties("spotflow-0001", {"setpoint": 7})
+            assert eventually(lambda: client.get_desired_properties().values == {"setpoint": 7})
+            assert platform.admin.get_device("spotflow-0001").connected
+        finally:
+            client = None
+            gc.collect()  # the SDK disconnects when dropped, before the platform stops
