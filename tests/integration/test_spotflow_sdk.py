@@ -93,3 +93,65 @@ def test_the_real_spotflow_sdk_provisions_starts_sends_and_syncs_its_twin(
         finally:
             client = None
             gc.collect()  # the SDK disconnects when dropped, before the platform stops
+
+
+def test_a_revoked_spotflow_sdk_device_provisions_again_at_its_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RT of a revoked device gets a 401 at register: at start-up the SDK then opens a
+    new provisioning operation (it did not on the old 403s and retried for ever). While it
+    runs, the revoked SDK logs "Registration Token is invalid" and stays disconnected."""
+    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
+        pytest.skip("port 8883 on 127.0.0.1 is taken: Spotflow's SDK connects to no other port")
+    with Platform(data_dir=tmp_path / "platform", tls=True) as platform:
+        monkeypatch.setenv("SSL_CERT_FILE", str(platform.ca_cert_path))
+        pt = platform.admin.create_provisioning_token("spotflow sdk").provisioning_token
+        shown: list[str] = []
+
+        def display(operation: object) -> None:
+            op_id = operation.id  # type: ignore[attr-defined]
+            shown.append(op_id)
+            threading.Thread(
+                target=platform.admin.approve_operation, args=(op_id,), daemon=True
+            ).start()
+
+        def start() -> Any:
+            started: list[object] = []
+            starter = threading.Thread(
+                target=lambda: started.append(
+                    spotflow_device.DeviceClient.start(
+                        device_id="spotflow-0002",
+                        provisioning_token=pt,
+                        db=str(tmp_path / "spotflow.db"),  # the same database both times
+                        instance=platform.http_url.removeprefix("https://"),
+                        display_provisioning_operation_callback=display,
+                    )
+                ),
+                daemon=True,
+            )
+            starter.start()
+            starter.join(2 * SDK_WAIT)
+            assert started, "DeviceClient.start() did not return"
+            return started.pop()
+
+        client = start()
+        assert len(shown) == 1
+        platform.admin.revoke_device("spotflow-0002")
+        assert eventually(lambda: not platform.admin.get_device("spotflow-0002").connected)
+        client = None
+        gc.collect()
+
+        client = start()
+        try:
+            assert len(shown) == 2 and shown[0] != shown[1]  # a new operation, approved
+            client.create_stream_sender(stream="after").send_message(b"back")
+            client.wait_enqueued_messages_sent()
+            assert eventually(
+                lambda: (
+                    [m.stream for m in platform.admin.list_device_messages("spotflow-0002")]
+                    == ["after"]
+                )
+            )
+        finally:
+            client = None
+            gc.collect()
