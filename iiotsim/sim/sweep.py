@@ -45,6 +45,16 @@ def grid_scenarios(
     return out
 
 
+def effective_scenario(scenario: Scenario) -> Scenario:
+    """The scenario with the settings that cannot change its run put to one value: an
+    infinite lifetime's refresh fraction (nothing refreshes). Runs of scenarios with
+    the same effective scenario are identical (``tests/sim/test_sweep_dedupe.py``)."""
+    token = scenario.token
+    if token.lifetime is None and token.refresh_fraction != 0.5:
+        return scenario.replace(**{"token.refresh_fraction": 0.5})
+    return scenario
+
+
 def sweep(
     base: Scenario,
     *,
@@ -67,12 +77,24 @@ def sweep(
     ``compare_policies(frame, a, b)`` a paired difference (:mod:`.stats`).
     """
     runs = grid_scenarios(base, grid, repetitions)
-    tasks = [(i, p, r, s.to_json()) for i, (p, r, s) in enumerate(runs)]
+    # a policy that cannot differ from another in effect is run once: with an infinite
+    # lifetime nothing refreshes, so every refresh fraction gives the same run (a
+    # lifetime x fraction grid repeats it once per fraction: 15 of notebook 02's 160)
+    first: dict[bytes, int] = {}
+    same_as: dict[int, int] = {}
+    tasks = []
+    for i, (p, r, s) in enumerate(runs):
+        key = effective_scenario(s).to_json()
+        if key in first:
+            same_as[i] = first[key]
+        else:
+            first[key] = i
+            tasks.append((i, p, r, s.to_json()))
     # run a repetition's policies one after another: a worker then draws the shared
     # connectivity once per repetition (``simulate`` keeps the last fleet); rows are
     # placed by index, so the frame's order is unchanged
     tasks.sort(key=lambda task: (task[2], task[0]))
-    rows: list[dict[str, Any] | None] = [None] * len(tasks)
+    rows: list[dict[str, Any] | None] = [None] * len(runs)
     bar = tqdm(total=len(tasks), desc="simulations", disable=not progress)
     try:
         if client is not None:
@@ -98,6 +120,11 @@ def sweep(
                     bar.update()
     finally:
         bar.close()
+    for i, j in same_as.items():
+        params, repetition, scenario = runs[i]
+        twin = rows[j]
+        assert twin is not None
+        rows[i] = {**twin, **params, "repetition": repetition, "seed": scenario.seed}
     frame = pd.DataFrame([r for r in rows if r is not None])
     frame.attrs["grid"] = [k.replace("__", ".") for k in grid]
     return frame
