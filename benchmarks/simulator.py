@@ -39,6 +39,11 @@ peak 1,177 MiB. Target 10 min: met in CPU (500 s against ~1,275 s before, 797 s 
 ~0.8 of a core), not shown in wall time on the shared machine (658 s). Both runs gave
 identical per-policy tables.
 
+Measured 2026-11-26 19:34-19:42 UTC with the machine otherwise idle (load ~0.9 at the
+start), after ``sweep`` runs an infinite lifetime once for all its refresh fractions (15 of
+the 160 runs were repeats): ``--study`` 160 runs in 477 s wall (8.0 min; target 10 min:
+met), workers' CPU 934 s, worker peak 1,171 MiB.
+
     .venv/bin/python benchmarks/simulator.py            # everything (a few minutes)
     .venv/bin/python benchmarks/simulator.py --quick    # 1,000 and 10,000 devices only
     .venv/bin/python benchmarks/simulator.py --study    # the notebook-02 study only
