@@ -20,7 +20,7 @@ from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
 from .server.device_calls import complete, init
-from .server.test_standalone import free_port
+from .server.test_standalone import free_port, start_until_ready
 
 
 def run(platform: Platform, *argv: str) -> int:
@@ -121,18 +121,11 @@ def test_messages_shows_a_table_and_how_to_page(
 
 def start_serve(data: Path) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IIOT_")}
-    proc = subprocess.Popen(
+    return start_until_ready(
         [sys.executable, "-m", "iiotsim.cli", "serve", "--port", str(free_port()),
          "--no-mqtt", "--database-url", f"sqlite:///{data / 'iiot.db'}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env,
     )  # fmt: skip
-    assert proc.stdout is not None
-    output = ""
-    for line in proc.stdout:
-        output += line
-        if "Press Ctrl+C" in line:
-            break
-    return proc, output
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

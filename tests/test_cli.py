@@ -14,24 +14,11 @@ from pathlib import Path
 
 import httpx
 
-from .server.test_standalone import free_port
+from .server.test_standalone import free_port, start_until_ready
 
 
 def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "iiotsim.cli", *args],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    output = ""
-    for line in proc.stdout:
-        output += line
-        if "Press Ctrl+C" in line:
-            break
-    return proc, output
+    return start_until_ready([sys.executable, "-m", "iiotsim.cli", *args], {**os.environ, **env})
 
 
 def test_serve_runs_http_and_mqtt_until_interrupted(tmp_path: Path) -> None:

@@ -14,33 +14,15 @@ from pathlib import Path
 import httpx
 from iiot_server.tls import development_certificates
 
-from .test_standalone import free_port, stop
+from .test_standalone import free_port, start_until_ready, stop
 
 
 def serve(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iiot_server",
-            "--port",
-            str(free_port()),
-            "--mqtt-port",
-            "0",
-            *args,
-        ],
-        env={**os.environ, "IIOT_ADMIN_KEY": "ak_tls-test"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    output = ""
-    for line in proc.stdout:
-        output += line
-        if "Press Ctrl+C" in line or "error:" in line:
-            break
-    return proc, output
+    return start_until_ready(
+        [sys.executable, "-m", "iiot_server", "--port", str(free_port()), "--mqtt-port", "0",
+         *args],
+        {**os.environ, "IIOT_ADMIN_KEY": "ak_tls-test"},
+    )  # fmt: skip
 
 
 def tls_handshake(port: int, ca: Path) -> str | None:

@@ -18,30 +18,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_server(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
+def start_until_ready(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start a server command; return once it says it answers ("Press Ctrl+C ...") or
+    prints an error, with what it printed until then."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iiot_server",
-            "--port",
-            str(port),
-            "--database-url",
-            f"sqlite:///{tmp_path / 'standalone.db'}",
-        ],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
     output = ""
     for line in proc.stdout:  # the server prints "listening on ..." once it answers
         output += line
-        if "Press Ctrl+C" in line:
+        if "Press Ctrl+C" in line or "error:" in line:
             break
     return proc, output
+
+
+def run_server(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    database = f"sqlite:///{tmp_path / 'standalone.db'}"
+    return start_until_ready(
+        [sys.executable, "-m", "iiot_server", "--port", str(free_port()),
+         "--database-url", database],
+        {**os.environ, **env},
+    )  # fmt: skip
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
