@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -55,14 +55,6 @@ def hub_credentials(platform: Platform, reg: Registered) -> HubCredentials:
     return HubCredentials(
         client_id, f"{host}/{client_id}{API_VERSION}", parts["SharedAccessSignature"], host
     )
-
-
-@pytest.fixture
-def devices() -> Iterator[list[Device]]:
-    opened: list[Device] = []
-    yield opened
-    for device in opened:
-        device.close()
 
 
 @pytest.fixture

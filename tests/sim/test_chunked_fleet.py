@@ -13,46 +13,17 @@ import pandas as pd
 import pytest
 
 from iiotsim.sim import (
-    DAY,
-    HOUR,
-    Connectivity,
-    DeviceGroup,
-    Distribution,
-    Leaks,
-    Messages,
-    Outage,
-    Outages,
-    Pitfalls,
-    Provisioning,
     Scenario,
     SimulationResult,
-    TokenPolicy,
     draw_fleet,
     model,
 )
 
-# every random stream is drawn (as in test_pinned_results), over 4 blocks (the last partial)
-SCENARIO = Scenario(
-    fleet_size=350,
-    duration_days=10,
-    groups=(
-        DeviceGroup("north", 2.0),
-        DeviceGroup(
-            "south",
-            1.0,
-            Connectivity(off=Distribution.lognormal(2 * HOUR, 1.0), diurnal_amplitude=0.5),
-        ),
-    ),
-    token=TokenPolicy(lifetime=8 * HOUR, shared_provisioning_token=False),
-    provisioning=Provisioning(technicians=1, approval_time=Distribution.exponential(30 * 60)),
-    messages=Messages(rate_per_hour=6, outbox_capacity=20),
-    leaks=Leaks(registration_tokens=15, provisioning_tokens=3, detection_probability=0.7),
-    outages=Outages(
-        scheduled=(Outage(5 * DAY, 2 * HOUR, "south"),), random_per_day=0.5, random_scope="site"
-    ),
-    pitfalls=Pitfalls(duplicate_id_pairs=2),
-    seed=2026,
-)
+from .test_pinned_results import SCENARIO as PINNED
+
+# every random stream is drawn (test_pinned_results' scenario), over 4 blocks (the last
+# partial); deployed at t = 0, so every block starts at once
+SCENARIO = PINNED.replace(fleet_size=350, duration_days=10, deployment_days=0)
 TIMELINE_FIGURES = [f"{w}_{k}_per_s" for w in ("peak", "mean") for k in model.REQUEST_KINDS]
 
 
