@@ -174,3 +174,19 @@ desired_patches = Table(
     Column("patch", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# Messages the platform sends a device (IoT Hub's cloud-to-device messages), kept until
+# the device acknowledges them (MQTT PUBACK) or they expire.
+cloud_to_device_messages = Table(
+    "cloud_to_device_messages",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("device_id", String(90), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("properties", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("delivered_at", Float),
+    Index("ix_c2d_device_pending", "device_id", "delivered_at", "seq"),
+)
