@@ -19,6 +19,7 @@ embedded platform, a few seconds):
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,6 +31,7 @@ import msgspec
 import pandas as pd
 from iiot_server.api.models import (
     ApiKeyOut,
+    CloudToDeviceOut,
     ConnectionEventOut,
     CreatedApiKeyOut,
     CreatedProvisioningTokenOut,
@@ -278,6 +280,40 @@ class AdminClient:
             "GET",
             f"/api/v1/devices/{device_id}/connections",
             list[ConnectionEventOut],
+            params={"after": after, "limit": limit},
+        )
+
+    def send_to_device(
+        self,
+        device_id: str,
+        payload: str | bytes,
+        *,
+        properties: dict[str, str] | None = None,
+        time_to_live: float = 3600,
+    ) -> CloudToDeviceOut:
+        """Queue a cloud-to-device message (text, or bytes sent as base64); the device
+        gets it over MQTT once it listens. ``time_to_live`` in seconds (1 s to 2 days)."""
+        body: dict[str, Any]
+        if isinstance(payload, bytes):
+            body = {"payload": base64.b64encode(payload).decode("ascii"), "encoding": "base64"}
+        else:
+            body = {"payload": payload}
+        body |= {"properties": properties, "timeToLiveSeconds": int(time_to_live)}
+        return self._call(
+            "POST",
+            f"/api/v1/devices/{device_id}/cloud-to-device-messages",
+            CloudToDeviceOut,
+            json=body,
+        )
+
+    def list_cloud_to_device_messages(
+        self, device_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[CloudToDeviceOut]:
+        """Messages sent to the device with ``state`` pending / delivered / expired."""
+        return self._call(
+            "GET",
+            f"/api/v1/devices/{device_id}/cloud-to-device-messages",
+            list[CloudToDeviceOut],
             params={"after": after, "limit": limit},
         )
 

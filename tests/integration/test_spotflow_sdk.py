@@ -7,7 +7,9 @@ its own clock, so no ManualClock here; waits are bounded waits on network effect
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +32,19 @@ def eventually(check: Callable[[], bool], within: float = SDK_WAIT) -> bool:
             return True
         time.sleep(0.1)
     return check()
+
+
+def sdk_cloud_to_device(db: Path) -> list[tuple[bytes, str, str]]:
+    """Cloud-to-device messages the SDK stored (its ``CloudToDeviceMessages`` and
+    ``CloudToDeviceProperties`` tables), with their application properties (the system
+    ``$.`` ones left out)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT m.content, p.key, p.value FROM CloudToDeviceMessages m"
+            " JOIN CloudToDeviceProperties p ON p.message_id = m.id"
+            " WHERE p.key NOT LIKE '$.%' ORDER BY m.id"
+        ).fetchall()
+    return [(bytes(content), key, value) for content, key, value in rows]
 
 
 def test_the_real_spotflow_sdk_provisions_starts_sends_and_syncs_its_twin(
@@ -90,6 +105,17 @@ def test_the_real_spotflow_sdk_provisions_starts_sends_and_syncs_its_twin(
             platform.admin.update_desired_properties("spotflow-0001", {"setpoint": 7})
             assert eventually(lambda: client.get_desired_properties().values == {"setpoint": 7})
             assert platform.admin.get_device("spotflow-0001").connected
+
+            # cloud-to-device: the SDK 2.1.1 keeps it in its database (no Python API reads
+            # it), then acknowledges: the PUBACK is what makes it "delivered" here
+            platform.admin.send_to_device("spotflow-0001", b"\x01c2d", properties={"op": "x"})
+            assert eventually(
+                lambda: (
+                    [m.state for m in platform.admin.list_cloud_to_device_messages("spotflow-0001")]
+                    == ["delivered"]
+                )
+            )
+            assert sdk_cloud_to_device(tmp_path / "spotflow.db") == [(b"\x01c2d", "op", "x")]
         finally:
             client = None
             gc.collect()  # the SDK disconnects when dropped, before the platform stops

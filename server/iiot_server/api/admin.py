@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import io
+from datetime import timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, patch, post, put
@@ -24,6 +27,8 @@ from .models import (
     ApiKeyOut,
     ApproveRequest,
     BulkProvisioningTokensRequest,
+    CloudToDeviceOut,
+    CloudToDeviceRequest,
     ConnectionEventOut,
     CreateApiKeyRequest,
     CreatedApiKeyOut,
@@ -285,6 +290,48 @@ class DevicesController(ApiController):
     ) -> TwinOut:
         """JSON merge-patch of the tags (platform only; never sent to the device)."""
         return TwinOut.of(await services.twins.patch(device_id, Section.TAGS, data))
+
+    @post(
+        "/{device_id:str}/cloud-to-device-messages",
+        status_code=201,
+        opt={**ADMIN, PROBLEMS: (429,)},
+    )
+    async def send_cloud_to_device(
+        self,
+        device_id: FromPath[str],
+        data: JSONBody[CloudToDeviceRequest],
+        services: NamedDependency[Services],
+    ) -> CloudToDeviceOut:
+        """Queue a message for the device; it is sent over MQTT (QoS 1, on
+        ``devices/{id}/messages/devicebound/{properties}``) once the device listens, and is
+        ``delivered`` at its PUBACK. At most 50 wait per device (then 429), 64 KiB each."""
+        if data.encoding == "base64":
+            try:
+                payload = base64.b64decode(data.payload, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValidationError("payload is not valid base64", field="payload") from None
+        else:
+            payload = data.payload.encode("utf-8")
+        sent = await services.cloud_to_device.send(
+            device_id,
+            payload,
+            data.properties,
+            timedelta(seconds=data.time_to_live_seconds),
+        )
+        return CloudToDeviceOut.of(sent)
+
+    @get("/{device_id:str}/cloud-to-device-messages")
+    async def list_cloud_to_device(
+        self,
+        device_id: FromPath[str],
+        services: NamedDependency[Services],
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_WIRE_INT)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> list[CloudToDeviceOut]:
+        """Messages sent to the device with their delivery state, oldest first; page with
+        ``after`` (the last ``seq``)."""
+        listed = await services.cloud_to_device.list(device_id, after=after, limit=limit)
+        return [CloudToDeviceOut.of(m) for m in listed]
 
     @delete("/{device_id:str}", status_code=204, opt=ADMIN)
     async def delete_device(

@@ -15,6 +15,7 @@ from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from ..security import Role
 from ..services.api_keys import ApiKey, CreatedApiKey
+from ..services.cloud_to_device import CloudToDeviceMessage
 from ..services.devices import ConnectionEvent, Device
 from ..services.fleet import ConfigurationMetrics
 from ..services.messages import StoredMessage
@@ -377,6 +378,54 @@ class MessageOut(Wire):
             stream=m.stream,
             message_id=m.message_id,
             received_at=m.received_at,
+            size=len(m.payload),
+            encoding=encoding,  # type: ignore[arg-type]
+            payload=text,
+        )
+
+
+class CloudToDeviceRequest(WireRequest):
+    """A message for one device: ``payload`` as UTF-8 text, or base64 with
+    ``encoding: "base64"`` (binary payloads); ``properties`` travel in the MQTT topic's
+    property bag, as IoT Hub's application properties."""
+
+    payload: str
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    properties: dict[str, str] | None = None
+    time_to_live_seconds: Annotated[int, msgspec.Meta(ge=1, le=172_800)] = 3600
+
+
+class CloudToDeviceOut(Wire):
+    """A cloud-to-device message and its delivery: ``pending`` until the device's PUBACK
+    (``delivered``), or ``expired`` once its time to live ran out first."""
+
+    seq: int
+    message_id: str
+    device_id: str
+    state: Literal["pending", "delivered", "expired"]
+    created_at: datetime
+    expires_at: datetime
+    delivered_at: datetime | None
+    properties: dict[str, str]
+    size: int
+    encoding: Literal["utf-8", "base64"]
+    payload: str
+
+    @classmethod
+    def of(cls, m: CloudToDeviceMessage) -> CloudToDeviceOut:
+        try:
+            text, encoding = m.payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(m.payload).decode("ascii"), "base64"
+        return cls(
+            seq=m.seq,
+            message_id=m.message_id,
+            device_id=m.device_id,
+            state=m.state.value,  # type: ignore[arg-type]
+            created_at=m.created_at,
+            expires_at=m.expires_at,
+            delivered_at=m.delivered_at,
+            properties=m.properties,
             size=len(m.payload),
             encoding=encoding,  # type: ignore[arg-type]
             payload=text,

@@ -34,12 +34,14 @@ from ..domain.errors import DomainError, ValidationError
 from ..domain.topics import (
     TopicAction,
     TopicKind,
+    cloud_to_device_topic,
     device_may,
     hub_desired_topic,
     hub_telemetry_topic,
     hub_twin_response_topic,
     parse_hub_twin_request,
     parse_topic,
+    subscribes_to_cloud_to_device,
     twin_topic,
 )
 from ..domain.twin import with_version
@@ -208,7 +210,9 @@ class PlatformBroker(Broker):
             ("registration_ended", self._on_registration_ended),
             ("registration_superseded", self._on_registration_superseded),
             ("desired_changed", self._on_desired_changed),
+            ("cloud_to_device_queued", self._on_cloud_to_device_queued),
         ]
+        self._c2d_sending: dict[str, asyncio.Lock] = {}
         for event, listener in self._listeners:
             services.events.subscribe(event, listener)
 
@@ -716,6 +720,61 @@ class PlatformBroker(Broker):
             log.exception("twin request from %s failed", device_id)
             await self._send_to_session(session, hub_twin_response_topic(500, request_id), None)
 
+    # cloud-to-device messages -------------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """amqtt's, then the device's waiting cloud-to-device messages once it subscribes
+        to their topic (sent before, they would reach a client not listening yet)."""
+        granted: int = await super().add_subscription(subscription, session)
+        device_id = session.client_id or ""
+        live = self._live.get(device_id)
+        if (
+            granted != 0x80
+            and live is not None
+            and live.session is session
+            and subscribes_to_cloud_to_device(subscription[0], _topic_device_id(session))
+        ):
+            self._spawn(self._send_cloud_to_device(device_id))
+        return granted
+
+    def _on_cloud_to_device_queued(self, device_id: str) -> None:
+        if device_id in self._live:
+            self._spawn(self._send_cloud_to_device(device_id))
+
+    def _listens_to_cloud_to_device(self, session: Session) -> bool:
+        topic_id = _topic_device_id(session)
+        return any(
+            subscribes_to_cloud_to_device(topic_filter, topic_id)
+            and any(s is session for s, _ in subscribers)
+            for topic_filter, subscribers in self._subscriptions.items()
+        )
+
+    async def _send_cloud_to_device(self, device_id: str) -> None:
+        """Send the device's waiting messages in order, each at QoS 1, marking each
+        delivered at its PUBACK; stop at the first one not acknowledged (the session ended,
+        or no PUBACK within amqtt's 5 s): it waits for the next session. One sender per
+        device at a time, so a message is never sent twice on one session."""
+        lock = self._c2d_sending.setdefault(device_id, asyncio.Lock())
+        async with lock:
+            service = self.services.cloud_to_device
+            while True:
+                live = self._live.get(device_id)
+                if live is None or not self._listens_to_cloud_to_device(live.session):
+                    return
+                handler = self._get_handler(live.session)
+                waiting = await service.pending(device_id)
+                if handler is None or not waiting:
+                    return
+                topic_id = _topic_device_id(live.session)
+                for message in waiting:
+                    topic = cloud_to_device_topic(topic_id, message.message_id, message.properties)
+                    try:
+                        await handler.mqtt_publish(topic, message.payload, QOS_1, retain=False)
+                    except Exception as exc:
+                        log.info("cloud-to-device to %s not acknowledged: %r", device_id, exc)
+                        return
+                    await service.delivered(message.message_id)
+
     async def _send(self, device_id: str, suffix: str, body: dict[str, Any]) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()
         await self.internal_message_broadcast(twin_topic(device_id, suffix), data, 1)
@@ -805,3 +864,10 @@ class PlatformBroker(Broker):
                     else:
                         stored.set_exception(failure)
                 self._ingest.task_done()
+
+
+def _topic_device_id(session: Session) -> str:
+    """The id a session's device topics carry: ``<workspace>:<device>`` in the IoT Hub
+    dialect, the Device ID in the native one."""
+    hub_client_id: str | None = getattr(session, "iiot_hub_client_id", None)
+    return hub_client_id or session.client_id or ""

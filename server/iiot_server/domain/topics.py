@@ -31,11 +31,16 @@ class TopicKind(StrEnum):
     TWIN_REPORTED = "twin_reported"
     TWIN_RES = "twin_res"
     TWIN_DESIRED = "twin_desired"
+    CLOUD_TO_DEVICE = "cloud_to_device"
 
 
 # What a device may do on each kind of topic.
 _DEVICE_PUBLISHES = {TopicKind.TELEMETRY, TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED}
-_DEVICE_RECEIVES = {TopicKind.TWIN_RES, TopicKind.TWIN_DESIRED}
+_DEVICE_RECEIVES = {TopicKind.TWIN_RES, TopicKind.TWIN_DESIRED, TopicKind.CLOUD_TO_DEVICE}
+CLOUD_TO_DEVICE_LEVEL = "messages/devicebound"
+"""``devices/{id}/messages/devicebound/{property bag}``: IoT Hub's cloud-to-device topic, in
+both dialects (``{id}`` is the Device ID, or ``<workspace>:<device>`` in the IoT Hub one).
+``devicebound`` is therefore no stream name: a device cannot publish there."""
 _TWIN_SUFFIX = {
     "get": TopicKind.TWIN_GET,
     "reported": TopicKind.TWIN_REPORTED,
@@ -73,6 +78,8 @@ def parse_topic(topic: str) -> DeviceTopic | None:
     if parts[2] != "messages" or len(parts) not in (4, 5):
         return None
     stream = parts[3]
+    if stream == "devicebound":
+        return DeviceTopic(device_id, TopicKind.CLOUD_TO_DEVICE)
     if not STREAM_PATTERN.fullmatch(stream):
         return None
     if len(parts) == 4:
@@ -127,13 +134,18 @@ def device_may(device_id: str, action: TopicAction, topic: str) -> bool:
     Subscriptions may use wildcards only within the device's own namespace
     (``devices/{id}/twin/+`` or ``devices/{id}/#``); ``+`` or ``#`` in place of the Device
     ID would reach other devices and is refused.
+
+    >>> device_may("pump-1", TopicAction.SUBSCRIBE, "devices/pump-1/messages/devicebound/#")
+    True
+    >>> device_may("pump-1", TopicAction.PUBLISH, "devices/pump-1/messages/devicebound")
+    False
     """
     prefix = f"devices/{device_id}/"
     if not topic.startswith(prefix):
         return False
     if action is TopicAction.SUBSCRIBE:
         rest = topic[len(prefix) :]
-        return rest in ("#", "twin/+", "twin/res", "twin/desired")
+        return rest in ("#", "twin/+", "twin/res", "twin/desired", f"{CLOUD_TO_DEVICE_LEVEL}/#")
     parsed = parse_topic(topic)
     if parsed is None or parsed.device_id != device_id:
         return False
@@ -253,3 +265,30 @@ def hub_twin_response_topic(status: int, request_id: str, version: int | None = 
 def hub_desired_topic(version: int) -> str:
     """``$iothub/twin/PATCH/properties/desired/?$version={version}``."""
     return f"$iothub/twin/PATCH/properties/desired/?$version={version}"
+
+
+def cloud_to_device_topic(topic_device_id: str, message_id: str, properties: dict[str, str]) -> str:
+    """``devices/{topic_device_id}/messages/devicebound/{property bag}`` as IoT Hub writes
+    it: the system properties ``$.mid`` (the message id) and ``$.to``, then the
+    application properties, URL-encoded (Spotflow's SDK parses the bag with a URL query
+    parser, ``spotflow/src/iothub/handlers/c2d.rs``).
+
+    >>> cloud_to_device_topic("default:pump-1", "m1", {"cmd": "reboot now"})
+    'devices/default:pump-1/messages/devicebound/%24.mid=m1&%24.to=%2Fdevices%2Fdefault%3Apump-1%2Fmessages%2FdeviceBound&cmd=reboot+now'
+    """
+    bag = {"$.mid": message_id, "$.to": f"/devices/{topic_device_id}/messages/deviceBound"}
+    bag.update(properties)
+    return f"devices/{topic_device_id}/{CLOUD_TO_DEVICE_LEVEL}/{urlencode(bag)}"
+
+
+def subscribes_to_cloud_to_device(topic_filter: str, topic_device_id: str) -> bool:
+    """Whether a subscription ``topic_filter`` (already allowed by the ACL) receives the
+    device's cloud-to-device messages.
+
+    >>> subscribes_to_cloud_to_device("devices/pump-1/#", "pump-1")
+    True
+    >>> subscribes_to_cloud_to_device("devices/pump-1/twin/+", "pump-1")
+    False
+    """
+    prefix = f"devices/{topic_device_id}/"
+    return topic_filter in (prefix + "#", f"{prefix}{CLOUD_TO_DEVICE_LEVEL}/#")

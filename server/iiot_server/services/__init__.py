@@ -15,6 +15,7 @@ from ..events import PlatformEvents
 from ..settings import Settings
 from ..store.database import Database
 from .api_keys import ApiKeyService
+from .cloud_to_device import CloudToDeviceService
 from .devices import DeviceService
 from .fleet import FleetService
 from .limits import DeviceApiLimits
@@ -39,6 +40,7 @@ class Services:
     messages: MessageService
     twins: TwinService
     fleet: FleetService
+    cloud_to_device: CloudToDeviceService
     broker: Any = None
     """The embedded MQTT broker (``iiot_server.broker.PlatformBroker``) once started."""
 
@@ -65,6 +67,7 @@ class Services:
             messages=MessageService(db, clock),
             twins=twins,
             fleet=FleetService(db, clock, twins),
+            cloud_to_device=CloudToDeviceService(db, clock, events),
         )
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,6 +35,7 @@ from ..settings import Settings
 from ..signing_key import KEY_BYTES, decode_signing_key
 from ..store import statements as sql
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
+from ..store.schema import cloud_to_device_messages as c2d
 from ..store.schema import (
     desired_patches,
     devices,
@@ -118,6 +120,10 @@ class MqttIdentity:
     expires_at: datetime | None
 
 
+MqttPasswordHook = Callable[[str, str, str, datetime | None], Awaitable[None]]
+"""``(device_id, registration_token_id, mqtt_password, usable_until)``"""
+
+
 class RegistrationService:
     """Issue, check, refresh and revoke Registration Tokens."""
 
@@ -134,6 +140,9 @@ class RegistrationService:
         self._settings = settings
         self._events = events
         self._limits = limits or DeviceApiLimits(settings, clock)
+        self.on_mqtt_password: MqttPasswordHook | None = None
+        """Awaited at register with each new MQTT password, before register answers: an
+        external broker (Mosquitto) learns it there (``broker/mosquitto_broker.py``)."""
         self._signing_key = (
             secrets.token_bytes(KEY_BYTES)
             if settings.sas_signing_key is None
@@ -302,6 +311,9 @@ class RegistrationService:
             return token
 
         token = await self._db.write(register_device)
+        if self.on_mqtt_password is not None:
+            until = token.usable_until(self.grace_period)
+            await self.on_mqtt_password(token.device_id, token.id, password, until)
         remaining = refresh_after = None
         if token.expires_at is not None:
             remaining = max(0.0, (token.expires_at - now).total_seconds())
@@ -398,6 +410,8 @@ class RegistrationService:
             conn.execute(delete(devices).where(devices.c.device_id == device_id))
             conn.execute(delete(twins).where(twins.c.device_id == device_id))
             conn.execute(delete(desired_patches).where(desired_patches.c.device_id == device_id))
+            # as IoT Hub: a deleted device's undelivered messages go with it
+            conn.execute(delete(c2d).where(c2d.c.device_id == device_id))
 
         await self._db.write(forget)
         self._events.publish("registration_ended", device_id, RegistrationEnded.DELETED)
