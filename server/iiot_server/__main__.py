@@ -16,6 +16,10 @@ from .settings import DEFAULT_DATA_DIR, Settings, sqlite_url
 from .signing_key import signing_key_in
 from .tls import TLS_DIR, TlsFiles, development_certificates
 
+MQTT_PORT = 1883
+MQTTS_PORT = 8883
+"""IANA's ports for MQTT and MQTT over TLS."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's command-line options (shared with ``iiotsim serve``)."""
@@ -27,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="SQLAlchemy URL (default: SQLite in ./iiot-data/; "
         "e.g. postgresql+psycopg://user:pw@host/db)",
     )
-    parser.add_argument("--mqtt-port", type=int, default=1883, help="embedded MQTT broker port")
+    parser.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=None,
+        help="MQTT broker port (default 1883, or 8883 with TLS: the MQTTS port, and the only "
+        "one Spotflow's device SDK connects to)",
+    )
     parser.add_argument("--no-mqtt", action="store_true", help="run the HTTP API only")
     parser.add_argument(
         "--data-dir",
@@ -110,7 +120,11 @@ def serve(
                 None if os.environ.get("IIOT_SAS_SIGNING_KEY") else signing_key_in(data_dir)
             ),
             mqtt_host=args.host,
-            mqtt_port=args.mqtt_port,
+            mqtt_port=(
+                (MQTTS_PORT if tls is not None else MQTT_PORT)
+                if args.mqtt_port is None
+                else args.mqtt_port
+            ),
             mqtt_enabled=not args.no_mqtt,
         )
     except SettingsError as exc:

@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from iiot_server.tls import development_certificates
+
+from iiotsim.platform import SPOTFLOW_MQTT_PORT, port_is_free
 
 from .test_standalone import free_port, start_until_ready, stop
 
@@ -47,6 +50,23 @@ def test_serve_tls_makes_a_development_ca_and_prints_its_path(tmp_path: Path) ->
         health = httpx.get(f"{url.group(1)}/health", verify=trusted, timeout=10)
         assert health.status_code == 200
         assert tls_handshake(int(mqtt.group(1)), Path(ca.group(1)))
+    finally:
+        stop(proc)
+
+
+def test_serve_tls_takes_the_mqtts_port_by_default(tmp_path: Path) -> None:
+    """With TLS and no --mqtt-port, MQTT listens on 8883 (MQTTS; the only port Spotflow's
+    SDK connects to); without TLS on 1883."""
+    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
+        pytest.skip("port 8883 on 127.0.0.1 is taken by another process")
+    proc, output = start_until_ready(
+        [sys.executable, "-m", "iiot_server", "--port", str(free_port()), "--tls",
+         "--data-dir", str(tmp_path)],
+        {**os.environ, "IIOT_ADMIN_KEY": "ak_tls-test"},
+    )  # fmt: skip
+    try:
+        assert "MQTT broker on 127.0.0.1:8883 (MQTT over TLS)" in output, output
+        assert tls_handshake(SPOTFLOW_MQTT_PORT, tmp_path / "tls" / "ca.pem")
     finally:
         stop(proc)
 
