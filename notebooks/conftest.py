@@ -38,6 +38,7 @@ MIN_IMAGES = {
     "05_security_incidents": 1,
     "06_digital_twin": 1,
     "07_policy_from_fleet_data": 2,  # QQ plot of the fit, the policy trade-off
+    "08_spotflow_sdk": 1,  # the telemetry the Spotflow SDK sent
 }
 
 # What a person should never read in a notebook's output: a numpy scalar's repr (numpy 2
