@@ -6,7 +6,7 @@
 
 from .api import ProvisioningOperation
 from .backoff import Backoff
-from .client import DesiredProperties, DeviceClient, Status
+from .client import CloudToDeviceMessage, DesiredProperties, DeviceClient, Status
 from .clock import Clock, SystemClock
 from .errors import (
     BrokerConnectionFailed,
@@ -28,6 +28,7 @@ __all__ = [
     "BrokerConnectionFailed",
     "ClientClosed",
     "Clock",
+    "CloudToDeviceMessage",
     "DatabaseInUse",
     "DesiredProperties",
     "DeviceClient",

@@ -23,7 +23,7 @@ from enum import Enum, IntEnum, StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -75,6 +75,37 @@ class Status(StrEnum):
 class DesiredProperties:
     properties: dict[str, Any]
     version: int
+
+
+@dataclass(frozen=True)
+class CloudToDeviceMessage:
+    """A message the platform sent this device (IoT Hub's cloud-to-device message)."""
+
+    message_id: str
+    """``$.mid``: the same message sent again (its acknowledgement lost) has the same id,
+    and the client takes it once."""
+    properties: dict[str, str]
+    """The application properties (the ``$.`` system ones left out)."""
+    payload: bytes
+
+
+CLOUD_TO_DEVICE_LEVEL = "/messages/devicebound/"
+
+
+def parse_cloud_to_device(topic: str, payload: bytes) -> CloudToDeviceMessage | None:
+    """The message a ``devices/{id}/messages/devicebound/{bag}`` PUBLISH carries, or None
+    for another topic.
+
+    >>> parse_cloud_to_device("devices/p1/messages/devicebound/%24.mid=m1&%24.to=x&op=go", b"1")
+    CloudToDeviceMessage(message_id='m1', properties={'op': 'go'}, payload=b'1')
+    """
+    _, found, bag = topic.partition(CLOUD_TO_DEVICE_LEVEL)
+    if not found or not topic.startswith("devices/"):
+        return None
+    properties = dict(parse_qsl(bag, keep_blank_values=True))
+    message_id = properties.pop("$.mid", "") or f"no-id:{zlib.crc32(topic.encode() + payload)}"
+    application = {k: v for k, v in properties.items() if not k.startswith("$.")}
+    return CloudToDeviceMessage(message_id, application, bytes(payload))
 
 
 class _Stopped(Exception):
@@ -260,6 +291,7 @@ class DeviceClient:
         self._mqtt: mqtt.Client | None = None
         self._generation = 0
         self._events: collections.deque[_ConnectionEvent] = collections.deque()
+        self._inbox_ready = threading.Condition()
         self._inflight: dict[int, _InFlight] = {}
         """paho message id -> what the publish carries"""
         self._msg_cursor = 0
@@ -320,6 +352,23 @@ class DeviceClient:
     def pending_messages_count(self) -> int:
         """Messages stored locally and not yet acknowledged by the platform."""
         return self._store.pending_messages
+
+    def receive_cloud_to_device(self, timeout: float | None = 0) -> CloudToDeviceMessage | None:
+        """The oldest cloud-to-device message not yet taken, or None if none arrives within
+        ``timeout`` seconds (real time; None: wait for one). The client keeps each message in
+        its database before acknowledging it to the platform, so one taken here survives a
+        crash before it was taken; each is taken once."""
+        with self._inbox_ready:
+            taken = self._store.take_inbox()
+            if taken is None and timeout != 0:
+                self._inbox_ready.wait_for(lambda: self._store.pending_inbox > 0, timeout)
+                taken = self._store.take_inbox()
+        return None if taken is None else CloudToDeviceMessage(*taken)
+
+    @property
+    def pending_cloud_to_device_count(self) -> int:
+        """Cloud-to-device messages received and not yet taken."""
+        return self._store.pending_inbox
 
     @property
     def pending_reported_count(self) -> int:
@@ -710,6 +759,12 @@ class DeviceClient:
             self._wake.set()
 
         def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+            c2d = parse_cloud_to_device(msg.topic, bytes(msg.payload))
+            if c2d is not None:  # stored before paho's PUBACK, which follows this return
+                with self._inbox_ready:
+                    self._store.add_inbox(c2d.message_id, c2d.properties, c2d.payload)
+                    self._inbox_ready.notify_all()
+                return
             self._events.append(_Received(gen, msg.topic, msg.payload))
             self._wake.set()
 
@@ -743,7 +798,7 @@ class DeviceClient:
         self._blocked_on_upload = False
         base = f"devices/{reg.device_id}/twin"
         client.on_subscribe = on_subscribe
-        client.subscribe(f"{base}/+", 1)
+        client.subscribe([(f"{base}/+", 1), (f"devices/{reg.device_id}/messages/devicebound/#", 1)])
         # only once the subscription is in place is no desired patch missed: anything
         # before it is in the answer to the twin request that follows
         if not subscribed.wait(_CONNACK_WAIT) or not client.is_connected():

@@ -36,7 +36,18 @@ CREATE TABLE IF NOT EXISTS reported (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     patch TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    properties TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    taken INTEGER NOT NULL DEFAULT 0
+);
 """
+INBOX_IDS_KEPT = 1000
+"""Ids of cloud-to-device messages already taken, kept to drop a redelivery (the platform
+sends again when a PUBACK was lost): the newest 1,000, far more than the 50 a device may
+have waiting."""
 
 
 class OverflowPolicy(StrEnum):
@@ -350,3 +361,46 @@ class LocalStore:
     @property
     def pending_reported(self) -> int:
         return self._reported
+
+    # cloud-to-device inbox ----------------------------------------------------------
+
+    def add_inbox(self, message_id: str, properties: dict[str, str], payload: bytes) -> bool:
+        """Keep a cloud-to-device message until the application takes it; False for a
+        message id already kept or taken (a redelivery)."""
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO inbox (message_id, properties, payload) VALUES (?, ?, ?)",
+                (message_id, json.dumps(properties, separators=(",", ":")), payload),
+            )
+            return cur.rowcount == 1
+
+    def take_inbox(self) -> tuple[str, dict[str, str], bytes] | None:
+        """The oldest message not yet taken, marked taken (old taken ids pruned), or None."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT seq, message_id, properties, payload FROM inbox WHERE taken = 0"
+                " ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            seq, message_id, properties, payload = row
+            self._conn.execute("BEGIN")
+            try:
+                self._conn.execute(
+                    "UPDATE inbox SET taken = 1, payload = x'' WHERE seq = ?", (seq,)
+                )
+                self._conn.execute(
+                    "DELETE FROM inbox WHERE taken = 1 AND seq <= ?", (seq - INBOX_IDS_KEPT,)
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return str(message_id), json.loads(properties), bytes(payload)
+
+    @property
+    def pending_inbox(self) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute("SELECT count(*) FROM inbox WHERE taken = 0").fetchone()[0]
+            )
