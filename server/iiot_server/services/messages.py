@@ -62,7 +62,11 @@ class MessageService:
         dialect = db.engine.dialect.name
         self._insert: Insert
         if dialect == "postgresql":
-            self._insert = postgresql.insert(messages).on_conflict_do_nothing()
+            # SQLAlchemy adds RETURNING seq there, and psycopg's rowcount is then -1 (every
+            # message counted a duplicate): ask for the row, none comes back for a duplicate.
+            self._insert = (
+                postgresql.insert(messages).on_conflict_do_nothing().returning(messages.c.seq)
+            )
         else:
             self._insert = sqlite.insert(messages).on_conflict_do_nothing()
 
@@ -85,7 +89,7 @@ class MessageService:
                         "received_at": to_epoch(m.received_at),
                     },
                 )
-                stored += max(0, result.rowcount)
+                stored += len(result.all()) if result.returns_rows else max(0, result.rowcount)
             return stored
 
         return await self._db.write(insert)

@@ -16,6 +16,12 @@ A unit of work is one transaction, run whole by :meth:`Database.write` / :meth:`
 
 Why not an async driver per statement: aiosqlite pays a thread hop per statement (a
 ``SELECT 1`` through SQLAlchemy + aiosqlite measured 352 µs against 0.9 µs for sqlite3).
+
+The schema is versioned: :meth:`Database.open` runs the Alembic revisions of
+``store.migrations`` up to the head (one transaction under a lock, so two processes
+starting on one database do not both migrate), and a database made before migrations
+(by ``metadata.create_all``) is recognised, stamped at revision 0001 and upgraded. A schema
+change is a new revision beside the ``schema.py`` edit (see ``store.migrations``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-from .schema import metadata
+from . import migrations
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,7 +96,7 @@ class Database:
 
     @classmethod
     def open(cls, url: str) -> Database:
-        """Create the engine and the schema (idempotent) for ``url``."""
+        """Create the engine for ``url`` and bring its schema to the newest revision."""
         parsed = sync_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
             # An in-memory database lives and dies with its one connection: every unit of
@@ -116,7 +122,7 @@ class Database:
         else:
             engine = create_engine(parsed, pool_size=8, max_overflow=4, pool_pre_ping=True)
             threads = 8
-        metadata.create_all(engine)
+        migrations.upgrade(engine)
         return cls(engine, threads, inline=threads == 1)
 
     async def write(

@@ -1,5 +1,8 @@
 """Tables. Times are stored as UTC epoch seconds (float): portable across SQLite and
-PostgreSQL, cheap to index and compare; the store converts at its edge."""
+PostgreSQL, cheap to index and compare; the store converts at its edge.
+
+A change here needs its migration in ``store/migrations/versions/`` (how: that package's
+docstring); ``tests/server/test_migrations.py`` fails until the two agree."""
 
 from __future__ import annotations
 
@@ -67,6 +70,7 @@ provisioning_operations = Table(
     Index("ix_operations_state_expiry", "state", "expires_at"),
     Index("ix_operations_code", "verification_code"),
     Index("ix_operations_device", "device_id"),
+    Index("ix_operations_token", "provisioning_token_id"),  # revision 0002
 )
 
 devices = Table(
