@@ -67,6 +67,10 @@ class Platform:
     ``mqtt_port``, MQTT listens on 8883 when it is free on ``host`` (the only port
     Spotflow's SDK uses), else on a free port with a warning saying that SDK will not
     connect. ``mqtt_port=0`` asks for a free port in any case.
+    ``broker="mosquitto"`` puts Debian's mosquitto 2 in front of the devices instead of the
+    embedded amqtt broker: a child process with its files in ``data_dir/mosquitto/``, managed
+    through its dynamic-security plugin (``iiot_server.broker.mosquitto_broker``; the IoT
+    Hub dialect is not served there).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class Platform:
         admin_key: str | None = None,
         settings: Settings | None = None,
         tls: bool = False,
+        broker: str | None = None,
     ) -> None:
         self._temp_dir: str | None = None
         if data_dir is None:
@@ -99,6 +104,8 @@ class Platform:
                 "mqtt_port": mqtt_port or 0,
                 "database_url": database_url or sqlite_url(self.data_dir),
                 "admin_key": self.admin_key,
+                "mqtt_broker": broker or base.mqtt_broker,
+                "mosquitto_dir": base.mosquitto_dir or str(self.data_dir / "mosquitto"),
             }
         )
         self.clock = clock

@@ -24,9 +24,16 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def platform(clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
+def mqtt_broker() -> str:
+    """The device-facing broker of ``platform``: tests run on both with
+    ``@pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)`` (``tests/integration/brokers.py``)."""
+    return "amqtt"
+
+
+@pytest.fixture
+def platform(clock: ManualClock, tmp_path: Path, mqtt_broker: str) -> Iterator[Platform]:
     """A running platform (HTTP API) with SQLite under ``tmp_path/data``."""
-    with Platform(data_dir=tmp_path / "data", clock=clock) as running:
+    with Platform(data_dir=tmp_path / "data", clock=clock, broker=mqtt_broker) as running:
         yield running
 
 

@@ -13,6 +13,7 @@ from .domain.tokens import DEFAULT_REFRESH_GRACE_PERIOD
 from .signing_key import decode_signing_key
 
 DEFAULT_DATA_DIR = Path("iiot-data")
+MQTT_BROKERS = ("amqtt", "mosquitto")
 
 
 def sqlite_url(directory: Path) -> str:
@@ -35,6 +36,13 @@ class Settings(msgspec.Struct, kw_only=True):
     """Bootstrap admin API key; None: generate one at first start (printed once)."""
     mqtt_enabled: bool = True
     """Run the embedded MQTT broker beside the HTTP API."""
+    mqtt_broker: str = "amqtt"
+    """The device-facing broker: ``amqtt`` (embedded, in-process) or ``mosquitto`` (Debian's
+    mosquitto 2 as a child process managed through its dynamic-security plugin, files in
+    ``mosquitto_dir``; ``broker/mosquitto_broker.py``)."""
+    mosquitto_dir: str | None = None
+    """Directory of mosquitto's configuration, dynamic-security state and persistence
+    (``<data dir>/mosquitto`` from ``Platform`` and ``serve``); required for mosquitto."""
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     """Port of the embedded broker (0 = a free port); registration reports the real one."""
@@ -119,6 +127,8 @@ class Settings(msgspec.Struct, kw_only=True):
             raise SettingsError(
                 "tls_cert_file and tls_key_file (--tls-cert, --tls-key) go together"
             )
+        if self.mqtt_broker not in MQTT_BROKERS:
+            raise SettingsError(f"mqtt_broker (--broker) must be one of {', '.join(MQTT_BROKERS)}")
         if self.sas_signing_key is not None:
             decode_signing_key(self.sas_signing_key)  # refused here, not at first register
         # A key without the prefix would be stored, then refused on every request

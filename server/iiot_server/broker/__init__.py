@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
+from ..domain.errors import SettingsError
 from ..services import Services
+from .mosquitto_broker import MosquittoBroker
 from .plugins import BROKERS
 from .server import PlatformBroker
 
@@ -23,6 +26,8 @@ _PLUGINS = (
 async def start_broker(services: Services, host: str, port: int) -> PlatformBroker:
     """Start the broker on ``host:port`` (0 = a free port) in the running event loop and
     tell registration which port devices should use."""
+    if services.settings.mqtt_broker == "mosquitto":
+        return await _start_mosquitto(services, host, port)  # type: ignore[return-value]
     name = str(uuid.uuid4())
     listener: dict[str, object] = {"type": "tcp", "bind": f"{host}:{port}", "max_connections": -1}
     settings = services.settings
@@ -51,11 +56,24 @@ async def start_broker(services: Services, host: str, port: int) -> PlatformBrok
     return broker
 
 
-async def stop_broker(broker: PlatformBroker) -> None:
+async def _start_mosquitto(services: Services, host: str, port: int) -> MosquittoBroker:
+    if services.settings.mosquitto_dir is None:
+        raise SettingsError("the mosquitto broker needs a directory (Settings.mosquitto_dir)")
+    broker = MosquittoBroker(services, Path(services.settings.mosquitto_dir), host, port)
+    await broker.start()
+    services.settings.mqtt_host = host
+    services.settings.mqtt_port = broker.port
+    return broker
+
+
+async def stop_broker(broker: PlatformBroker | MosquittoBroker) -> None:
+    if isinstance(broker, MosquittoBroker):
+        await broker.shutdown()
+        return
     try:
         await broker.shutdown()
     finally:
         BROKERS.pop(getattr(broker, "iiot_name", ""), None)
 
 
-__all__ = ["PlatformBroker", "start_broker", "stop_broker"]
+__all__ = ["MosquittoBroker", "PlatformBroker", "start_broker", "stop_broker"]

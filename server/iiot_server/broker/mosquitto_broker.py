@@ -1,0 +1,580 @@
+"""Mosquitto as the device-facing broker (``Settings.mqtt_broker = "mosquitto"``).
+
+Devices talk to a mosquitto child (:mod:`.mosquitto_process`); the platform manages it and
+ingests through its own MQTT connections, as a user whose name no device can have:
+
+- **Device clients** (dynamic security, ``$CONTROL/dynamic-security/v1``): at register the
+  device's client is created (username = Device ID, password = the ``mp_`` password just
+  issued, role ``device/<id>``) or its password replaced, before register answers, so the
+  password works as soon as the device has it. Its role lets it publish only
+  ``devices/<id>/messages/#``, ``devices/<id>/twin/get`` and ``devices/<id>/twin/reported``,
+  subscribe under ``devices/<id>/`` and receive only ``twin/res``, ``twin/desired`` and its
+  ``messages/devicebound/#``; the default ACL access denies everything else (mosquitto
+  applies the same ACL to a Will when it would send it). One password per device: the
+  newest registration's (a replaced one is refused at once, and a session on it is kicked).
+- **The one revocation switch**: ``registration_ended`` (revoked, deleted, re-provisioned)
+  deletes the client and its role, which makes mosquitto kick its session (without its
+  Will); the end of its Registration Token on the platform's clock (expiry, a refresh past
+  its grace: ``registration_superseded``) does the same from a timer, as the embedded
+  broker's ``_arm_expiry`` does. At start the clients left in the dynamic-security file are
+  checked against the database: those without a usable token are deleted, the others' ends
+  armed again.
+- **Ingest**: one connection, client id ``iiotsim:ingest``, a persistent session
+  (clean session off), QoS 1 subscriptions to every device's telemetry and twin requests.
+  paho runs with ``manual_ack``: a message is acknowledged to mosquitto only once the
+  transaction storing it committed (telemetry, through the same
+  ``MessageService.store_many``: same de-duplication by message id) or once the twin
+  request was applied and answered.
+
+**At-least-once end to end in this mode.** A device's PUBACK comes from mosquitto when it
+has queued the message for the platform's session, not from the platform. From then on the
+message lives in mosquitto (in memory, written to ``mosquitto.db`` at its exit and every
+``autosave_interval``, 10 s) until the platform's commit; mosquitto resends what the
+platform has not acknowledged whenever the platform connects again. So a message
+acknowledged to a device is stored once the platform is back, across a restart of the
+platform (mosquitto is stopped with it by SIGTERM and saves its queue; the next start loads
+it) and across a platform crash (SIGKILL: mosquitto gets SIGTERM through PDEATHSIG and saves
+too). What can lose acknowledged messages: mosquitto itself killed with SIGKILL or the
+machine losing power (up to the last 10 s of its queue), as with any broker without
+synchronous persistence. A message may be stored twice only if it has no message id
+(``mid``): a redelivered message with one is de-duplicated.
+
+**IoT Hub dialect: not served in this mode.** mosquitto routes ``$iothub/twin/res/…`` to
+every subscriber of it (its topics name no device), so serving it would leak one device's
+twin to another; a SAS CONNECT has no dynamic-security client and gets CONNACK 5 (not
+authorised), nothing leaks. Spotflow's SDK needs the embedded broker.
+
+Not matched yet: the devices' connected state and takeover count (mosquitto does the
+takeover itself; the platform does not see connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ..domain.documents import decode_json_document
+from ..domain.errors import DomainError, ValidationError
+from ..domain.tokens import registration_token_status, usable_until
+from ..domain.topics import TopicKind, parse_topic, twin_topic
+from ..domain.twin import with_version
+from ..events import RegistrationEnded
+from ..services import Services
+from ..services.messages import IncomingMessage, decompress
+from ..services.twin import Section
+from ..store.database import from_epoch
+from ..store.schema import registration_tokens
+from .connections import max_packet_size
+from .mosquitto_process import MosquittoProcess
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
+INGEST_CLIENT_ID = "iiotsim:ingest"
+ADMIN_CLIENT_ID = "iiotsim:admin"
+INGEST_SUBSCRIPTIONS = ("devices/+/messages/#", "devices/+/twin/get", "devices/+/twin/reported")
+INGEST_BATCH = 512
+CONNECT_TIMEOUT = 10.0  # seconds (real time) for mosquitto to answer a connection or command
+DESCRIPTION_PREFIX = "rt:"
+
+
+class DynsecError(RuntimeError):
+    """The dynamic-security plugin refused a command."""
+
+
+def device_role(device_id: str) -> dict[str, Any]:
+    """The dynamic-security role confining one device to its own topics."""
+    prefix = f"devices/{device_id}"
+    acls = [
+        ("publishClientSend", f"{prefix}/messages/#"),
+        ("publishClientSend", f"{prefix}/twin/get"),
+        ("publishClientSend", f"{prefix}/twin/reported"),
+        ("subscribePattern", f"{prefix}/#"),
+        ("publishClientReceive", f"{prefix}/twin/res"),
+        ("publishClientReceive", f"{prefix}/twin/desired"),
+        ("publishClientReceive", f"{prefix}/messages/devicebound/#"),
+    ]
+    return {
+        "rolename": role_name(device_id),
+        "acls": [{"acltype": t, "topic": topic, "allow": True} for t, topic in acls],
+    }
+
+
+def role_name(device_id: str) -> str:
+    return f"device/{device_id}"
+
+
+@dataclass
+class _DeviceClient:
+    """A device's dynamic-security client as the platform set it."""
+
+    token_id: str
+    expiry: asyncio.Task[None] | None = None
+
+
+class _Link:
+    """A paho client on its own network thread, feeding the platform's loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client_id: str,
+        credentials: tuple[str, str],
+        *,
+        persistent: bool,
+    ) -> None:
+        self.loop = loop
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=not persistent,
+            manual_ack=persistent,
+        )
+        self.client.username_pw_set(*credentials)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.connected = asyncio.Event()
+        self.generation = 0
+        """Counts connections: an acknowledgement is sent only on the connection that
+        received the message (a packet id may be reused on the next one)."""
+        self.on_connected: list[Any] = []
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("mosquitto refused the platform's connection: %s", reason)
+            return
+        self.generation += 1
+        for callback in self.on_connected:
+            callback()
+        self.loop.call_soon_threadsafe(self.connected.set)
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        self.loop.call_soon_threadsafe(self.connected.clear)
+
+    async def start(self, host: str, port: int) -> None:
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect_async(host, port, keepalive=30)
+        self.client.loop_start()
+        await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class MosquittoBroker:
+    """The platform's side of a mosquitto broker: process, device clients, ingest."""
+
+    def __init__(self, services: Services, directory: Path, host: str, port: int) -> None:
+        self.services = services
+        settings = services.settings
+        self.process = MosquittoProcess(
+            directory,
+            host,
+            port,
+            tls_cert=settings.tls_cert_file,
+            tls_key=settings.tls_key_file,
+            max_packet_size=max_packet_size(settings),
+        )
+        self._clients: dict[str, _DeviceClient] = {}
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._correlation = itertools.count(1)
+        self._inbox: deque[tuple[paho.MQTTMessage, int]] = deque()
+        self._inbox_scheduled = False
+        self._ingest: asyncio.Queue[tuple[IncomingMessage, int, int]] = asyncio.Queue()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._twin_lock: dict[str, asyncio.Lock] = {}
+        self.dropped_messages = 0
+        self.stored_batches = 0
+        self._admin: _Link | None = None
+        self._link: _Link | None = None
+        self._ingest_task: asyncio.Task[None] | None = None
+        self._listeners: list[tuple[str, Any]] = [
+            ("registration_ended", self._on_registration_ended),
+            ("registration_superseded", self._on_registration_superseded),
+            ("desired_changed", self._on_desired_changed),
+        ]
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    # lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.process.start()  # in the loop's thread: mosquitto dies with it (PDEATHSIG)
+        credentials = (self.process.credentials.username, self.process.credentials.password)
+        try:
+            self._admin = _Link(loop, ADMIN_CLIENT_ID, credentials, persistent=False)
+            self._admin.client.on_message = self._on_admin_message
+            self._admin.on_connected.append(
+                lambda: self._admin and self._admin.client.subscribe(RESPONSE_TOPIC, 1)
+            )
+            await self._admin.start(self.process.host, self.process.port)
+            await self._dynsec({"command": "listClients"})  # the plugin answers: ready
+            await self._sync_clients()
+            for event, listener in self._listeners:
+                self.services.events.subscribe(event, listener)
+            self.services.registration.on_mqtt_password = self.set_device_password
+            self._ingest_task = asyncio.create_task(self._ingest_loop(), name="iiot-ingest")
+            self._link = _Link(loop, INGEST_CLIENT_ID, credentials, persistent=True)
+            self._link.client.on_message = self._on_ingest_message
+            self._link.on_connected.append(self._subscribe_ingest)
+            await self._link.start(self.process.host, self.process.port)
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    def _subscribe_ingest(self) -> None:
+        assert self._link is not None
+        self._link.client.subscribe([(topic, 1) for topic in INGEST_SUBSCRIPTIONS])
+
+    async def shutdown(self) -> None:
+        """Stop ingesting (what is not committed stays unacknowledged in mosquitto's queue
+        for the platform's session), then stop mosquitto (SIGTERM: it saves that queue)."""
+        for event, listener in self._listeners:
+            self.services.events.unsubscribe(event, listener)
+        if self.services.registration.on_mqtt_password == self.set_device_password:
+            self.services.registration.on_mqtt_password = None
+        for client in self._clients.values():
+            if client.expiry is not None:
+                client.expiry.cancel()
+        if self._link is not None:
+            self._link.stop()
+        if self._ingest_task is not None:
+            self._ingest_task.cancel()
+            await asyncio.gather(self._ingest_task, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._admin is not None:
+            self._admin.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.process.stop)
+
+    # dynamic security --------------------------------------------------------------
+
+    def _on_admin_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            responses = json.loads(message.payload).get("responses", [])
+        except ValueError:
+            return
+        self.process_responses(responses)
+
+    def process_responses(self, responses: list[dict[str, Any]]) -> None:
+        def settle() -> None:
+            for response in responses:
+                future = self._pending.pop(str(response.get("correlationData")), None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+
+        self._admin_loop().call_soon_threadsafe(settle)
+
+    def _admin_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._admin is not None
+        return self._admin.loop
+
+    async def _dynsec(
+        self, *commands: dict[str, Any], tolerate: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """Send dynamic-security commands in one message (applied in order); their
+        responses. An error not in ``tolerate`` raises :class:`DynsecError`."""
+        assert self._admin is not None
+        loop = asyncio.get_running_loop()
+        futures = []
+        sent = []
+        for command in commands:
+            correlation = str(next(self._correlation))
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._pending[correlation] = future
+            futures.append(future)
+            sent.append({**command, "correlationData": correlation})
+        self._admin.client.publish(CONTROL_TOPIC, json.dumps({"commands": sent}), qos=1)
+        try:
+            responses = await asyncio.wait_for(asyncio.gather(*futures), CONNECT_TIMEOUT)
+        finally:
+            for command in sent:
+                self._pending.pop(command["correlationData"], None)
+        for command, response in zip(sent, responses, strict=True):
+            error = response.get("error")
+            if error and not any(t in error for t in tolerate):
+                raise DynsecError(f"{command['command']}: {error}")
+        return list(responses)
+
+    async def set_device_password(
+        self, device_id: str, token_id: str, password: str, until: datetime | None
+    ) -> None:
+        """The device's client with this password, bound to this Registration Token until
+        ``until`` (None: no end); a session on an earlier password is kicked."""
+        description = f"{DESCRIPTION_PREFIX}{token_id}"
+        if device_id in self._clients:
+            await self._dynsec(
+                {"command": "setClientPassword", "username": device_id, "password": password},
+                {"command": "modifyClient", "username": device_id, "textdescription": description},
+            )
+        else:
+            await self._dynsec(
+                {"command": "createRole", **device_role(device_id)},
+                {
+                    "command": "createClient",
+                    "username": device_id,
+                    "password": password,
+                    "textdescription": description,
+                    "roles": [{"rolename": role_name(device_id)}],
+                },
+                tolerate=("already exists",),
+            )
+            # createClient on an existing client (left by an earlier run) is an error:
+            await self._dynsec(
+                {"command": "setClientPassword", "username": device_id, "password": password},
+                {"command": "modifyClient", "username": device_id, "textdescription": description},
+            )
+        client = self._clients.get(device_id)
+        if client is None:
+            client = self._clients[device_id] = _DeviceClient(token_id)
+        client.token_id = token_id
+        self._arm_expiry(device_id, client, until)
+
+    async def end_device(self, device_id: str) -> None:
+        """Delete the device's client and role: mosquitto kicks its session (no Will)."""
+        client = self._clients.pop(device_id, None)
+        if (
+            client is not None
+            and client.expiry is not None
+            and client.expiry is not asyncio.current_task()
+        ):
+            client.expiry.cancel()
+        await self._dynsec(
+            {"command": "deleteClient", "username": device_id},
+            {"command": "deleteRole", "rolename": role_name(device_id)},
+            tolerate=("not found",),
+        )
+
+    def _arm_expiry(self, device_id: str, client: _DeviceClient, until: datetime | None) -> None:
+        if client.expiry is not None:
+            client.expiry.cancel()
+        client.expiry = (
+            None
+            if until is None
+            else asyncio.create_task(self._expire(device_id, client, until), name="iiot-expiry")
+        )
+
+    async def _expire(self, device_id: str, client: _DeviceClient, until: datetime) -> None:
+        clock = self.services.clock
+        while clock.now() < until:
+            await clock.sleep((until - clock.now()).total_seconds())
+        if self._clients.get(device_id) is client:
+            log.info("credentials of %s ran out: deleting its mosquitto client", device_id)
+            await self.end_device(device_id)
+
+    def _on_registration_ended(self, device_id: str, reason: RegistrationEnded) -> None:
+        log.info("registration of %s ended (%s): deleting its mosquitto client", device_id, reason)
+        self._spawn(self.end_device(device_id))
+
+    def _on_registration_superseded(self, device_id: str, token_id: str, until: datetime) -> None:
+        client = self._clients.get(device_id)
+        if client is not None and client.token_id == token_id:
+            self._arm_expiry(device_id, client, until)
+
+    async def _sync_clients(self) -> None:
+        """Clients left in the dynamic-security file by an earlier run: kept (and their ends
+        armed) while their Registration Token is usable, deleted otherwise."""
+        (listing,) = await self._dynsec({"command": "listClients", "verbose": True})
+        clients = listing.get("data", {}).get("clients", [])
+        grace = self.services.registration.grace_period
+        now = self.services.clock.now()
+        ids = {
+            c["username"]: str(c.get("textdescription", "")).removeprefix(DESCRIPTION_PREFIX)
+            for c in clients
+            if c.get("username") != self.process.credentials.username
+        }
+        if not ids:
+            return
+        c = registration_tokens.c
+
+        def tokens(conn: Any) -> dict[str, Any]:
+            rows = conn.execute(registration_tokens.select().where(c.id.in_(list(ids.values()))))
+            return {row._mapping[c.id]: row._mapping for row in rows}
+
+        found = await self.services.db.read(tokens)
+        for device_id, token_id in ids.items():
+            row = found.get(token_id)
+            if row is None or row[c.device_id] != device_id:
+                await self.end_device(device_id)
+                continue
+            expires_at = from_epoch(row[c.expires_at])
+            revoked_at = from_epoch(row[c.revoked_at])
+            superseded_at = from_epoch(row[c.superseded_at])
+            status = registration_token_status(
+                now,
+                expires_at=expires_at,
+                revoked_at=revoked_at,
+                superseded_at=superseded_at,
+                grace_period=grace,
+            )
+            if not status.usable:
+                await self.end_device(device_id)
+                continue
+            client = self._clients[device_id] = _DeviceClient(token_id)
+            until = usable_until(
+                expires_at=expires_at,
+                revoked_at=revoked_at,
+                superseded_at=superseded_at,
+                grace_period=grace,
+            )
+            self._arm_expiry(device_id, client, until)
+
+    # ingest ------------------------------------------------------------------------
+
+    def _on_ingest_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        """On paho's thread: hand the message to the loop (one wake-up per burst)."""
+        assert self._link is not None
+        self._inbox.append((message, self._link.generation))
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            self._link.loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _ack(self, mid: int, qos: int, generation: int) -> None:
+        link = self._link
+        if link is not None and qos == 1 and generation == link.generation:
+            link.client.ack(mid, qos)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        now = self.services.clock.now()
+        limit = self.services.settings.max_mqtt_message_size
+        while self._inbox:
+            message, generation = self._inbox.popleft()
+            parsed = parse_topic(message.topic)
+            if parsed is None:
+                self._ack(message.mid, message.qos, generation)
+                continue
+            if parsed.kind in (TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED):
+                self._spawn(
+                    self._twin_request(
+                        parsed.device_id,
+                        parsed.kind,
+                        bytes(message.payload),
+                        message.mid,
+                        message.qos,
+                        generation,
+                    )
+                )
+                continue
+            if parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
+                self._ack(message.mid, message.qos, generation)
+                continue
+            try:
+                if len(message.payload) > limit:
+                    raise ValidationError(f"{len(message.payload)} bytes over MQTT (limit {limit})")
+                payload = decompress(bytes(message.payload), parsed.compression)
+            except ValidationError as exc:  # refused for good: acknowledged, never resent
+                log.warning("%s: message on %s dropped: %s", parsed.device_id, message.topic, exc)
+                self.dropped_messages += 1
+                self._ack(message.mid, message.qos, generation)
+                continue
+            incoming = IncomingMessage(
+                parsed.device_id, parsed.stream, payload, parsed.message_id, now
+            )
+            self._ingest.put_nowait((incoming, message.mid if message.qos else -1, generation))
+
+    async def _ingest_loop(self) -> None:
+        """Store in batches (one transaction each), then acknowledge to mosquitto. A failed
+        store is retried (backing off to 5 s) with nothing acknowledged meanwhile."""
+        while True:
+            batch = [await self._ingest.get()]
+            while len(batch) < INGEST_BATCH and not self._ingest.empty():
+                batch.append(self._ingest.get_nowait())
+            delay = 0.05
+            while True:
+                try:
+                    await self.services.messages.store_many([m for m, _, _ in batch])
+                    break
+                except Exception:
+                    log.exception(
+                        "storing %d messages failed: retrying in %.2f s", len(batch), delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(5.0, delay * 2)
+            self.stored_batches += 1
+            for _, mid, generation in batch:
+                if mid >= 0:
+                    self._ack(mid, 1, generation)
+
+    # twin ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _publish(self, topic: str, body: dict[str, Any]) -> None:
+        if self._link is not None:
+            self._link.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
+
+    def _on_desired_changed(self, device_id: str, patch: dict[str, Any]) -> None:
+        self._publish(twin_topic(device_id, "desired"), patch)
+
+    async def _twin_request(
+        self, device_id: str, kind: TopicKind, payload: bytes, mid: int, qos: int, generation: int
+    ) -> None:
+        # one device's requests in arrival order (a reported patch, then a get)
+        lock = self._twin_lock.setdefault(device_id, asyncio.Lock())
+        async with lock:
+            try:
+                await self._answer_twin_request(device_id, kind, payload)
+            except Exception:  # e.g. the database: unacknowledged, resent at reconnection
+                log.exception("twin request from %s failed", device_id)
+                return
+            self._ack(mid, qos, generation)
+
+    async def _answer_twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
+        """As the embedded broker answers (``PlatformBroker._answer_twin_request``)."""
+        twins = self.services.twins
+        try:
+            section = "reported" if kind is TopicKind.TWIN_REPORTED else "request"
+            body = decode_json_document(payload or b"{}", field=section)
+            if kind is TopicKind.TWIN_REPORTED:
+                await twins.patch(device_id, Section.REPORTED, body)
+                return
+            since = body.get("since") if isinstance(body, dict) else None
+            if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+                raise ValidationError("since must be an integer version", field="since")
+            catch_up = await twins.desired_since(device_id, since)
+            twin = await twins.get(device_id)
+            answer: dict[str, Any] = {
+                "reported": with_version(twin.reported.properties, twin.reported.version)
+            }
+            if catch_up.patch is not None:
+                answer["desired"] = with_version(catch_up.patch, catch_up.version)
+                answer["since"] = since
+            else:
+                answer["desired"] = with_version(catch_up.full or {}, catch_up.version)
+            self._publish(twin_topic(device_id, "res"), answer)
+        except (ValueError, DomainError) as exc:
+            field = getattr(exc, "field", None)
+            log.info("twin request from %s refused: %s", device_id, exc)
+            self._publish(
+                twin_topic(device_id, "res"), {"error": {"detail": str(exc), "field": field}}
+            )
+
+    async def disconnect_device(self, device_id: str) -> bool:
+        """Not available on mosquitto without ending the device's client: False."""
+        return False
