@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-mqtt", action="store_true", help="run the HTTP API only")
     parser.add_argument(
+        "--broker",
+        choices=("amqtt", "mosquitto"),
+        default="amqtt",
+        help="device-facing MQTT broker: the embedded amqtt (default) or Debian's mosquitto 2, "
+        "run as a child process with its files in DATA_DIR/mosquitto/",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -126,6 +133,8 @@ def serve(
                 else args.mqtt_port
             ),
             mqtt_enabled=not args.no_mqtt,
+            mqtt_broker=getattr(args, "broker", "amqtt"),
+            mosquitto_dir=str(data_dir / "mosquitto"),
         )
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -149,7 +158,8 @@ def serve(
     print(f"iiotsim platform listening on {runner.http_url} (OpenAPI: {runner.http_url}/schema)")
     if settings.mqtt_enabled:
         over = " (MQTT over TLS)" if settings.tls else ""
-        print(f"MQTT broker on {settings.mqtt_host}:{settings.mqtt_port}{over}")
+        kind = "mosquitto" if settings.mqtt_broker == "mosquitto" else "MQTT broker"
+        print(f"{kind} on {settings.mqtt_host}:{settings.mqtt_port}{over}")
     if tls is not None and tls.ca_cert is not None:
         print(f"Development CA (devices and clients trust this file): {tls.ca_cert.resolve()}")
     if settings.admin_key:

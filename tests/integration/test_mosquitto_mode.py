@@ -241,3 +241,27 @@ def test_mosquitto_exits_when_the_platform_process_is_killed(tmp_path: Path) -> 
     finally:
         child.kill()
         child.wait()
+
+
+def test_serve_with_broker_mosquitto_runs_and_stops_it(tmp_path: Path) -> None:
+    from ..server.test_standalone import start_until_ready
+
+    port = free_port("127.0.0.1")
+    argv = [sys.executable, "-m", "iiot_server", "--port", str(free_port("127.0.0.1")),
+            "--mqtt-port", str(port), "--data-dir", str(tmp_path), "--broker", "mosquitto"]  # fmt: skip
+    proc, output = start_until_ready(argv, dict(os.environ))
+    try:
+        assert f"mosquitto on 127.0.0.1:{port}" in output, output
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anonymous-probe")
+        refused = threading.Event()
+        client.on_connect = lambda _c, _u, _f, rc, _p: rc.is_failure and refused.set()
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        assert refused.wait(WAIT)  # mosquitto answers, and refuses anonymous clients
+        client.loop_stop()
+        pid = int((tmp_path / "mosquitto" / "mosquitto.pid").read_text())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists()
+                    or "State:\tZ" in Path(f"/proc/{pid}/status").read_text())  # fmt: skip

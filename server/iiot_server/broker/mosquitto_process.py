@@ -12,7 +12,8 @@ itself. Files there:
 - ``platform-credentials.json`` (0600): the platform's own MQTT user and its password,
   generated at every start and written into the dynamic-security file before mosquitto
   reads it (PBKDF2-SHA512 as the plugin hashes it);
-- ``mosquitto.db``: mosquitto's persistence file; ``mosquitto.log``: its log.
+- ``mosquitto.db``: mosquitto's persistence file; ``mosquitto.log``: its log;
+  ``mosquitto.pid``: the running child's process id.
 
 **No orphan.** The child gets ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` in a ``preexec_fn``:
 Linux sends it SIGTERM when the thread that started it ends, which is the platform's event
@@ -282,6 +283,7 @@ class MosquittoProcess:
             )
         finally:
             os.close(stderr)
+        (self.directory / "mosquitto.pid").write_text(f"{self.process.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
