@@ -254,10 +254,11 @@ class RegistrationService:
         return IssuedToken(secret, token)
 
     @staticmethod
-    def _find(conn: Connection, secret: str) -> RegistrationToken | None:
+    def _find(conn: Connection, secret: str, *, lock: bool = False) -> RegistrationToken | None:
         if not has_kind(secret, SecretKind.REGISTRATION_TOKEN):
             return None
-        row = conn.execute(sql.FIND_REGISTRATION_TOKEN, {"b_hash": hash_secret(secret)}).first()
+        query = sql.LOCK_REGISTRATION_TOKEN if lock else sql.FIND_REGISTRATION_TOKEN
+        row = conn.execute(query, {"b_hash": hash_secret(secret)}).first()
         return None if row is None else _rt(row._mapping)
 
     def _require_usable(self, token: RegistrationToken | None, now: datetime) -> RegistrationToken:
@@ -359,7 +360,7 @@ class RegistrationService:
         self, conn: Connection, provisioning_token_id: str, secret: str, now: datetime
     ) -> tuple[IssuedToken, RegistrationToken]:
         t = to_epoch(now)
-        found = self._find(conn, secret)
+        found = self._find(conn, secret, lock=True)
         if found is None:
             raise RegistrationTokenUnknown("unknown Registration Token", field=FIELD)
         token = self._require_usable(found, now)

@@ -55,6 +55,9 @@ SELECT_PROVISIONING_TOKEN = select(provisioning_tokens).where(
 
 INSERT_REGISTRATION_TOKEN = insert(rt)
 FIND_REGISTRATION_TOKEN = select(rt).where(rt.c.secret_hash == bindparam("b_hash"))
+LOCK_REGISTRATION_TOKEN = FIND_REGISTRATION_TOKEN.with_for_update()
+"""A refresh reads the token, decides (first refresh or retry) and writes: simultaneous
+refreshes of one token queue on its row (PostgreSQL; SQLite runs one at a time anyway)."""
 SUPERSEDE_REGISTRATION_TOKEN = (
     update(rt).where(rt.c.id == bindparam("b_id")).values(superseded_at=bindparam("b_now"))
 )
