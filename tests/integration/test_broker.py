@@ -196,6 +196,7 @@ def test_no_retained_message_of_another_device(
     assert received == []
 
 
+@both_brokers
 def test_failed_login_with_victims_id_leaves_victim_working(
     platform: Platform, connect: Callable[..., Device]
 ) -> None:

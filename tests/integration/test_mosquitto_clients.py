@@ -14,6 +14,7 @@ from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
 from ..server.test_register_spotflow_shape import expected_signature
+from .brokers import BOTH_BROKERS
 from .mqtt import provision, wait_for
 from .test_broker import stored
 from .test_iot_hub_dialect import hub_credentials
@@ -44,6 +45,7 @@ def mosquitto_pub(platform: Platform, *args: str) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)
 def test_mosquitto_pub_with_device_credentials_is_stored(platform: Platform) -> None:
     reg = provision(platform, "mosq-0001")
     result = mosquitto_pub(
@@ -70,6 +72,7 @@ def test_mosquitto_pub_with_device_credentials_is_stored(platform: Platform) -> 
     )
 
 
+@pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)
 def test_mosquitto_clients_without_credentials_are_refused(platform: Platform) -> None:
     provision(platform, "mosq-0002")
     anonymous = mosquitto_pub(

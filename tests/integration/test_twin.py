@@ -13,6 +13,7 @@ from iiotsim.clock import ManualClock
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
 
+from .brokers import BOTH_BROKERS
 from .mqtt import WAIT, Device, provision, wait_for
 
 
@@ -33,6 +34,7 @@ def next_json(device: Device, topic_suffix: str) -> dict[str, object]:
             return json.loads(message.payload)  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)
 def test_desired_patch_reaches_the_device_with_its_version(
     platform: Platform, device: Device
 ) -> None:
@@ -52,6 +54,7 @@ def test_desired_patch_reaches_the_device_with_its_version(
     assert next_json(device, "/twin/desired") == {"mode": None, "$version": 2}
 
 
+@pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)
 def test_full_twin_on_request_and_catch_up_since_a_version(
     platform: Platform, device: Device
 ) -> None:
@@ -72,6 +75,7 @@ def test_full_twin_on_request_and_catch_up_since_a_version(
     }
 
 
+@pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)
 def test_reported_patch_from_the_device_reaches_the_twin(
     platform: Platform, device: Device
 ) -> None:

@@ -529,6 +529,11 @@ class MosquittoBroker:
         if self._link is not None:
             self._link.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
 
+    async def internal_message_broadcast(self, topic: str, data: bytes, qos: int = 1) -> None:
+        """Publish as the platform (as amqtt's ``Broker.internal_message_broadcast``)."""
+        if self._link is not None:
+            self._link.client.publish(topic, data, qos=qos)
+
     def _on_desired_changed(self, device_id: str, patch: dict[str, Any]) -> None:
         self._publish(twin_topic(device_id, "desired"), patch)
 
