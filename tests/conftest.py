@@ -14,8 +14,53 @@ from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
 from .integration.mqtt import Device
+from .postgres import ThrowawayCluster, unavailable_reason
 
 START = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # ``pytestmark = pytest.mark.both_databases`` in a module (or on a test): each of its
+    # tests that uses ``platform`` or ``database_url`` runs as ``[sqlite]`` and ``[postgresql]``.
+    config.addinivalue_line(
+        "markers", "both_databases: run the test's platform on SQLite and on PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_databases"
+    ):
+        metafunc.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[ThrowawayCluster]:
+    """One throw-away PostgreSQL cluster for the session (``tests/postgres.py``), started
+    by the first test that needs it."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with ThrowawayCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgresql`` (both for tests marked ``both_databases``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def database_url(database: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A fresh PostgreSQL database's URL, or None: SQLite in the platform's data dir."""
+    if database == "sqlite":
+        yield None
+        return
+    cluster: ThrowawayCluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database()
+    yield url
+    cluster.drop_database(url)
 
 
 @pytest.fixture
@@ -31,9 +76,14 @@ def mqtt_broker() -> str:
 
 
 @pytest.fixture
-def platform(clock: ManualClock, tmp_path: Path, mqtt_broker: str) -> Iterator[Platform]:
-    """A running platform (HTTP API) with SQLite under ``tmp_path/data``."""
-    with Platform(data_dir=tmp_path / "data", clock=clock, broker=mqtt_broker) as running:
+def platform(
+    clock: ManualClock, tmp_path: Path, mqtt_broker: str, database_url: str | None
+) -> Iterator[Platform]:
+    """A running platform (HTTP API) with SQLite under ``tmp_path/data``, or on a fresh
+    PostgreSQL database (``database_url``)."""
+    with Platform(
+        data_dir=tmp_path / "data", clock=clock, broker=mqtt_broker, database_url=database_url
+    ) as running:
         yield running
 
 

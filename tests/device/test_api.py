@@ -18,6 +18,8 @@ from iiot_device.api import DeviceApi, IssuedToken
 
 from iiotsim.platform import Platform
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 FORGED_PT = "pt_forged"
 FORGED_RT = "rt_forged"
 

@@ -14,6 +14,8 @@ from iiotsim.platform import Platform
 from .brokers import BOTH_BROKERS
 from .mqtt import WAIT, Device, provision, wait_for
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 both_brokers = pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)
 
 
@@ -218,16 +220,22 @@ def test_failed_login_with_victims_id_leaves_victim_working(
     assert platform.admin.get_device("victim-01").connection_takeovers == 0
 
 
-def test_restart_keeps_messages(tmp_path: object, clock: ManualClock) -> None:
+def test_restart_keeps_messages(
+    tmp_path: object, clock: ManualClock, database_url: str | None
+) -> None:
     from pathlib import Path
 
     data = Path(str(tmp_path)) / "kept"
-    with Platform(data_dir=data, clock=clock, admin_key="ak_keep") as first:
+    with Platform(
+        data_dir=data, clock=clock, admin_key="ak_keep", database_url=database_url
+    ) as first:
         reg = provision(first, "keep-0001")
         device = Device(first, reg.device_id, reg.password)
         assert device.connect() == 0
         device.publish("devices/keep-0001/messages/default/mid=k1", b"kept")
         assert wait_for(lambda: len(stored(first, "keep-0001")) == 1)
         device.close()
-    with Platform(data_dir=data, clock=clock, admin_key="ak_keep") as second:
+    with Platform(
+        data_dir=data, clock=clock, admin_key="ak_keep", database_url=database_url
+    ) as second:
         assert stored(second, "keep-0001") == [("default", "k1", "kept")]

@@ -13,6 +13,8 @@ from iiotsim.sim import connection_intervals
 
 from .mqtt import WAIT, Device, provision, wait_for
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 def connected(platform: Platform, device_id: str, state: bool) -> bool:
     return wait_for(lambda: platform.admin.get_device(device_id).connected is state)

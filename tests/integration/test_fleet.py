@@ -12,6 +12,8 @@ from iiotsim.platform import Platform
 
 from .mqtt import WAIT, Device, provision, wait_for
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 PLANT7 = {"eq": {"path": "tags.site", "value": "plant-7"}}
 EVERYONE: dict[str, list[object]] = {"and": []}
 

@@ -25,6 +25,8 @@ from ..server.test_register_spotflow_shape import expected_signature
 from .mqtt import WAIT, Device, Registered, provision, wait_for
 from .test_broker import stored
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 API_VERSION = "/?api-version=2018-06-30"
 NOT_AUTHORIZED = 135
 """CONNACK return code 5 "not authorized", as paho's v2 callbacks report it (0x87)."""

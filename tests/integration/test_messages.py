@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
@@ -16,6 +18,8 @@ from iiotsim.platform import Platform
 from .brokers import BOTH_BROKERS
 from .mqtt import Device, provision, wait_for
 from .test_broker import stored
+
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 @pytest.fixture
@@ -102,7 +106,17 @@ def test_compressed_and_oversized_mqtt_messages(
 
 @contextmanager
 def database_locked(platform: Platform) -> Iterator[None]:
-    """Hold SQLite's write lock from another connection (the platform's writes wait)."""
+    """Hold SQLite's write lock, or on PostgreSQL a lock on the messages table, from another
+    connection (the platform's writes wait)."""
+    url = platform.settings.database_url
+    if url.startswith("postgresql"):
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.connect() as locker:
+            locker.exec_driver_sql("LOCK TABLE messages IN EXCLUSIVE MODE")  # blocks INSERTs
+            yield
+            locker.commit()
+        engine.dispose()
+        return
     conn = sqlite3.connect(platform.data_dir / "iiot.db", isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")

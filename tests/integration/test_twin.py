@@ -16,6 +16,8 @@ from iiotsim.platform import Platform
 from .brokers import BOTH_BROKERS
 from .mqtt import WAIT, Device, provision, wait_for
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 @pytest.fixture
 def device(platform: Platform) -> Iterator[Device]:
@@ -117,12 +119,16 @@ def test_bad_patches_and_unknown_devices(
     assert err.value.status == 404
 
 
-def test_restart_keeps_twins(tmp_path: Path, clock: ManualClock) -> None:
-    with Platform(data_dir=tmp_path / "d", clock=clock, admin_key="ak_twin") as first:
+def test_restart_keeps_twins(tmp_path: Path, clock: ManualClock, database_url: str | None) -> None:
+    with Platform(
+        data_dir=tmp_path / "d", clock=clock, admin_key="ak_twin", database_url=database_url
+    ) as first:
         provision(first, "keep-twin-01")
         first.admin.update_desired_properties("keep-twin-01", {"x": 1})
         first.admin.update_tags("keep-twin-01", {"site": "a"})
-    with Platform(data_dir=tmp_path / "d", clock=clock, admin_key="ak_twin") as second:
+    with Platform(
+        data_dir=tmp_path / "d", clock=clock, admin_key="ak_twin", database_url=database_url
+    ) as second:
         twin = second.admin.get_twin("keep-twin-01")
         assert (twin.desired.properties, twin.desired.version) == ({"x": 1}, 1)
         assert twin.tags.properties == {"site": "a"}

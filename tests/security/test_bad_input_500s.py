@@ -14,6 +14,8 @@ from iiotsim.platform import Platform
 from ..integration.mqtt import provision
 from ..server.device_calls import dt
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 DEPTHS = [40, 500, 900, 980, 1200, 20_000]
 
 

@@ -6,6 +6,7 @@ password registers again and connects."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from iiot_server.store.schema import mqtt_credentials
 from sqlalchemy import Connection, func, select
 
@@ -13,6 +14,8 @@ from iiotsim.platform import Platform
 
 from ..integration.mqtt import Device, provision
 from ..server.device_calls import register
+
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 def live_credentials(platform: Platform, device_id: str) -> int:

@@ -16,6 +16,8 @@ from iiotsim.platform import Platform
 
 from ..server.device_calls import complete, dt, init, register
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 # seconds after completion: at once, 1 minute, 14 minutes, 14:59 (lifetime is 15 min)
 OFFSETS = [0.0, 60.0, 14 * 60.0, 14 * 60.0 + 59.0]
 

@@ -9,6 +9,8 @@ import pytest
 
 from iiotsim.platform import Platform
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 def _init(platform: Platform, http: httpx.Client, device_id: str) -> dict[str, str]:
     pt = platform.admin.create_provisioning_token("by-code").provisioning_token

@@ -12,6 +12,8 @@ from iiotsim.platform import Platform
 
 from .device_calls import dt
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 GARBAGE_BODIES: list[object] = [
     None,
     "not json",

@@ -13,6 +13,8 @@ from iiotsim.platform import Platform
 
 from .device_calls import complete, dt, init, refresh, register
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 PROBLEM = "application/problem+json"
 
 
@@ -180,17 +182,29 @@ def test_lost_refresh_response_can_be_retried(platform: Platform, http: httpx.Cl
     assert register(http, lost).status_code == 401
 
 
-def test_restart_keeps_tokens_operations_and_devices(tmp_path: Path, clock: ManualClock) -> None:
+def test_restart_keeps_tokens_operations_and_devices(
+    tmp_path: Path, clock: ManualClock, database_url: str | None
+) -> None:
     data = tmp_path / "kept"
     with (
-        Platform(data_dir=data, clock=clock, admin_key="ak_restart-test-key") as first,
+        Platform(
+            data_dir=data,
+            clock=clock,
+            admin_key="ak_restart-test-key",
+            database_url=database_url,
+        ) as first,
         httpx.Client(base_url=first.http_url) as http,
     ):
         pt = first.admin.create_provisioning_token("t").provisioning_token
         rt = provision(first, http, pt, deviceId="keep-01")
         pending = init(http, pt, deviceId="keep-02").json()
     with (
-        Platform(data_dir=data, clock=clock, admin_key="ak_restart-test-key") as second,
+        Platform(
+            data_dir=data,
+            clock=clock,
+            admin_key="ak_restart-test-key",
+            database_url=database_url,
+        ) as second,
         httpx.Client(base_url=second.http_url) as http,
     ):
         assert register(http, rt).status_code == 200

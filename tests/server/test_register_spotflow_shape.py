@@ -9,7 +9,6 @@ import base64
 import hashlib
 import hmac
 import re
-import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -18,6 +17,8 @@ import httpx
 import pytest
 from iiot_server.domain.errors import SettingsError
 from iiot_server.settings import Settings
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
@@ -25,16 +26,22 @@ from iiotsim.platform import Platform
 from .device_calls import register
 from .test_http_flow import provision
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 SAS = re.compile(r"^SharedAccessSignature sr=(?P<sr>[^&]+)&sig=(?P<sig>[^&]+)&se=(?P<se>\d+)$")
 
 
 def registration_token_id(platform: Platform, device_id: str) -> str:
-    with sqlite3.connect(platform.data_dir / "iiot.db") as db:
+    engine = create_engine(platform.settings.database_url, poolclass=NullPool)
+    with engine.connect() as db:
         [(token_id,)] = db.execute(
-            "SELECT id FROM registration_tokens WHERE device_id = ? AND revoked_at IS NULL "
-            "AND superseded_at IS NULL",
-            (device_id,),
-        ).fetchall()
+            text(
+                "SELECT id FROM registration_tokens WHERE device_id = :device_id "
+                "AND revoked_at IS NULL AND superseded_at IS NULL"
+            ),
+            {"device_id": device_id},
+        ).all()
+    engine.dispose()
     return str(token_id)
 
 
@@ -116,13 +123,15 @@ def test_a_new_token_signs_with_a_new_key(platform: Platform, http: httpx.Client
     assert sig[0] and sig[1] and sig[0]["sig"] != sig[1]["sig"]
 
 
-def test_the_signing_key_is_kept_in_the_data_directory(tmp_path: Path) -> None:
-    with Platform(data_dir=tmp_path) as first:
+def test_the_signing_key_is_kept_in_the_data_directory(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    with Platform(data_dir=tmp_path, database_url=database_url) as first:
         key = first.settings.sas_signing_key
     path = tmp_path / "sas-signing.key"
     assert path.read_text().strip() == key
     assert path.stat().st_mode & 0o777 == 0o600
-    with Platform(data_dir=tmp_path) as second:
+    with Platform(data_dir=tmp_path, database_url=database_url) as second:
         assert second.settings.sas_signing_key == key
 
 

@@ -13,6 +13,8 @@ from iiotsim.platform import Platform
 from .device_calls import dt, refresh, register
 from .test_http_flow import provision
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 PROBLEM = "application/problem+json"
 
 

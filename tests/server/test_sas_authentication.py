@@ -17,6 +17,8 @@ from iiotsim.platform import Platform
 from .device_calls import refresh, register
 from .test_http_flow import provision
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 LIFETIME = 7200
 
 

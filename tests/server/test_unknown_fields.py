@@ -12,6 +12,8 @@ from iiotsim.platform import Platform
 
 from .device_calls import dt
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 TOKENS = "/api/v1/provisioning-tokens"
 
 
