@@ -265,3 +265,37 @@ def test_serve_with_broker_mosquitto_runs_and_stops_it(tmp_path: Path) -> None:
         proc.wait(30)
     assert wait_for(lambda: not Path(f"/proc/{pid}").exists()
                     or "State:\tZ" in Path(f"/proc/{pid}/status").read_text())  # fmt: skip
+
+
+def test_tls_serves_native_devices_and_refuses_the_iot_hub_dialect(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mosquitto would route ``$iothub/twin/res/…`` to every subscriber: the IoT Hub
+    dialect is not served in this mode, a SAS CONNECT is refused (nothing can leak)."""
+    from .test_iot_hub_dialect import hub_credentials
+
+    with Platform(tmp_path / "d", clock=clock, broker="mosquitto", tls=True, mqtt_port=0) as p:
+        assert p.ca_cert_path is not None
+        monkeypatch.setenv("SSL_CERT_FILE", str(p.ca_cert_path))  # for httpx
+        reg = provision(p, "tls-0001")
+        native = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=reg.device_id)
+        native.username_pw_set(reg.device_id, reg.password)
+        native.tls_set(ca_certs=str(p.ca_cert_path))
+        native.connect(p.mqtt_host, p.mqtt_port)
+        native.loop_start()
+        info = native.publish("devices/tls-0001/messages/default/mid=t1", b"over tls", qos=1)
+        info.wait_for_publish(WAIT)
+        native.disconnect()
+        native.loop_stop()
+        assert wait_for(lambda: stored(p, "tls-0001") == [("default", "t1", "over tls")])
+        creds = hub_credentials(p, reg)
+        hub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=creds.client_id)
+        hub.username_pw_set(creds.username, creds.password)
+        hub.tls_set(ca_certs=str(p.ca_cert_path))
+        answer: list[int] = []
+        hub.on_connect = lambda _c, _u, _f, rc, _p: answer.append(rc.value)
+        hub.connect(p.mqtt_host, p.mqtt_port)
+        hub.loop_start()
+        assert wait_for(lambda: bool(answer))
+        hub.loop_stop()
+        assert answer[0] != 0

@@ -229,7 +229,7 @@ class MosquittoBroker:
             self._admin.on_connected.append(
                 lambda: self._admin and self._admin.client.subscribe(RESPONSE_TOPIC, 1)
             )
-            await self._admin.start(self.process.host, self.process.port)
+            await self._admin.start(self.process.internal_host, self.process.internal_port)
             await self._dynsec({"command": "listClients"})  # the plugin answers: ready
             await self._sync_clients()
             for event, listener in self._listeners:
@@ -239,7 +239,7 @@ class MosquittoBroker:
             self._link = _Link(loop, INGEST_CLIENT_ID, credentials, persistent=True)
             self._link.client.on_message = self._on_ingest_message
             self._link.on_connected.append(self._subscribe_ingest)
-            await self._link.start(self.process.host, self.process.port)
+            await self._link.start(self.process.internal_host, self.process.internal_port)
         except BaseException:
             await self.shutdown()
             raise

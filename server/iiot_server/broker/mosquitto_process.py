@@ -4,7 +4,8 @@ The platform writes mosquitto's configuration and its dynamic-security file into
 ``<data dir>/mosquitto/``, starts it on a loopback (or the given) port and stops it with
 itself. Files there:
 
-- ``mosquitto.conf``: one listener, ``allow_anonymous false``, the dynamic-security plugin,
+- ``mosquitto.conf``: one listener (with TLS a plain loopback one for the platform's own
+  clients too), ``allow_anonymous false``, the dynamic-security plugin,
   ``persistence true`` (its queue for the platform's own persistent session survives a
   platform restart: see :mod:`iiot_server.broker.mosquitto_broker`), no retained messages;
 - ``dynamic-security.json``: the plugin's state (device clients and roles), made at first
@@ -203,6 +204,9 @@ class MosquittoProcess:
         self.directory = directory
         self.host = host
         self.port = port
+        self.internal_port = port
+        """Where the platform's own clients connect: the device port, or with TLS a plain
+        loopback listener beside it."""
         self.tls_cert = tls_cert
         self.tls_key = tls_key
         self.max_packet_size = max_packet_size
@@ -252,6 +256,8 @@ class MosquittoProcess:
             lines.insert(3, f"max_packet_size {self.max_packet_size}")
         if self.tls_cert is not None and self.tls_key is not None:
             lines += [f"certfile {self.tls_cert}", f"keyfile {self.tls_key}"]
+            # the platform's own connections: plain MQTT on loopback only
+            lines.append(f"listener {self.internal_port} 127.0.0.1")
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> MosquittoProcess:
@@ -262,6 +268,7 @@ class MosquittoProcess:
         os.chmod(self.directory, 0o700)
         if self.port == 0:
             self.port = free_port(self.host)
+        self.internal_port = self.port if self.tls_cert is None else free_port("127.0.0.1")
         prepare_dynsec_file(self.dynsec_file, self.credentials.password)
         _write_private(
             self.directory / "platform-credentials.json",
@@ -320,6 +327,10 @@ class MosquittoProcess:
         nobody reads could fill and block it."""
         path = self.directory / "mosquitto.stderr"
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    @property
+    def internal_host(self) -> str:
+        return self.host if self.internal_port == self.port else "127.0.0.1"
 
     @property
     def pid(self) -> int | None:
