@@ -11,6 +11,7 @@ from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
 from iiotsim.sim import connection_intervals
 
+from .brokers import BOTH_BROKERS
 from .mqtt import WAIT, Device, provision, wait_for
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
@@ -28,6 +29,7 @@ def session(platform: Platform, device_id: str, password: str, devices: list[Dev
     return device
 
 
+@pytest.mark.parametrize("mqtt_broker", BOTH_BROKERS)
 def test_connects_and_disconnects_become_intervals_of_the_clock_moves(
     platform: Platform, clock: ManualClock, devices: list[Device]
 ) -> None:

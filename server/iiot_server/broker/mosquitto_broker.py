@@ -44,8 +44,9 @@ every subscriber of it (its topics name no device), so serving it would leak one
 twin to another; a SAS CONNECT has no dynamic-security client and gets CONNACK 5 (not
 authorised), nothing leaks. Spotflow's SDK needs the embedded broker.
 
-Not matched yet: the devices' connected state and takeover count (mosquitto does the
-takeover itself; the platform does not see connections).
+**Connections**: the devices' connected state, connection events and takeover count are
+recorded from mosquitto's connection log lines, which it publishes on ``$SYS/broker/log/…``
+(``log_dest topic``) to the admin connection (mosquitto does the takeover itself).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,6 +86,13 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 INGEST_CLIENT_ID = "iiotsim:ingest"
 ADMIN_CLIENT_ID = "iiotsim:admin"
+LOG_TOPIC = "$SYS/broker/log/#"
+_CONNECTED = re.compile(r"New client connected from \S+ as (\S+) \(")
+_TAKEOVER = re.compile(r"Client (\S+) already connected, closing old connection")
+_DISCONNECTED = re.compile(
+    r"Client (\S+) (?:disconnected|closed its connection|has exceeded timeout|been disconnected)"
+    r"|Socket error on client (\S+), disconnecting|Bad socket read/write on client (\S+):"
+)
 INGEST_SUBSCRIPTIONS = ("devices/+/messages/#", "devices/+/twin/get", "devices/+/twin/reported")
 INGEST_BATCH = 512
 CONNECT_TIMEOUT = 10.0  # seconds (real time) for mosquitto to answer a connection or command
@@ -207,6 +216,8 @@ class MosquittoBroker:
         self._admin: _Link | None = None
         self._link: _Link | None = None
         self._ingest_task: asyncio.Task[None] | None = None
+        self._connections: asyncio.Queue[str] = asyncio.Queue()
+        self._connections_task: asyncio.Task[None] | None = None
         self._listeners: list[tuple[str, Any]] = [
             ("registration_ended", self._on_registration_ended),
             ("registration_superseded", self._on_registration_superseded),
@@ -227,7 +238,10 @@ class MosquittoBroker:
             self._admin = _Link(loop, ADMIN_CLIENT_ID, credentials, persistent=False)
             self._admin.client.on_message = self._on_admin_message
             self._admin.on_connected.append(
-                lambda: self._admin and self._admin.client.subscribe(RESPONSE_TOPIC, 1)
+                lambda: (
+                    self._admin
+                    and self._admin.client.subscribe([(RESPONSE_TOPIC, 1), (LOG_TOPIC, 0)])
+                )
             )
             await self._admin.start(self.process.internal_host, self.process.internal_port)
             await self._dynsec({"command": "listClients"})  # the plugin answers: ready
@@ -236,6 +250,9 @@ class MosquittoBroker:
                 self.services.events.subscribe(event, listener)
             self.services.registration.on_mqtt_password = self.set_device_password
             self._ingest_task = asyncio.create_task(self._ingest_loop(), name="iiot-ingest")
+            self._connections_task = asyncio.create_task(
+                self._connection_log(), name="iiot-connections"
+            )
             self._link = _Link(loop, INGEST_CLIENT_ID, credentials, persistent=True)
             self._link.client.on_message = self._on_ingest_message
             self._link.on_connected.append(self._subscribe_ingest)
@@ -260,9 +277,10 @@ class MosquittoBroker:
                 client.expiry.cancel()
         if self._link is not None:
             self._link.stop()
-        if self._ingest_task is not None:
-            self._ingest_task.cancel()
-            await asyncio.gather(self._ingest_task, return_exceptions=True)
+        for task in (self._ingest_task, self._connections_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._admin is not None:
@@ -272,6 +290,10 @@ class MosquittoBroker:
     # dynamic security --------------------------------------------------------------
 
     def _on_admin_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.topic.startswith("$SYS/"):
+            line = message.payload.decode(errors="replace")
+            self._admin_loop().call_soon_threadsafe(self._connections.put_nowait, line)
+            return
         try:
             responses = json.loads(message.payload).get("responses", [])
         except ValueError:
@@ -440,6 +462,33 @@ class MosquittoBroker:
                 grace_period=grace,
             )
             self._arm_expiry(device_id, client, until)
+
+    # connections -------------------------------------------------------------------
+
+    async def _connection_log(self) -> None:
+        """Devices' connection state from mosquitto's connection log lines (``log_dest
+        topic``: mosquitto 2.0 has no other connection events without a C plugin), in
+        order: connected, disconnected, and a takeover ("already connected, closing old
+        connection", then the newcomer's connect, and no disconnect of the old), recorded as
+        the embedded broker does: a takeover event, then the newcomer's connect."""
+        while True:
+            line = await self._connections.get()
+            try:
+                if match := _TAKEOVER.search(line):
+                    await self._record(match.group(1), connected=True, takeover=True)
+                elif match := _CONNECTED.search(line):
+                    await self._record(match.group(1), connected=True)
+                elif match := _DISCONNECTED.search(line):
+                    await self._record(next(g for g in match.groups() if g), connected=False)
+            except Exception:  # a database hiccup: the next line is recorded again
+                log.exception("recording %r failed", line)
+
+    async def _record(self, client_id: str, *, connected: bool, takeover: bool = False) -> None:
+        if client_id.startswith("iiotsim:") or client_id == "<unknown>":
+            return  # the platform's own connections, a refused CONNECT
+        await self.services.devices.record_connection(
+            client_id, connected=connected, takeover=takeover
+        )
 
     # ingest ------------------------------------------------------------------------
 

@@ -118,6 +118,8 @@ def _platform_role() -> dict[str, object]:
         ("publishClientReceive", "devices/#"),
         ("subscribePattern", "devices/#"),
         ("subscribePattern", "$share/+/devices/#"),
+        ("subscribePattern", "$SYS/broker/log/#"),
+        ("publishClientReceive", "$SYS/broker/log/#"),
         ("unsubscribePattern", "#"),
     ]
     return {
@@ -246,6 +248,8 @@ class MosquittoProcess:
             # no device topic is retained (as on the embedded broker)
             "retain_available false",
             f"log_dest file {self.log_file}",
+            # connections as the platform records them (MosquittoBroker.connection_log)
+            "log_dest topic",
             "log_type error",
             "log_type warning",
             "log_type notice",
