@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -42,6 +43,9 @@ SCRIPT_LOCATION = Path(__file__).parent
 FIRST_REVISION = "0001"
 """The schema as ``create_all`` made it before migrations (commit 593ff46)."""
 
+# Alembic's ``context`` and ``op`` are module globals: one migration at a time per process
+# (two platforms started at once on two threads would otherwise mix their contexts).
+_ALEMBIC_IN_USE = threading.Lock()
 _PLATFORM_TABLE = "provisioning_tokens"  # present in every database the platform made
 _POSTGRESQL_LOCK_KEY = 0x110751  # pg_advisory_xact_lock key: "iiotsim" schema changes
 
@@ -90,7 +94,7 @@ def upgrade(engine: Engine) -> str:
     ('none', True)
     """
     head = head_revision()
-    with engine.connect() as connection:
+    with _ALEMBIC_IN_USE, engine.connect() as connection:
         _lock(connection)
         before = current_revision(connection)
         was = before or "none"
