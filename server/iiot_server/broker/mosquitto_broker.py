@@ -408,6 +408,9 @@ class MosquittoBroker:
 
     def _on_registration_ended(self, device_id: str, reason: RegistrationEnded) -> None:
         log.info("registration of %s ended (%s): deleting its mosquitto client", device_id, reason)
+        client = self._clients.pop(device_id, None)  # now: a register after this creates anew
+        if client is not None and client.expiry is not None:
+            client.expiry.cancel()
         self._spawn(self.end_device(device_id))
 
     def _on_registration_superseded(self, device_id: str, token_id: str, until: datetime) -> None:
@@ -629,6 +632,3 @@ class MosquittoBroker:
                 twin_topic(device_id, "res"), {"error": {"detail": str(exc), "field": field}}
             )
 
-    async def disconnect_device(self, device_id: str) -> bool:
-        """Not available on mosquitto without ending the device's client: False."""
-        return False
