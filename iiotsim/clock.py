@@ -30,11 +30,16 @@ class ManualClock:
         if start is not None and start.tzinfo is None:
             raise ValueError("start must be timezone-aware (UTC)")
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._async_waiters: list[tuple[datetime, asyncio.AbstractEventLoop, asyncio.Future[None]]]
         self._async_waiters = []
         self._thread_deadlines: list[datetime] = []
         self._thread_waits: list[tuple[datetime, threading.Event | None, str]] = []
+        self._wakers: dict[int, tuple[datetime, threading.Condition]] = {}
+        """Waits on a listenable event (``iiot_device.clock.WakeEvent``) sleep on their
+        own condition (sharing the clock's lock) until their deadline or their event:
+        woken one by one, never polled."""
 
     def now(self) -> datetime:
         with self._cond:
@@ -66,6 +71,12 @@ class ManualClock:
                 if deadline > self._now and (event is None or not event.is_set())
             )
 
+    def waiting_threads(self) -> frozenset[str]:
+        """Names of the threads blocked in :meth:`wait` now (a stuck hybrid step names the
+        devices that are not)."""
+        with self._cond:
+            return frozenset(name for _, _, name in self._thread_waits)
+
     def next_deadline(self, exclude_threads: Container[str] = ()) -> datetime | None:
         """The earliest time some wait is waiting for, or None if nothing waits; waits of
         threads named in ``exclude_threads`` are left out."""
@@ -83,6 +94,9 @@ class ManualClock:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, fut)
         self._cond.notify_all()
+        for deadline, waker in self._wakers.values():
+            if deadline <= when:
+                waker.notify()
         return when
 
     # iiot_server.clock.Clock
@@ -109,14 +123,32 @@ class ManualClock:
             self._thread_deadlines.append(deadline)
             waiting = (deadline, event, threading.current_thread().name)
             self._thread_waits.append(waiting)
+            listenable = hasattr(event, "add_listener")
+            waker = threading.Condition(self._lock) if listenable else self._cond
+            key = id(waiting)
+            if listenable:
+                self._wakers[key] = (deadline, waker)
+
+                def wake() -> None:
+                    with self._lock:
+                        waker.notify()
+
+                event.add_listener(wake)  # type: ignore[union-attr]
             try:
                 while True:
                     if event is not None and event.is_set():
                         return True
                     if self._now >= deadline:
                         return False
-                    self._cond.wait(timeout=_EVENT_POLL_SECONDS if event is not None else None)
+                    if listenable:
+                        waker.wait()
+                    else:  # a plain event: checked every few ms
+                        timeout = _EVENT_POLL_SECONDS if event is not None else None
+                        self._cond.wait(timeout=timeout)
             finally:
+                if listenable:
+                    event.remove_listener(wake)  # type: ignore[union-attr]
+                    del self._wakers[key]
                 self._thread_deadlines.remove(deadline)
                 self._thread_waits.remove(waiting)
 

@@ -1,42 +1,50 @@
 """Hybrid ("digital twin") runs: real SDK clients against the real embedded platform,
-their network cut and restored by the simulator's connectivity model, on one
-:class:`~iiotsim.clock.ManualClock` shared by platform, devices and simulation.
+their network cut and restored by the simulator's connectivity model, on one simulated
+clock: the platform's :class:`~iiotsim.clock.ManualClock`, mirrored by each worker
+process holding a share of the devices (:mod:`iiotsim.twin_worker`).
 
 Each device reaches the platform only through its own pair of loopback TCP proxies
-(HTTP and MQTT). Going offline closes the device's sockets and stops its listeners, so
-the device sees a dropped connection and refused reconnects, not silence. Simulated time
-moves from one event to the next (connectivity changes, and every deadline a device or
-the platform waits for); before each move the run waits until every device is idle
-(blocked on the clock), so time stands still while a real call is in flight. The servers
-run in their own thread and loop, the proxies in another; never in a notebook's loop.
+(HTTP and MQTT, in its worker). Going offline closes the device's sockets and stops its
+listeners, so the device sees a dropped connection and refused reconnects, not silence.
+Simulated time moves from one event to the next (connectivity changes, technicians'
+approvals, and every deadline a device or the platform waits for); before each move every
+worker waits until its devices are idle (blocked on the clock), so time stands still while
+a real call is in flight. The servers run in their own thread and loop, never in a
+notebook's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import heapq
+import json
+import multiprocessing
+import queue
+import secrets
+import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from iiot_device import Backoff, DeviceClient, ProvisioningOperation
 
 from .clock import ManualClock
+from .errors import PlatformError
 from .platform import Platform
 from .sim import Scenario, SimulationResult, connection_intervals, draw_fleet, simulate
-
-_SETTLE_POLL = 0.003  # real seconds between idleness checks
-_SETTLE_STABLE = 2  # consecutive idle checks before time may move
-_SETTLE_TIMEOUT = 30.0
+from .sim.distributions import sample
+from .sim.technicians import next_working_time
+from .twin_worker import serve_worker
 
 
 class _Link:
@@ -139,6 +147,14 @@ class HybridResult:
     """devices online, mean per ``scenario.timeline_resolution`` (index ``hours`` from the
     start, as the simulator's timeline): ``hybrid`` from the platform's connection records
     of the real devices, ``simulator`` the prediction's ``timeline["online"]``"""
+    load: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """requests per simulated second in each timeline bin, from the platform's records
+    (``connect_per_s``, ``refresh_per_s``, ``provisioning_per_s``) and the simulator's
+    timeline beside each (``… simulator``)"""
+    latency: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
+    """each delivered message's latency (simulated seconds from production to storage)"""
+    steps: int = 0
+    """times the simulated clock moved"""
 
 
 def _nothing() -> None:
@@ -179,28 +195,99 @@ def online_per_bin(
     return pd.Series(seconds / np.diff(edges), index=index, name="online")
 
 
+class HybridWorkerFailed(RuntimeError):
+    """A hybrid run's worker died, stopped answering, or could not start its devices."""
+
+
+@dataclass
+class _Worker:
+    index: int
+    devices: list[int]
+    conn: Connection | None = None
+    process: Any = None  # a multiprocessing Process, or a Dask future
+    pid: int | None = None  # where it runs (a Dask worker's process, or its own)
+    reply: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        first, last = self.devices[0], self.devices[-1]
+        return f"worker {self.index} (devices {first}-{last})"
+
+    def gone(self) -> str | None:
+        """Why the worker's process is gone, or None while it runs."""
+        process = self.process
+        if process is None:
+            return None
+        if hasattr(process, "exitcode"):
+            return None if process.exitcode is None else f"exit code {process.exitcode}"
+        status = getattr(process, "status", "pending")  # a Dask future
+        return None if status == "pending" else f"Dask task {status}"
+
+
 class HybridRun:
     """``HybridRun(scenario, devices=50).run()``: the scenario's connectivity applied to
-    real devices; lockouts counted from what the platform and devices did, beside the
-    simulator's prediction for the same scenario."""
+    real devices; what the platform and devices did, beside the simulator's prediction for
+    the same scenario.
+
+    The devices are spread over ``processes`` worker processes
+    (:mod:`iiotsim.twin_worker`); paho's ``select()`` loop and the GIL make one process
+    hold a few hundred at most. The platform runs here, in its own thread, on the run's
+    :class:`~iiotsim.clock.ManualClock`; each worker mirrors that clock and moves it only
+    when told to. Workers talk to this coordinator over TCP, so ``dask=`` a
+    ``distributed.Client`` places them on Dask workers instead (they must reach this
+    machine's coordinator and platform ports: ``host``).
+
+    Time moves from one event to the next: a connectivity change, a technician's approval,
+    a deadline the platform waits for, or the earliest deadline any worker reports (after
+    all its devices are idle, see :mod:`iiotsim.twin_worker`). Every wait for a worker is
+    bounded (``worker_timeout``, real seconds); a worker that dies or stops answering ends
+    the run with :class:`HybridWorkerFailed` naming it.
+
+    Technicians: the fleet's first start is approved at once (the simulator's fresh start);
+    every later operation (a lockout) is queued for ``scenario.provisioning.technicians``
+    technicians, first come first served, within working hours, each approval taking a
+    draw of ``approval_time``, and approved through the admin API at that simulated time.
+    """
 
     def __init__(
-        self, scenario: Scenario, *, devices: int | None = None, data_dir: Path | None = None
+        self,
+        scenario: Scenario,
+        *,
+        devices: int | None = None,
+        processes: int = 1,
+        data_dir: Path | None = None,
+        dask: Any = None,
+        host: str = "127.0.0.1",
+        worker_timeout: float = 300.0,
+        message_tick: float = 60.0,
     ) -> None:
         n = devices or scenario.fleet_size
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        if processes > n:
+            raise ValueError(f"{processes} processes for {n} devices: at most one per device")
         # real devices start now, each online with a new token: the prediction must too
         self.scenario = scenario.replace(fleet_size=n, start="fresh")
+        self.processes = processes
         self.clock = ManualClock()
         self._tmp = (
             tempfile.TemporaryDirectory(prefix="iiotsim-hybrid-") if data_dir is None else None
         )
         self.data_dir = Path(self._tmp.name) if self._tmp else Path(data_dir or ".")
-        self.platform = Platform(self.data_dir / "platform", clock=self.clock)
-        self.hub: ProxyHub | None = None
-        self.clients: list[DeviceClient] = []
+        self.platform = Platform(self.data_dir / "platform", clock=self.clock, host=host)
+        self.host = host
+        self.dask = dask
+        self.worker_timeout = worker_timeout
+        self.message_tick = message_tick
+        """Messages due within this many simulated seconds are produced together (see
+        :func:`iiotsim.twin_worker._produce`)."""
+        self.workers: list[_Worker] = []
+        self._listener: Listener | None = None
         self.operations = 0
-        self._lock = threading.Lock()
-        self._offline: set[str] = set()  # supervisor thread names of offline devices
+        """Provisioning operations the technicians approved during the run."""
+        self.approval_delays: list[float] = []
+        """Seconds from each approved operation's creation to its approval."""
+        self.steps = 0
+        """Times the clock moved."""
 
     def __enter__(self) -> HybridRun:
         return self
@@ -213,65 +300,152 @@ class HybridRun:
     ) -> None:
         self.close()
 
-    # set-up -------------------------------------------------------------------------
+    def device_id(self, index: int) -> str:
+        return f"hybrid-{index:04d}"
 
-    def _approve(self, op: ProvisioningOperation) -> None:
-        with self._lock:
-            self.operations += 1
-        self.platform.admin.approve_operation(op.id)  # a technician standing by
+    # workers ------------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        n = self.scenario.fleet_size
+        authkey = secrets.token_bytes(32)
+        self._listener = Listener((self.host, 0), authkey=authkey)
+        address = self._listener.address
+        shares = np.array_split(np.arange(n), self.processes)
+        self.workers = [_Worker(k, [int(i) for i in share]) for k, share in enumerate(shares)]
+        if self.dask is not None:
+            for w in self.workers:
+                w.process = self.dask.submit(
+                    serve_worker,
+                    address,
+                    authkey,
+                    w.index,
+                    pure=False,
+                    key=f"hybrid-{uuid.uuid4()}",
+                )
+        else:
+            context = multiprocessing.get_context("spawn")
+            for w in self.workers:
+                w.process = context.Process(
+                    target=serve_worker,
+                    args=(address, authkey, w.index),
+                    name=f"iiotsim-hybrid-worker-{w.index}",
+                    daemon=True,
+                )
+                w.process.start()
+        self._accept()
+
+    def _accept(self) -> None:
+        """Take each worker's connection, waiting at most ``worker_timeout`` in all and
+        noticing a worker that died before it connected."""
+        assert self._listener is not None
+        accepted: queue.Queue[Connection | BaseException] = queue.Queue()
+        listener = self._listener
+
+        def accept() -> None:
+            for _ in self.workers:
+                try:
+                    accepted.put(listener.accept())
+                except BaseException as exc:  # the listener closed, a bad key
+                    accepted.put(exc)
+                    return
+
+        threading.Thread(target=accept, name="iiotsim-hybrid-accept", daemon=True).start()
+        deadline = time.monotonic() + self.worker_timeout
+        waiting = len(self.workers)
+        while waiting:
+            try:
+                conn = accepted.get(timeout=0.2)
+            except queue.Empty:
+                self._check_alive(deadline, "to connect")
+                continue
+            if isinstance(conn, BaseException):
+                raise HybridWorkerFailed(f"a worker could not connect: {conn!r}") from conn
+            hello = conn.recv()
+            worker = self.workers[hello["worker"]]
+            worker.conn, worker.pid = conn, hello["pid"]
+            waiting -= 1
+
+    def _check_alive(self, deadline: float, doing: str) -> None:
+        for w in self.workers:
+            why = w.gone()
+            if why is not None:
+                raise HybridWorkerFailed(f"{w.describe()} ended ({why}) before it {doing[3:]}")
+        if time.monotonic() > deadline:
+            late = [w.describe() for w in self.workers if w.conn is None]
+            raise HybridWorkerFailed(
+                f"no answer within {self.worker_timeout:.0f} s from {', '.join(late) or 'workers'}"
+            )
+
+    def _send_all(self, messages: dict[int, dict[str, Any]]) -> None:
+        for w in self.workers:
+            assert w.conn is not None
+            try:
+                w.conn.send(messages[w.index])
+            except (OSError, EOFError) as exc:
+                raise HybridWorkerFailed(f"{w.describe()} is gone: {exc!r}") from exc
+
+    def _gather(self, expect: str, timeout: float | None = None) -> None:
+        """Each worker's next answer (of kind ``expect``), within ``timeout`` real seconds
+        (``worker_timeout`` by default); a worker that ends, fails or stays silent raises
+        :class:`HybridWorkerFailed` naming it."""
+        pending = {w.conn: w for w in self.workers if w.conn is not None}
+        deadline = time.monotonic() + (self.worker_timeout if timeout is None else timeout)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                names = ", ".join(w.describe() for w in pending.values())
+                raise HybridWorkerFailed(
+                    f"no answer within {self.worker_timeout:.0f} s from {names}"
+                )
+            for ready in wait(list(pending), timeout=min(left, 1.0)):
+                conn = cast(Connection, ready)
+                w = pending.pop(conn)
+                try:
+                    reply: dict[str, Any] = conn.recv()
+                except (EOFError, OSError) as exc:
+                    why = w.gone() or "connection closed"
+                    raise HybridWorkerFailed(f"{w.describe()} died ({why})") from exc
+                if reply.get("kind") == "failed":
+                    raise HybridWorkerFailed(f"{w.describe()} failed: {reply['error']}")
+                if reply.get("kind") != expect:
+                    raise HybridWorkerFailed(f"{w.describe()} answered {reply.get('kind')!r}")
+                w.reply = reply
+            for w in pending.values():
+                ended = w.gone()
+                if ended is not None:
+                    raise HybridWorkerFailed(f"{w.describe()} died ({ended})")
+
+    # set-up -------------------------------------------------------------------------
 
     def _start(self) -> None:
         s = self.scenario
         self.platform.start()
-        self.hub = ProxyHub()
         token = self.platform.admin.create_provisioning_token(
             "hybrid",
             max_registration_token_lifetime=s.token.lifetime,
             allow_infinite_lifetime=s.token.lifetime is None,
         )
-        http_port, mqtt_port = self.platform.runner.port, self.platform.mqtt_port
-        self.links: list[tuple[_Link, _Link]] = []
-        for i in range(s.fleet_size):
-            http, mqtt = self.hub.link(http_port), self.hub.link(mqtt_port)
-            self.links.append((http, mqtt))
-            client = DeviceClient.start(
-                token.provisioning_token,
-                self.data_dir / f"device-{i:04d}.db",
-                server_url=f"http://127.0.0.1:{http.port}",
-                mqtt_address=("127.0.0.1", mqtt.port),
-                device_id=f"hybrid-{i:04d}",
-                clock=self.clock,
-                on_provisioning_operation=self._approve,
-                backoff=Backoff(
-                    base=s.backoff.base, cap=min(s.backoff.cap, 60.0), rng=random.Random(i)
-                ),
-            )
-            self.clients.append(client)
-        self.settle()
-
-    def settle(self) -> None:
-        """Wait (real time) until every device is blocked on the clock."""
-        need = len(self.clients)
-        stable = 0
-        deadline = time.monotonic() + _SETTLE_TIMEOUT
-        while stable < _SETTLE_STABLE:
-            if time.monotonic() > deadline:
-                return  # a device stuck on the network: go on rather than hang
-            stable = stable + 1 if self.clock.idle_threads >= need else 0
-            time.sleep(_SETTLE_POLL)
-
-    def _advance_to(self, target: float, start: Any) -> None:
-        """Move the clock to ``start + target`` s, stopping at every deadline on the way
-        except those of offline devices (their retries can only fail; they wake when
-        time passes them anyway)."""
-        goal = start + timedelta(seconds=target)
-        while self.clock.now() < goal:
-            nxt = self.clock.next_deadline(exclude_threads=self._offline)
-            step = goal if nxt is None or nxt >= goal or nxt <= self.clock.now() else nxt
-            if step <= self.clock.now():
-                step = min(goal, self.clock.now() + timedelta(seconds=1))
-            self.clock.set(step)
-            self.settle()
+        self._launch()
+        common = {
+            "kind": "init",
+            "start": self.clock.now().timestamp(),
+            "admin_url": self.platform.http_url,
+            "admin_key": self.platform.admin_key,
+            "provisioning_token": token.provisioning_token,
+            "http_port": self.platform.runner.port,
+            "mqtt_port": self.platform.mqtt_port,
+            "backoff": {"base": s.backoff.base, "cap": min(s.backoff.cap, 60.0)},
+            "messages_per_hour": s.messages.rate_per_hour,
+            "message_tick": self.message_tick,
+            "seed": s.seed,
+        }
+        self._send_all(
+            {
+                w.index: common | {"devices": [(i, self.device_id(i)) for i in w.devices]}
+                for w in self.workers
+            }
+        )
+        self._gather("ready")
 
     # the run ------------------------------------------------------------------------
 
@@ -280,65 +454,171 @@ class HybridRun:
 
         ``progress=True`` shows a bar (tqdm) of simulated hours; a callable is called as
         ``progress(done, total)`` in simulated seconds, ``done`` never decreasing, ending
-        at ``total``. Starting 50 devices takes a few seconds, and one simulated day with
-        them about 30 s on the 2-core machine (notebook 06).
+        at ``total``. 50 devices over one simulated day take about 30 s on the 2-core
+        machine (notebook 06); ``benchmarks/hybrid.py`` measures larger fleets.
         """
         s = self.scenario
         report, finish = self._progress(progress, s.duration)
         report(0.0)
         self._start()
-        assert self.hub is not None
         start = self.clock.now()
-        provisioned = self.operations
+        t0 = start.timestamp()
         fleet = draw_fleet(s)  # the simulator's own connectivity draw
-        events: list[tuple[float, int, bool]] = []
+        changes: list[tuple[float, int, bool]] = []
         for d in range(s.fleet_size):
             times, online = fleet.times[d], fleet.online[d]
             prev = True
             for k in range(online.shape[0]):
                 if times[k + 1] <= times[k] or bool(online[k]) == prev:
                     continue
-                events.append((float(times[k]), d, bool(online[k])))
+                changes.append((float(times[k]), d, bool(online[k])))
                 prev = bool(online[k])
-        events.sort()
-        log = []
+        changes.sort()
+        owner = {d: w.index for w in self.workers for d in w.devices}
+        technicians = _Technicians(s, start=t0)
+        log: list[tuple[float, int, str]] = []
         off_periods = 0
-        for t, d, up in events:
-            self._advance_to(t, start)
-            http, mqtt = self.links[d]
-            thread = f"iiot-device-hybrid-{d:04d}"
-            if up:
-                self.hub.call(http.up())
-                self.hub.call(mqtt.up())
-                self._offline.discard(thread)
-                off_periods += 1
-            else:
-                self.hub.call(mqtt.down())
-                self.hub.call(http.down())
-                self._offline.add(thread)
-            log.append((t, d, "reconnect" if up else "disconnect"))
-            self.settle()
-            report(min(t, s.duration))
-        self._advance_to(s.duration, start)
-        report(s.duration)
+        c = 0
+        end = t0 + s.duration
+        while True:
+            now = self.clock.now().timestamp()
+            candidates = [end, technicians.next_approval()]
+            if c < len(changes):
+                candidates.append(t0 + changes[c][0])
+            candidates += [w.reply["next"] for w in self.workers if w.reply.get("next")]
+            platform_next = self.clock.next_deadline()
+            if platform_next is not None:
+                candidates.append(platform_next.timestamp())
+            target = min(x for x in candidates if x is not None)
+            if target <= now:
+                target = min(end, now + 1.0)
+            self.clock.set(datetime.fromtimestamp(target, UTC))
+            self.steps += 1
+            messages: dict[int, dict[str, Any]] = {
+                w.index: {"kind": "step", "to": target, "links": [], "approved": []}
+                for w in self.workers
+            }
+            for operation_id, device, created in technicians.due(target):
+                with contextlib.suppress(PlatformError):  # expired meanwhile: a new one comes
+                    self.platform.admin.approve_operation(operation_id)
+                    self.operations += 1
+                    self.approval_delays.append(target - created)
+                messages[owner[device]]["approved"].append(operation_id)
+            while c < len(changes) and t0 + changes[c][0] <= target:
+                t, d, up = changes[c]
+                messages[owner[d]]["links"].append((d, up))
+                off_periods += int(up)
+                log.append((t, d, "reconnect" if up else "disconnect"))
+                c += 1
+            self._send_all(messages)
+            self._gather("idle")
+            for w in self.workers:
+                for operation_id, device, shown_at in w.reply["operations"]:
+                    technicians.arrive(operation_id, device, shown_at)
+            report(min(target - t0, s.duration))
+            if target >= end:
+                break
         finish()
-        lockouts = self.operations - provisioned
-        refreshes = self._refreshes()
+        self._send_all({w.index: {"kind": "finish"} for w in self.workers})
+        self._gather("finished")
+        produced = sum(sum(w.reply["produced"].values()) for w in self.workers)
+        return self._result(start, log, off_periods, produced)
+
+    def _result(
+        self, start: datetime, log: list[tuple[float, int, str]], off_periods: int, produced: int
+    ) -> HybridResult:
+        s = self.scenario
         predicted = simulate(s)
-        sim_lockouts = int(predicted.summary["lockouts"])
+        records = _Records(self.platform.data_dir / "iiot.db", start.timestamp(), s.duration)
+        summary = predicted.summary
+        days = s.duration / 86400
+        lockouts = self.operations
         sim_off = int(predicted.devices["connects"].sum())
-        sim_refreshes = int(predicted.devices["refreshes"].sum())
+        delivered, latency = records.messages()
+        rows = [
+            ("off periods", off_periods, sim_off, 0, "the simulator's own connectivity draw"),
+            ("lockouts", lockouts, int(summary["lockouts"]), None, "see lockouts per off period"),
+            (
+                "lockouts per off period",
+                lockouts / max(1, off_periods),
+                int(summary["lockouts"]) / max(1, sim_off),
+                0.05,
+                "same off periods; the platform decides a token's end where the model does",
+            ),
+            (
+                "token refreshes",
+                records.refreshes(),
+                int(predicted.devices["refreshes"].sum()),
+                0.1,
+                "relative: refresh points agree, a lockout moves a device's later ones",
+            ),
+            (
+                "approval delay mean (h)",
+                float(np.mean(self.approval_delays)) / 3600 if self.approval_delays else 0.0,
+                float(summary["lockout_recovery_mean_h"]),
+                0.5,
+                "relative: few lockouts, each delay a draw of the same technician model",
+            ),
+            (
+                "messages produced",
+                produced,
+                int(summary["messages_produced"]),
+                _poisson_tolerance(summary["messages_produced"]),
+                "relative, 4 sigma of a Poisson count: the workers draw their own times",
+            ),
+            (
+                "messages delivered fraction",
+                delivered / max(1, produced),
+                summary["messages_delivered"] / max(1, summary["messages_produced"]),
+                0.02,
+                "absolute: what is still in outboxes at the end differs by the draws",
+            ),
+            (
+                "messages lost",
+                produced - delivered - records.backlog(produced, delivered),
+                int(summary["messages_lost"]),
+                0,
+                "nothing stored in an outbox is lost below its capacity",
+            ),
+            (
+                "message latency p50 (s)",
+                float(np.percentile(latency, 50)) if len(latency) else 0.0,
+                float(summary["message_latency_p50_s"]),
+                60.0,
+                "absolute seconds: online devices send at once in both",
+            ),
+            (
+                "connects per day",
+                records.connects() / days,
+                float(summary["mean_connect_per_s"]) * 86400,
+                0.1,
+                "relative: the first, one per restored network and one per refresh",
+            ),
+            (
+                "provisioning operations",
+                records.operations(),
+                int(predicted.devices["provisioning_operations"].sum()),
+                0.5,
+                "relative: one per lockout, one more per operation expiring unapproved",
+            ),
+        ]
         comparison = pd.DataFrame(
-            {
-                "hybrid": [lockouts, off_periods, lockouts / max(1, off_periods), refreshes],
-                "simulator": [sim_lockouts, sim_off, sim_lockouts / max(1, sim_off), sim_refreshes],
-            },
-            index=["lockouts", "off periods", "lockouts per off period", "token refreshes"],
-        )
+            rows, columns=["metric", "hybrid", "simulator", "tolerance", "why"]
+        ).set_index("metric")
+        comparison["within"] = [
+            _within(h, p, tol, relative=name not in _ABSOLUTE)
+            for name, h, p, tol in zip(
+                comparison.index,
+                comparison["hybrid"],
+                comparison["simulator"],
+                comparison["tolerance"],
+                strict=True,
+            )
+        ]
         frame = pd.DataFrame(log, columns=["time", "device", "kind"])
         intervals = connection_intervals(
             self.platform.admin,
-            [f"hybrid-{i:04d}" for i in range(s.fleet_size)],
+            [self.device_id(i) for i in range(s.fleet_size)],
             until=self.clock.now(),
         )
         hybrid_online = online_per_bin(intervals, start, s.duration, s.timeline_resolution)
@@ -350,7 +630,20 @@ class HybridRun:
             },
             index=hybrid_online.index[:n],
         )
-        return HybridResult(comparison, lockouts, off_periods, predicted, frame, online)
+        load = records.load(s.timeline_resolution)
+        for column in ("connect_per_s", "refresh_per_s", "provisioning_per_s"):
+            load[f"{column} simulator"] = predicted.timeline[column].to_numpy()[: len(load)]
+        return HybridResult(
+            comparison,
+            lockouts,
+            off_periods,
+            predicted,
+            frame,
+            online,
+            load=load,
+            latency=pd.Series(latency, name="latency_s", dtype=float),
+            steps=self.steps,
+        )
 
     @staticmethod
     def _progress(
@@ -381,28 +674,180 @@ class HybridRun:
 
         return report, close
 
-    def _refreshes(self) -> int:
-        """Registration Tokens the platform issued by refresh (each has a parent)."""
-        import sqlite3
-
-        path = self.platform.data_dir / "iiot.db"
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            row = db.execute(
-                "SELECT count(*) FROM registration_tokens WHERE parent_id IS NOT NULL"
-            ).fetchone()
-        return int(row[0])
-
     def close(self) -> None:
-        for client in self.clients:
-            with contextlib.suppress(Exception):
-                client.close()
-        self.clients.clear()
-        if self.hub is not None:
-            self.hub.close()
-            self.hub = None
+        for w in self.workers:
+            if w.conn is not None:
+                with contextlib.suppress(Exception):
+                    w.conn.send({"kind": "finish"})
+                    if w.conn.poll(10):
+                        w.conn.recv()
+                with contextlib.suppress(Exception):
+                    w.conn.close()
+            process = w.process
+            if hasattr(process, "join"):
+                if process.pid is None:  # never started
+                    continue
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+                    process.join(10)
+            elif process is not None:
+                with contextlib.suppress(Exception):
+                    process.cancel()
+        self.workers = []
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         self.platform.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 
 
-__all__ = ["HybridResult", "HybridRun", "Progress", "ProxyHub", "online_per_bin"]
+_ABSOLUTE = {
+    "lockouts per off period",
+    "messages delivered fraction",
+    "message latency p50 (s)",
+    "off periods",
+    "messages lost",
+}
+
+
+def _within(
+    hybrid: float, predicted: float, tolerance: float | None, *, relative: bool
+) -> bool | None:
+    if tolerance is None or np.isnan(tolerance):
+        return None
+    allowed = tolerance * abs(predicted) if relative else tolerance
+    return bool(abs(hybrid - predicted) <= allowed + 1e-9)
+
+
+def _poisson_tolerance(expected: float) -> float:
+    """4 standard deviations of a Poisson count around ``expected``, relative."""
+    return float(4 / np.sqrt(expected)) if expected > 0 else 0.0
+
+
+class _Technicians:
+    """The simulator's technicians (``scenario.provisioning``) for real devices: first
+    come first served by ``technicians`` people, starting within working hours, each
+    approval a draw of ``approval_time``. A request is a device's: an operation that
+    expires while it waits is replaced by the device's next one, and the technician
+    approves whichever is open when done, as the simulator's queue counts one wait per
+    lockout however many operations it spans."""
+
+    def __init__(self, scenario: Scenario, *, start: float) -> None:
+        self.provisioning = scenario.provisioning
+        self.start = start
+        self.rng = np.random.default_rng([scenario.seed, 7])
+        self.free = [start] * self.provisioning.technicians
+        heapq.heapify(self.free)
+        self.queue: list[tuple[float, int]] = []  # (approved at, device)
+        self.requests: dict[int, tuple[str, float]] = {}  # device -> (open operation, since)
+
+    def arrive(self, operation_id: str, device: int, created: float) -> None:
+        if device in self.requests:  # the device's next operation of the same request
+            self.requests[device] = (operation_id, self.requests[device][1])
+            return
+        self.requests[device] = (operation_id, created)
+        free = heapq.heappop(self.free)
+        hours = self.provisioning.working_hours
+        begin = self.start + next_working_time(max(created, free) - self.start, hours)
+        done = begin + float(sample(self.provisioning.approval_time, self.rng, 1)[0])
+        heapq.heappush(self.free, done)
+        heapq.heappush(self.queue, (done, device))
+
+    def next_approval(self) -> float | None:
+        return self.queue[0][0] if self.queue else None
+
+    def due(self, now: float) -> list[tuple[str, int, float]]:
+        """(operation to approve, device, when its request began) for each approval due."""
+        out = []
+        while self.queue and self.queue[0][0] <= now:
+            _, device = heapq.heappop(self.queue)
+            operation_id, since = self.requests.pop(device)
+            out.append((operation_id, device, since))
+        return out
+
+
+class _Records:
+    """What the platform's own database says happened during the run (read-only)."""
+
+    def __init__(self, path: Path, start: float, duration: float) -> None:
+        self.path, self.start, self.end = path, start, start + duration
+
+    def _query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+            return db.execute(sql, args).fetchall()
+
+    def refreshes(self) -> int:
+        """Registration Tokens issued by refresh (each has a parent)."""
+        return int(
+            self._query("SELECT count(*) FROM registration_tokens WHERE parent_id IS NOT NULL")[0][
+                0
+            ]
+        )
+
+    def connects(self) -> int:
+        return int(
+            self._query(
+                "SELECT count(*) FROM connection_events WHERE connected AND at >= ?", self.start
+            )[0][0]
+        )
+
+    def operations(self) -> int:
+        return int(
+            self._query(
+                "SELECT count(*) FROM provisioning_operations WHERE created_at > ?", self.start
+            )[0][0]
+        )
+
+    def messages(self) -> tuple[int, np.ndarray]:
+        """Messages stored from the producer's stream, and each one's latency (seconds
+        from its production to its storage, both simulated)."""
+        rows = self._query("SELECT payload, received_at FROM messages WHERE stream = 'hybrid'")
+        latency = np.array(
+            [at - json.loads(payload)["produced"] for payload, at in rows], dtype=float
+        )
+        return len(rows), latency
+
+    def backlog(self, produced: int, delivered: int) -> int:
+        """Messages still in the devices' outboxes at the end: all not delivered (the
+        outboxes are far below their capacity in a hybrid run)."""
+        return produced - delivered
+
+    def load(self, resolution: float) -> pd.DataFrame:
+        """Requests per simulated second in each ``resolution`` bin, from the platform's
+        records: connects, refreshes, provisioning operations opened."""
+        bins = int(np.ceil((self.end - self.start) / resolution))
+        edges = self.start + np.arange(bins + 1) * resolution
+        series = {
+            "connect_per_s": [
+                r[0] for r in self._query("SELECT at FROM connection_events WHERE connected")
+            ],
+            "refresh_per_s": [
+                r[0]
+                for r in self._query(
+                    "SELECT issued_at FROM registration_tokens WHERE parent_id IS NOT NULL"
+                )
+            ],
+            "provisioning_per_s": [
+                r[0] for r in self._query("SELECT created_at FROM provisioning_operations")
+            ],
+        }
+        index = pd.Index(np.arange(bins) * resolution / 3600, name="hours")
+        return pd.DataFrame(
+            {
+                name: np.histogram(times, bins=edges)[0] / resolution
+                for name, times in series.items()
+            },
+            index=index,
+        )
+
+
+__all__ = [
+    "HybridResult",
+    "HybridRun",
+    "HybridWorkerFailed",
+    "Progress",
+    "ProxyHub",
+    "online_per_bin",
+]

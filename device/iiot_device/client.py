@@ -33,7 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from .api import DeviceApi, IssuedToken, Pending, ProvisioningOperation, Registration
 from .backoff import Backoff
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, WakeEvent
 from .errors import (
     BrokerConnectionFailed,
     ClientClosed,
@@ -273,8 +273,8 @@ class DeviceClient:
         """PEM CA file trusted over HTTPS and MQTT over TLS; None: the system store"""
         self._api = DeviceApi(server_url, timeout=http_timeout, ca_cert=ca_cert)
 
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._stop = WakeEvent()
+        self._wake = WakeEvent()
         self._sent = threading.Condition()
         self._status = Status.STARTING
         self.last_error: BaseException | None = None
@@ -299,7 +299,7 @@ class DeviceClient:
         self._blocked_on_upload = False
 
         self._callbacks: collections.deque[DesiredProperties] = collections.deque()
-        self._callback_wake = threading.Event()
+        self._callback_wake = WakeEvent()
         self._threads: list[threading.Thread] = []
 
     # construction ----------------------------------------------------------------

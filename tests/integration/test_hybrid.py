@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import socket
 
 import pytest
@@ -17,7 +18,7 @@ from iiotsim.sim import (
     Scenario,
     TokenPolicy,
 )
-from iiotsim.twin import HybridRun, ProxyHub
+from iiotsim.twin import HybridRun, HybridWorkerFailed, ProxyHub
 
 
 def test_a_link_going_down_closes_connections_and_refuses_new_ones() -> None:
@@ -88,3 +89,82 @@ def test_small_hybrid_run_matches_the_simulator() -> None:
     refreshes = result.comparison.loc["token refreshes"]
     assert refreshes["hybrid"] > 0
     assert abs(refreshes["hybrid"] - refreshes["simulator"]) <= 0.1 * refreshes["simulator"]
+
+
+def fleet_scenario(devices: int = 80) -> Scenario:
+    """Lockouts to recover (off periods longer than half the 3 h lifetime), technicians
+    who take their time (2 of them, 10 min per approval on average), and messages."""
+    return Scenario(
+        fleet_size=devices,
+        duration_days=0.5,
+        connectivity=Connectivity(
+            on=Distribution.exponential(3 * 3600), off=Distribution.exponential(1.5 * 3600)
+        ),
+        token=TokenPolicy(lifetime=3 * 3600),
+        provisioning=Provisioning(
+            technicians=2, approval_time=Distribution.exponential(600), working_hours=None
+        ),
+        messages=Messages(rate_per_hour=4),
+        seed=5,
+    )
+
+
+@pytest.mark.timeout(900)
+def test_two_worker_processes_agree_with_the_simulator_on_every_metric() -> None:
+    """2 processes x 40 devices, one coordinator clock: every compared metric within the
+    tolerance its row states (``within``), and each kind of activity really happened."""
+    with HybridRun(fleet_scenario(), processes=2) as run:
+        result = run.run()
+    comparison = result.comparison
+    assert {
+        "lockouts per off period",
+        "token refreshes",
+        "approval delay mean (h)",
+        "messages produced",
+        "messages delivered fraction",
+        "messages lost",
+        "message latency p50 (s)",
+        "connects per day",
+        "provisioning operations",
+    } <= set(comparison.index)
+    outside = comparison[comparison["within"].eq(False)]
+    assert outside.empty, outside.drop(columns="why").to_string()
+    assert result.lockouts > 0 and run.approval_delays  # technicians approved, later
+    assert min(run.approval_delays) > 1.0  # at simulated times, not at once
+    assert comparison.loc["messages produced", "hybrid"] > 1000
+    assert (result.latency >= 0).all()
+    assert result.load["connect_per_s"].sum() > 0
+    assert list(result.load.columns[:3]) == ["connect_per_s", "refresh_per_s", "provisioning_per_s"]
+
+
+def test_a_killed_worker_ends_the_run_with_an_error_naming_it() -> None:
+    killed: list[float] = []
+
+    def kill_worker_1(done: float, _total: float) -> None:
+        if done > 3600 and not killed:
+            run.workers[1].process.kill()
+            killed.append(done)
+
+    with (
+        HybridRun(small_scenario(), processes=2, worker_timeout=60) as run,
+        pytest.raises(HybridWorkerFailed, match=r"worker 1 \(devices 4-7\)"),
+    ):
+        run.run(progress=kill_worker_1)
+    assert killed
+
+
+def test_workers_on_a_local_dask_cluster() -> None:
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        dask_pids = set(client.run(os.getpid).values())
+        with HybridRun(small_scenario(), processes=2, dask=client) as run:
+            result = run.run()
+            placed = {w.pid for w in run.workers}
+    assert placed == dask_pids and os.getpid() not in placed  # one worker per Dask worker
+    assert result.off_periods > 0
+    assert result.comparison.loc["lockouts per off period", "within"]

@@ -1,0 +1,279 @@
+"""A hybrid run's worker: one process holding a share of the real devices, each behind
+its own loopback proxies, on a local :class:`~iiotsim.clock.ManualClock` that only the
+coordinator (:class:`iiotsim.twin.HybridRun`) moves.
+
+The worker talks to the coordinator over one TCP connection
+(:mod:`multiprocessing.connection`, authenticated by a per-run key), so it may run in a
+local process, in a Dask worker, or on another machine that can reach the coordinator and
+the platform. Each message is a dict with a ``kind``:
+
+- ``init`` (coordinator → worker): the devices (index, Device ID), the platform's HTTP and
+  MQTT ports and admin key, the Provisioning Token, the start time, the back-off and the
+  message rate. The worker starts its devices (approving their first operations itself:
+  a technician standing by, as the simulator's fresh start) and answers ``ready``.
+- ``step``: move the local clock to ``to`` (epoch seconds), wait until every device is
+  idle, open or cut the listed links, wait again, and answer ``idle`` with the earliest
+  deadline any online device (or the message producer) waits for and the provisioning
+  operations its devices opened since the last answer (the coordinator queues them for
+  its technicians). Devices offline or waiting for a technician are left out of the
+  deadline: their retries and polls can only fail, and they wake when time passes them.
+- ``finish``: answer ``finished`` with the messages each device produced, then close.
+
+*Idle* means every device thread (and the producer) is blocked in the clock's ``wait``
+with nothing to wake it (``ManualClock.idle_threads``), twice in a row 3 ms apart: a
+thread with a real call in flight (HTTP, a CONNECT, a PUBLISH awaiting its PUBACK) is not
+in ``wait``, so time cannot move under it; and since every deadline a blocked thread
+waits for is in the answer, the coordinator never moves time past one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+from typing import Any
+
+import httpx
+from iiot_device import Backoff, DeviceClient, ProvisioningOperation
+from iiot_device.clock import WakeEvent
+
+from .clock import ManualClock
+
+log = logging.getLogger(__name__)
+
+SETTLE_POLL = 0.003
+"""Real seconds between idleness checks."""
+SETTLE_STABLE = 2
+"""Consecutive idle checks before the worker answers."""
+SETTLE_TIMEOUT = 60.0
+"""Real seconds a step may wait for its devices; past it the worker answers anyway and
+says which threads were still busy (a device stuck on the network must not hang a run)."""
+
+
+def epoch(when: datetime) -> float:
+    return when.timestamp()
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass
+class _Device:
+    index: int
+    device_id: str
+    http: Any = None
+    mqtt: Any = None
+    client: DeviceClient | None = None
+    produced: int = 0
+    thread: str = ""
+
+
+@dataclass
+class WorkerState:
+    """What one worker holds; built from the coordinator's ``init``."""
+
+    index: int
+    clock: ManualClock
+    devices: list[_Device]
+    data_dir: Path
+    offline: set[str] = field(default_factory=set)
+    awaiting: dict[str, str] = field(default_factory=dict)  # operation id -> thread name
+    shown: list[tuple[str, int, float]] = field(default_factory=list)
+    setting_up: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    settle_timeouts: int = 0
+
+
+def serve_worker(address: tuple[str, int], authkey: bytes, index: int) -> None:
+    """The worker's main: connect to the coordinator, serve its requests, then stop.
+    Runs in a spawned process or a Dask task; returns when the run ends."""
+    logging.getLogger("iiot_device").setLevel(logging.ERROR)  # offline devices retry by design
+    conn = Client(address, authkey=authkey)
+    conn.send({"kind": "hello", "worker": index, "pid": os.getpid()})
+    try:
+        _serve(conn, index)
+    except (EOFError, OSError):
+        pass  # the coordinator went away: nothing to tell it
+    except Exception as exc:  # tell the coordinator why, rather than only dying
+        log.exception("hybrid worker %d failed", index)
+        with contextlib.suppress(OSError):
+            conn.send({"kind": "failed", "error": repr(exc)})
+    finally:
+        conn.close()
+
+
+def _serve(conn: Connection, index: int) -> None:
+    from .twin import ProxyHub  # the coordinator's module: imported in the worker only
+
+    init = conn.recv()
+    clock = ManualClock(from_epoch(init["start"]))
+    tmp = tempfile.TemporaryDirectory(prefix=f"iiotsim-hybrid-worker-{index}-")
+    state = WorkerState(
+        index=index,
+        clock=clock,
+        devices=[_Device(i, device_id) for i, device_id in init["devices"]],
+        data_dir=Path(tmp.name),
+    )
+    hub = ProxyHub()
+    admin = httpx.Client(
+        base_url=init["admin_url"],
+        headers={"Authorization": f"Bearer {init['admin_key']}"},
+        timeout=60,
+    )
+    stop = WakeEvent()  # listenable: the producer waits on it without polling
+    producer: threading.Thread | None = None
+    try:
+        _start_devices(state, init, hub, admin)
+        state.setting_up = False
+        if init["messages_per_hour"] > 0:
+            producer = threading.Thread(
+                target=_produce,
+                args=(state, init["messages_per_hour"], init["message_tick"], init["seed"], stop),
+                name="iiot-producer",
+                daemon=True,
+            )
+            producer.start()
+        busy = _settle(state, producer)
+        conn.send({"kind": "ready", **_report(state, busy)})
+        while True:
+            request = conn.recv()
+            if request["kind"] == "finish":
+                conn.send({"kind": "finished", "produced": _produced(state)})
+                return
+            _step(state, request, hub, producer)
+            busy = _settle(state, producer)
+            conn.send({"kind": "idle", **_report(state, busy)})
+    finally:
+        stop.set()
+        for device in state.devices:
+            if device.client is not None:
+                with contextlib.suppress(Exception):
+                    device.client.close()
+        hub.close()
+        admin.close()
+        with contextlib.suppress(Exception):
+            tmp.cleanup()
+
+
+def _start_devices(state: WorkerState, init: dict[str, Any], hub: Any, admin: httpx.Client) -> None:
+    backoff = init["backoff"]
+
+    def shown(device: _Device) -> Any:
+        def on_operation(op: ProvisioningOperation) -> None:
+            if state.setting_up:  # the fleet's first start: approved at once
+                answer = admin.post(f"/api/v1/provisioning-operations/{op.id}/approve", json={})
+                answer.raise_for_status()
+                return
+            with state.lock:  # a lockout: the coordinator's technicians decide when
+                state.shown.append((op.id, device.index, epoch(state.clock.now())))
+                state.awaiting[op.id] = threading.current_thread().name
+
+        return on_operation
+
+    for device in state.devices:
+        device.http, device.mqtt = hub.link(init["http_port"]), hub.link(init["mqtt_port"])
+        device.thread = f"iiot-device-{device.device_id}"
+        device.client = DeviceClient.start(
+            init["provisioning_token"],
+            state.data_dir / f"{device.device_id}.db",
+            server_url=f"http://127.0.0.1:{device.http.port}",
+            mqtt_address=("127.0.0.1", device.mqtt.port),
+            device_id=device.device_id,
+            clock=state.clock,
+            on_provisioning_operation=shown(device),
+            backoff=Backoff(
+                base=backoff["base"], cap=backoff["cap"], rng=random.Random(device.index)
+            ),
+        )
+
+
+def _produce(
+    state: WorkerState, per_hour: float, tick: float, seed: int, stop: threading.Event
+) -> None:
+    """Each device's messages at Poisson times (its own stream of draws), stored in the
+    device's outbox as the simulator's devices produce them, online or not. Messages due
+    within ``tick`` seconds of the first are produced together at its time: the clock then
+    stops for messages at most once a ``tick`` (for 1,000 devices at 1 message an hour,
+    once a minute instead of every 3.6 s), each produced at most ``tick`` early."""
+    rng = random.Random(seed * 1_000_003 + state.index)
+    rate = per_hour / 3600.0
+    now = epoch(state.clock.now())
+    due = [(now + rng.expovariate(rate), k) for k in range(len(state.devices))]
+    heapq.heapify(due)
+    while not stop.is_set():
+        wait = due[0][0] - epoch(state.clock.now())
+        if wait > 1e-3:  # a clock in whole microseconds: a smaller wait would return at once
+            if state.clock.wait(wait, stop):
+                return
+            continue
+        now = epoch(state.clock.now())
+        while due[0][0] < now + tick:
+            at, k = due[0]
+            heapq.heapreplace(due, (at + rng.expovariate(rate), k))
+            device = state.devices[k]
+            assert device.client is not None
+            device.client.send_message(json.dumps({"produced": now}), stream="hybrid")
+            device.produced += 1
+
+
+def _step(state: WorkerState, request: dict[str, Any], hub: Any, producer: Any) -> None:
+    state.clock.set(max(state.clock.now(), from_epoch(request["to"])))
+    with state.lock:
+        for operation_id in request.get("approved", ()):
+            state.awaiting.pop(operation_id, None)
+    if request.get("links"):
+        _settle(state, producer)
+        by_index = {d.index: d for d in state.devices}
+        for index, up in request["links"]:
+            device = by_index[index]
+            if up:
+                hub.call(device.http.up())
+                hub.call(device.mqtt.up())
+                state.offline.discard(device.thread)
+            else:
+                hub.call(device.mqtt.down())
+                hub.call(device.http.down())
+                state.offline.add(device.thread)
+
+
+def _settle(state: WorkerState, producer: threading.Thread | None) -> list[str]:
+    """Wait (real time) until every device thread and the producer is blocked on the
+    clock; the names of threads still busy if that took over ``SETTLE_TIMEOUT``."""
+    need = len(state.devices) + (1 if producer is not None else 0)
+    stable = 0
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while stable < SETTLE_STABLE:
+        if time.monotonic() > deadline:
+            state.settle_timeouts += 1
+            waiting = state.clock.waiting_threads()
+            return [d.thread for d in state.devices if d.thread not in waiting]
+        stable = stable + 1 if state.clock.idle_threads >= need else 0
+        time.sleep(SETTLE_POLL)
+    return []
+
+
+def _report(state: WorkerState, busy: list[str]) -> dict[str, Any]:
+    with state.lock:
+        shown, state.shown = state.shown, []
+        excluded = state.offline | set(state.awaiting.values())
+    nxt = state.clock.next_deadline(exclude_threads=excluded)
+    return {
+        "next": None if nxt is None else epoch(nxt),
+        "operations": shown,
+        "busy": busy,
+    }
+
+
+def _produced(state: WorkerState) -> dict[str, int]:
+    return {d.device_id: d.produced for d in state.devices}
