@@ -11,7 +11,7 @@ import pytest
 
 from iiotsim.platform import Platform
 
-from .device_calls import refresh, register
+from .device_calls import complete, init, refresh, register
 from .test_http_flow import provision
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
@@ -48,3 +48,33 @@ def test_simultaneous_refreshes_of_one_token_leave_one_usable_child(
     assert len(children) == SIMULTANEOUS
     usable = [rt for rt in children if register(http, rt).status_code == 200]
     assert len(usable) == 1
+
+
+@pytest.mark.parametrize("device_id", ["once-01", "once-02"])
+def test_simultaneous_completions_of_one_operation_issue_one_token(
+    platform: Platform, http: httpx.Client, device_id: str
+) -> None:
+    """Completing a completed operation issues the token again and revokes the earlier
+    one (a device whose answer was lost polls again), so of simultaneous completions each
+    answers a token and exactly one of them works. (Passed on PostgreSQL without the
+    operation's row lock too: the UPDATE of the operation row queues the second already.)"""
+    pt = platform.admin.create_provisioning_token("t").provisioning_token
+    op = init(http, pt, deviceId=device_id).json()
+    platform.admin.approve_operation(op["verificationCode"])
+    start = threading.Barrier(SIMULTANEOUS)
+    answers: list[httpx.Response] = []
+
+    def complete_once() -> None:
+        with httpx.Client(base_url=platform.http_url, timeout=30) as own:
+            start.wait()
+            answers.append(complete(own, pt, op["provisioningOperationId"]))
+
+    threads = [threading.Thread(target=complete_once) for _ in range(SIMULTANEOUS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == SIMULTANEOUS
+    assert [a.status_code for a in answers] == [200] * SIMULTANEOUS, answers[0].text
+    issued = [a.json()["registrationToken"] for a in answers]
+    assert len([rt for rt in issued if register(http, rt).status_code == 200]) == 1

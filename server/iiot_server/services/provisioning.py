@@ -284,7 +284,7 @@ class ProvisioningService:
         now = self._clock.now()
 
         def complete(conn: Connection) -> IssuedToken | None:
-            op = _get_op(conn, operation_id, token_id=token.id)
+            op = _get_op(conn, operation_id, token_id=token.id, lock=True)
             completed = ops.complete(op, now)
             if completed is None:
                 return None
@@ -395,7 +395,7 @@ class ProvisioningService:
         now = self._clock.now()
 
         def approve(conn: Connection) -> OperationView:
-            op = _get_op(conn, operation_id)
+            op = _get_op(conn, operation_id, lock=True)
             token = _get_token(conn, op.provisioning_token_id)
             if token.revoked_at is not None:
                 raise Conflict(
@@ -432,7 +432,7 @@ class ProvisioningService:
         now = self._clock.now()
 
         def cancel(conn: Connection) -> OperationView:
-            op = _get_op(conn, operation_id)
+            op = _get_op(conn, operation_id, lock=True)
             cancelled = ops.cancel(op, now)
             _update_op(conn, cancelled)
             return OperationView(cancelled, _get_token(conn, op.provisioning_token_id))
@@ -447,14 +447,15 @@ def _update_op(conn: Connection, op: ProvisioningOperation) -> None:
 
 
 def _get_op(
-    conn: Connection, operation_id: str, *, token_id: str | None = None
+    conn: Connection, operation_id: str, *, token_id: str | None = None, lock: bool = False
 ) -> ProvisioningOperation:
+    """The operation; ``lock`` for a write that decides on its state (held to commit)."""
     if token_id is None:
-        row = conn.execute(sql.SELECT_OPERATION, {"b_id": operation_id}).first()
+        query = sql.LOCK_OPERATION if lock else sql.SELECT_OPERATION
+        row = conn.execute(query, {"b_id": operation_id}).first()
     else:  # a device sees only operations started with its own token
-        row = conn.execute(
-            sql.SELECT_OPERATION_OF_TOKEN, {"b_id": operation_id, "b_token_id": token_id}
-        ).first()
+        query = sql.LOCK_OPERATION_OF_TOKEN if lock else sql.SELECT_OPERATION_OF_TOKEN
+        row = conn.execute(query, {"b_id": operation_id, "b_token_id": token_id}).first()
     if row is None:
         raise NotFound(
             f"no Provisioning Operation {operation_id!r}", field="provisioningOperationId"

@@ -24,6 +24,10 @@ SELECT_OPERATION = select(provisioning_operations).where(_op.id == bindparam("b_
 SELECT_OPERATION_OF_TOKEN = SELECT_OPERATION.where(
     _op.provisioning_token_id == bindparam("b_token_id")
 )
+LOCK_OPERATION = SELECT_OPERATION.with_for_update()
+LOCK_OPERATION_OF_TOKEN = SELECT_OPERATION_OF_TOKEN.with_for_update()
+"""Approve, cancel and complete read the operation, decide and write: simultaneous ones
+queue on its row (PostgreSQL; SQLite runs one transaction at a time anyway)."""
 OPEN_CODE_CLASH = select(_op.id).where(_op.verification_code == bindparam("b_code"), OPEN_OPERATION)
 OPEN_OPERATIONS_FOR_DEVICE = select(provisioning_operations).where(
     _op.device_id == bindparam("b_device_id"), _op.id != bindparam("b_id"), OPEN_OPERATION
