@@ -10,6 +10,11 @@ Prints flows/s and refreshes/s with p50/p99 latency. Targets on a 2-core machine
 SQLite: ≥200 flows/s and ≥1,000 refreshes/s.
 
     .venv/bin/python benchmarks/provisioning_flow.py --flows 2000 --refreshes 5000 --concurrency 32
+
+The same load then runs on another database beside SQLite, in the same run:
+``--database-url postgresql+psycopg://user@host/empty_db`` (an empty database: the server
+migrates it), or ``--postgres`` for a throw-away PostgreSQL cluster started here from
+Debian's binaries (``tests/postgres.py``; fsync on, default settings, loopback TCP).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from sqlalchemy.engine import make_url
 
 
 def free_port() -> int:
@@ -125,6 +131,46 @@ async def run(base: str, admin_key: str, flows: int, refreshes: int, concurrency
         )
 
 
+def serve_and_run(database_url: str, label: str, args: argparse.Namespace) -> int:
+    """Start ``python -m iiot_server`` on ``database_url`` and run the load against it."""
+    port = free_port()
+    admin_key = f"ak_{secrets.token_urlsafe(32)}"
+    env = {**os.environ, "IIOT_ADMIN_KEY": admin_key}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "iiot_server", "--port", str(port), "--database-url", database_url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    print(
+                        "server did not start:",
+                        server.stderr.read().decode() if server.stderr else "",
+                    )
+                    return 1
+                time.sleep(0.05)
+        print(
+            f"server: python -m iiot_server ({label}, 1 process); load: aiohttp, concurrency {args.concurrency}"
+        )
+        asyncio.run(run(base, admin_key, args.flows, args.refreshes, args.concurrency))
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,52 +178,32 @@ def main() -> int:
     parser.add_argument("--flows", type=int, default=2000)
     parser.add_argument("--refreshes", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--database-url",
+        help="also run on this (empty) database, e.g. postgresql+psycopg://user@host/db",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also run on a throw-away PostgreSQL cluster (tests/postgres.py), fsync on",
+    )
     args = parser.parse_args()
-    port = free_port()
-    admin_key = f"ak_{secrets.token_urlsafe(32)}"
     with tempfile.TemporaryDirectory() as data:
-        env = {**os.environ, "IIOT_ADMIN_KEY": admin_key}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "iiot_server",
-                "--port",
-                str(port),
-                "--database-url",
-                f"sqlite:///{Path(data) / 'bench.db'}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        status = serve_and_run(f"sqlite:///{Path(data) / 'bench.db'}", "SQLite", args)
+    if status == 0 and args.database_url:
+        print()
+        status = serve_and_run(
+            args.database_url, make_url(args.database_url).get_backend_name(), args
         )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        print(
-                            "server did not start:",
-                            server.stderr.read().decode() if server.stderr else "",
-                        )
-                        return 1
-                    time.sleep(0.05)
-            print(
-                f"server: python -m iiot_server (SQLite, 1 process); load: aiohttp, concurrency {args.concurrency}"
-            )
-            asyncio.run(run(base, admin_key, args.flows, args.refreshes, args.concurrency))
-        finally:
-            server.terminate()
-            try:
-                server.wait(15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-    return 0
+    if status == 0 and args.postgres:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.postgres import ThrowawayCluster
+
+        with ThrowawayCluster(durable=True) as cluster:
+            print()
+            url = cluster.create_database("bench")
+            status = serve_and_run(url, "PostgreSQL, throw-away cluster on loopback", args)
+    return status
 
 
 if __name__ == "__main__":
