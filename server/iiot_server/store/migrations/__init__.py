@@ -17,7 +17,8 @@ Alembic compare a scratch database at the current head with ``schema.py``::
     .venv/bin/python -m iiot_server.store.migrations revision -m "what changes"
 
 It writes ``versions/<next number>_<slug>.py``; read it (autogenerate misses renames and
-server defaults), run ``ruff format`` on it and commit it with the ``schema.py`` change.
+server defaults), run ``ruff format`` and ``ruff check --fix`` on it and commit it with
+the ``schema.py`` change.
 ``tests/server/test_migrations.py`` fails while ``schema.py`` and the revisions differ.
 The same module shows ``history``, and ``current URL`` / ``upgrade URL`` for a database.
 """
