@@ -3,6 +3,7 @@ ManualClock so tests move through token lifetimes without sleeping."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +29,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "both_databases"
+    # IIOT_TEST_DATABASES=both: every platform test on both (unmarked ones too), to try one
+    if "database" in metafunc.fixturenames and (
+        metafunc.definition.get_closest_marker("both_databases")
+        or os.environ.get("IIOT_TEST_DATABASES") == "both"
     ):
         metafunc.parametrize("database", ["sqlite", "postgresql"], indirect=True)
 
