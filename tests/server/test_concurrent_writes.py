@@ -11,6 +11,8 @@ import pytest
 
 from iiotsim.platform import Platform
 
+from ..integration.mqtt import Device, wait_for
+from ..integration.mqtt import provision as provision_over_mqtt
 from .device_calls import complete, init, refresh, register
 from .test_http_flow import provision
 
@@ -78,3 +80,29 @@ def test_simultaneous_completions_of_one_operation_issue_one_token(
     assert [a.status_code for a in answers] == [200] * SIMULTANEOUS, answers[0].text
     issued = [a.json()["registrationToken"] for a in answers]
     assert len([rt for rt in issued if register(http, rt).status_code == 200]) == 1
+
+
+def test_reported_patches_apply_in_the_order_sent(platform: Platform) -> None:
+    """Patches a device sends back to back over MQTT merge in that order: the last value of
+    a key wins (on PostgreSQL's threads the last write was often an earlier patch's)."""
+    reg = provision_over_mqtt(platform, "order-01")
+    device = Device(platform, reg.device_id, reg.password)
+    assert device.connect() == 0
+    try:
+        sent = [
+            device.client.publish(
+                f"devices/{reg.device_id}/twin/reported", f'{{"n": {i}, "k{i}": {i}}}', qos=1
+            )
+            for i in range(SIMULTANEOUS)
+        ]
+        for info in sent:
+            info.wait_for_publish(10)
+        last = SIMULTANEOUS - 1
+        assert wait_for(
+            lambda: (
+                len(platform.admin.get_twin(reg.device_id).reported.properties) == SIMULTANEOUS + 1
+            )
+        )
+        assert platform.admin.get_twin(reg.device_id).reported.properties["n"] == last
+    finally:
+        device.close()

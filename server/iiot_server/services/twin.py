@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,6 +63,13 @@ class TwinService:
         self._db = db
         self._clock = clock
         self._events = events
+        # One FIFO lock per device with a patch in flight: patches reach the database in
+        # the order they were called. SQLite's inline writes keep that order by themselves;
+        # on a thread pool (PostgreSQL) two reported patches sent back to back were merged
+        # in the opposite order (tests/device/test_sdk.py::test_twin_both_ways).
+        self._in_call_order: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self.after_change: Callable[[str], Awaitable[None]] | None = None
         """Called after tags or reported properties change (fleet re-evaluation)."""
 
@@ -104,7 +113,11 @@ class TwinService:
                 )
             return _twin(device_id, _row(conn, device_id, create=False))
 
-        twin = await self._db.write(write)
+        order = self._in_call_order.get(device_id)
+        if order is None:
+            order = self._in_call_order[device_id] = asyncio.Lock()
+        async with order:
+            twin = await self._db.write(write)
         if section is not Section.DESIRED and self.after_change is not None:
             await self.after_change(device_id)  # fleet targeting may have changed
             twin = await self.get(device_id)
