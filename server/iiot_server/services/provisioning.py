@@ -395,6 +395,11 @@ class ProvisioningService:
         now = self._clock.now()
 
         def approve(conn: Connection) -> OperationView:
+            device = device_id or _get_op(conn, operation_id).device_id
+            if device is not None:
+                conn.execute(
+                    sql.LOCK_OPERATIONS_OF_DEVICE_ID, {"b_device_id": device, "b_id": operation_id}
+                )
             op = _get_op(conn, operation_id, lock=True)
             token = _get_token(conn, op.provisioning_token_id)
             if token.revoked_at is not None:

@@ -9,7 +9,7 @@ an UPDATE's SET clause.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
 from .schema import devices, mqtt_credentials, provisioning_operations, provisioning_tokens
 from .schema import registration_tokens as rt
@@ -25,6 +25,15 @@ SELECT_OPERATION_OF_TOKEN = SELECT_OPERATION.where(
     _op.provisioning_token_id == bindparam("b_token_id")
 )
 LOCK_OPERATION = SELECT_OPERATION.with_for_update()
+LOCK_OPERATIONS_OF_DEVICE_ID = (
+    select(_op.id)
+    .where(or_(_op.device_id == bindparam("b_device_id"), _op.id == bindparam("b_id")))
+    .order_by(_op.id)
+    .with_for_update()
+)
+"""An approval's first step: the operation and every other of its Device ID, locked in id
+order, so two approvals for one Device ID queue instead of each holding its own operation
+and waiting for the other's (PostgreSQL aborted one with a deadlock: HTTP 500)."""
 LOCK_OPERATION_OF_TOKEN = SELECT_OPERATION_OF_TOKEN.with_for_update()
 """Approve, cancel and complete read the operation, decide and write: simultaneous ones
 queue on its row (PostgreSQL; SQLite runs one transaction at a time anyway)."""
