@@ -10,6 +10,7 @@ database in a worker, and a session in the platform).
 Default: 100, 300 and 1,000 devices for one simulated day each. ``--full``: 1,000
 devices for 7 simulated days (target: within 10 minutes on the 2-core machine).
 ``--devices N --days D`` runs one fleet. Workers: one per 250 devices (``--processes``).
+Events on a 60 s grid by default (``HybridRun(time_quantum=60)``; ``--quantum 0``: exact).
 
 The scenario: connectivity on ~exp(6 h) / off ~exp(20 min), Registration Tokens of 1 day
 (refreshed at 12 h), 2 technicians approving in ~exp(10 min), 1 message per device-hour.
@@ -79,17 +80,21 @@ class PeakMemory:
         self._thread.join()
 
 
-def measure(devices: int, days: float, processes: int | None) -> None:
+def measure(devices: int, days: float, processes: int | None, quantum: float) -> None:
     processes = processes or math.ceil(devices / DEVICES_PER_PROCESS)
     began = time.monotonic()
-    with HybridRun(scenario(devices, days), processes=processes) as run, PeakMemory(run) as mem:
+    with (
+        HybridRun(scenario(devices, days), processes=processes, time_quantum=quantum) as run,
+        PeakMemory(run) as mem,
+    ):
         result = run.run()
     wall = time.monotonic() - began
     simulated = days * 86400
     per_device = mem.peak / devices
     outside = result.comparison[result.comparison["within"].eq(False)]
     print(
-        f"{devices:>5} devices x {days:g} d on {processes} worker(s): {wall:7.1f} s wall, "
+        f"{devices:>5} devices x {days:g} d on {processes} worker(s), quantum {quantum:g} s: "
+        f"{wall:7.1f} s wall, "
         f"{run.steps:,} steps, {simulated / wall:,.0f} simulated s per wall s, "
         f"peak RSS {mem.peak:,.0f} MiB ({per_device:.1f} MiB/device: ~{8192 / per_device:,.0f} "
         f"devices in 8 GiB); lockouts {result.lockouts}, "
@@ -104,16 +109,19 @@ def main() -> int:
     parser.add_argument("--devices", type=int)
     parser.add_argument("--days", type=float, default=1.0)
     parser.add_argument("--processes", type=int)
+    parser.add_argument(
+        "--quantum", type=float, default=60.0, help="HybridRun's time_quantum (0: exact)"
+    )
     args = parser.parse_args()
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"load average at start: {load}")
     if args.full:
-        measure(1000, 7.0, args.processes)
+        measure(1000, 7.0, args.processes, args.quantum)
     elif args.devices:
-        measure(args.devices, args.days, args.processes)
+        measure(args.devices, args.days, args.processes, args.quantum)
     else:
         for devices in (100, 300, 1000):
-            measure(devices, args.days, args.processes)
+            measure(devices, args.days, args.processes, args.quantum)
     return 0
 
 

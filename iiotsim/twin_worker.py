@@ -20,7 +20,7 @@ the platform. Each message is a dict with a ``kind``:
 - ``finish``: answer ``finished`` with the messages each device produced, then close.
 
 *Idle* means every device thread (and the producer) is blocked in the clock's ``wait``
-with nothing to wake it (``ManualClock.idle_threads``), twice in a row 3 ms apart: a
+with nothing to wake it (``ManualClock.idle_threads``), twice in a row 1 ms apart: a
 thread with a real call in flight (HTTP, a CONNECT, a PUBLISH awaiting its PUBACK) is not
 in ``wait``, so time cannot move under it; and since every deadline a blocked thread
 waits for is in the answer, the coordinator never moves time past one.
@@ -32,6 +32,7 @@ import contextlib
 import heapq
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -51,7 +52,7 @@ from .clock import ManualClock
 
 log = logging.getLogger(__name__)
 
-SETTLE_POLL = 0.003
+SETTLE_POLL = 0.001
 """Real seconds between idleness checks."""
 SETTLE_STABLE = 2
 """Consecutive idle checks before the worker answers."""
@@ -140,6 +141,7 @@ def _serve(conn: Connection, index: int) -> None:
             producer = threading.Thread(
                 target=_produce,
                 args=(state, init["messages_per_hour"], init["message_tick"], init["seed"], stop),
+                kwargs={"quantum": init.get("quantum", 0.0)},
                 name="iiot-producer",
                 daemon=True,
             )
@@ -199,26 +201,37 @@ def _start_devices(state: WorkerState, init: dict[str, Any], hub: Any, admin: ht
 
 
 def _produce(
-    state: WorkerState, per_hour: float, tick: float, seed: int, stop: threading.Event
+    state: WorkerState,
+    per_hour: float,
+    tick: float,
+    seed: int,
+    stop: threading.Event,
+    *,
+    quantum: float = 0.0,
 ) -> None:
     """Each device's messages at Poisson times (its own stream of draws), stored in the
     device's outbox as the simulator's devices produce them, online or not. Messages due
     within ``tick`` seconds of the first are produced together at its time: the clock then
     stops for messages at most once a ``tick`` (for 1,000 devices at 1 message an hour,
-    once a minute instead of every 3.6 s), each produced at most ``tick`` early."""
+    once a minute instead of every 3.6 s), each produced at most ``tick`` early. With a
+    ``quantum`` (the run's grid), the producer wakes only on the grid, producing what is
+    due by then, each at most ``quantum`` late."""
     rng = random.Random(seed * 1_000_003 + state.index)
     rate = per_hour / 3600.0
-    now = epoch(state.clock.now())
+    now = origin = epoch(state.clock.now())
     due = [(now + rng.expovariate(rate), k) for k in range(len(state.devices))]
     heapq.heapify(due)
     while not stop.is_set():
-        wait = due[0][0] - epoch(state.clock.now())
+        wake = due[0][0]
+        if quantum:
+            wake = origin + math.ceil((wake - origin) / quantum - 1e-9) * quantum
+        wait = wake - epoch(state.clock.now())
         if wait > 1e-3:  # a clock in whole microseconds: a smaller wait would return at once
             if state.clock.wait(wait, stop):
                 return
             continue
         now = epoch(state.clock.now())
-        while due[0][0] < now + tick:
+        while due[0][0] < (now + 1e-3 if quantum else now + tick):
             at, k = due[0]
             heapq.heapreplace(due, (at + rng.expovariate(rate), k))
             device = state.devices[k]
