@@ -300,3 +300,12 @@ def test_tls_serves_native_devices_and_refuses_the_iot_hub_dialect(
         assert wait_for(lambda: bool(answer))
         hub.loop_stop()
         assert answer[0] != 0
+
+
+def test_register_with_mosquitto_gone_is_a_503_not_a_500(platform: Platform) -> None:
+    reg = provision(platform, "gone-0001")
+    platform.services.broker.process.stop()  # mosquitto is gone (the platform is not)
+    with httpx.Client(base_url=platform.http_url, timeout=60) as http:
+        answer = http.put("/devices/register", headers={"Authorization": f"DeviceToken {reg.rt}"})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["type"] == "/problems/serviceUnavailable"

@@ -30,6 +30,7 @@ STATUS: list[tuple[type[errors.DomainError], int]] = [
     (errors.ProvisioningOperationCancelled, 410),
     (errors.ProvisioningOperationExpired, 410),
     (errors.TooManyRequests, 429),
+    (errors.BrokerUnavailable, 503),
 ]
 
 _HTTP_TYPES = {

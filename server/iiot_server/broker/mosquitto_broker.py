@@ -67,7 +67,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..domain.documents import decode_json_document
-from ..domain.errors import DomainError, ValidationError
+from ..domain.errors import BrokerUnavailable, DomainError, ValidationError
 from ..domain.tokens import registration_token_status, usable_until
 from ..domain.topics import TopicKind, parse_topic, twin_topic
 from ..domain.twin import with_version
@@ -97,10 +97,6 @@ INGEST_SUBSCRIPTIONS = ("devices/+/messages/#", "devices/+/twin/get", "devices/+
 INGEST_BATCH = 512
 CONNECT_TIMEOUT = 10.0  # seconds (real time) for mosquitto to answer a connection or command
 DESCRIPTION_PREFIX = "rt:"
-
-
-class DynsecError(RuntimeError):
-    """The dynamic-security plugin refused a command."""
 
 
 def device_role(device_id: str) -> dict[str, Any]:
@@ -317,7 +313,8 @@ class MosquittoBroker:
         self, *commands: dict[str, Any], tolerate: tuple[str, ...] = ()
     ) -> list[dict[str, Any]]:
         """Send dynamic-security commands in one message (applied in order); their
-        responses. An error not in ``tolerate`` raises :class:`DynsecError`."""
+        responses. An error not in ``tolerate``, or no answer in time, raises
+        :class:`BrokerUnavailable` (a register answers 503)."""
         assert self._admin is not None
         loop = asyncio.get_running_loop()
         futures = []
@@ -331,13 +328,15 @@ class MosquittoBroker:
         self._admin.client.publish(CONTROL_TOPIC, json.dumps({"commands": sent}), qos=1)
         try:
             responses = await asyncio.wait_for(asyncio.gather(*futures), CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise BrokerUnavailable("mosquitto did not answer a management command") from None
         finally:
             for command in sent:
                 self._pending.pop(command["correlationData"], None)
         for command, response in zip(sent, responses, strict=True):
             error = response.get("error")
             if error and not any(t in error for t in tolerate):
-                raise DynsecError(f"{command['command']}: {error}")
+                raise BrokerUnavailable(f"mosquitto refused {command['command']}: {error}")
         return list(responses)
 
     async def set_device_password(
@@ -631,4 +630,3 @@ class MosquittoBroker:
             self._publish(
                 twin_topic(device_id, "res"), {"error": {"detail": str(exc), "field": field}}
             )
-

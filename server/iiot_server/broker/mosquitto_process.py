@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..domain.errors import BrokerUnavailable
+
 log = logging.getLogger(__name__)
 
 MOSQUITTO = "mosquitto"
@@ -61,24 +63,20 @@ PBKDF2_ITERATIONS = 101  # what mosquitto_ctrl's dynsec init and the plugin writ
 _PR_SET_PDEATHSIG = 1
 
 
-class MosquittoUnavailable(RuntimeError):
-    """The mosquitto binary or its dynamic-security plugin is not installed."""
-
-
 def mosquitto_binary() -> str:
-    """The mosquitto executable (``$PATH``, then /usr/sbin), or MosquittoUnavailable."""
+    """The mosquitto executable (``$PATH``, then /usr/sbin), or BrokerUnavailable."""
     found = shutil.which(MOSQUITTO) or shutil.which(MOSQUITTO, path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        raise MosquittoUnavailable("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        raise BrokerUnavailable("mosquitto is not installed (Debian: apt-get install mosquitto)")
     return found
 
 
 def dynsec_plugin() -> str:
-    """The dynamic-security plugin's shared object, or MosquittoUnavailable."""
+    """The dynamic-security plugin's shared object, or BrokerUnavailable."""
     for path in DYNSEC_PLUGIN_PATHS:
         if Path(path).is_file():
             return path
-    raise MosquittoUnavailable(
+    raise BrokerUnavailable(
         "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed"
     )
 
@@ -88,7 +86,7 @@ def mosquitto_available() -> str | None:
     try:
         mosquitto_binary()
         dynsec_plugin()
-    except MosquittoUnavailable as exc:
+    except BrokerUnavailable as exc:
         return str(exc)
     return None
 

@@ -18,7 +18,8 @@ offending input ``field``; the HTTP layer maps the classes to status codes once
     ├── ProvisioningOperationCancelled   410
     ├── ProvisioningOperationExpired     410
     ├── TooManyRequests                  429 (with retry_after)
-    └── PacketTooLarge                   MQTT: the connection is closed
+    ├── PacketTooLarge                   MQTT: the connection is closed
+    └── BrokerUnavailable                503 (Mosquitto missing, or not carrying out a command)
 """
 
 from __future__ import annotations
@@ -130,3 +131,11 @@ class PacketTooLarge(DomainError):
     after one of those, which would read the oversized body after all."""
 
     title = "MQTT packet too large"
+
+
+class BrokerUnavailable(DomainError):
+    """The device-facing broker the platform manages (Mosquitto) is not installed, or did
+    not carry out a command (a device's client or password at register): retry later."""
+
+    problem_type = "/problems/serviceUnavailable"
+    title = "MQTT broker unavailable"
