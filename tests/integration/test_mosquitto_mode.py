@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -309,3 +310,34 @@ def test_register_with_mosquitto_gone_is_a_503_not_a_500(platform: Platform) -> 
         answer = http.put("/devices/register", headers={"Authorization": f"DeviceToken {reg.rt}"})
     assert answer.status_code == 503, answer.text
     assert answer.json()["type"] == "/problems/serviceUnavailable"
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients missing")
+def test_mosquitto_sub_as_a_device_receives_its_desired_patch(platform: Platform) -> None:
+    """A foreign client (Debian's mosquitto_sub) with device credentials gets the desired
+    patch the platform publishes through mosquitto; one on another device's twin is refused."""
+    reg = provision(platform, "mosq-0004")
+    argv = ["mosquitto_sub", "-h", platform.mqtt_host, "-p", str(platform.mqtt_port),
+            "-V", "mqttv311", "-i", reg.device_id, "-u", reg.device_id, "-P", reg.password,
+            "-q", "1", "-C", "1", "-W", "20"]  # fmt: skip
+    sub = subprocess.Popen(
+        [*argv, "-t", "devices/mosq-0004/twin/desired"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(lambda: platform.admin.get_device("mosq-0004").connected)
+    time.sleep(0.5)  # its SUBSCRIBE follows the CONNECT (real network time)
+    platform.admin.update_desired_properties("mosq-0004", {"setpoint": 4})
+    out, err = sub.communicate(timeout=30)
+    assert sub.returncode == 0, err
+    assert json.loads(out) == {"setpoint": 4, "$version": 1}
+    other = subprocess.run(
+        [*argv[:-4], "-t", "devices/mosq-9999/twin/desired", "-C", "1", "-W", "3"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert other.stdout == ""
+    assert "subscription requests were denied" in other.stderr
