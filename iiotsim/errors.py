@@ -3,12 +3,13 @@
     IiotsimError                  base: ``except IiotsimError`` catches every one below
     ├── PlatformError             the platform refused a call; carries its RFC 9457 problem
     ├── ScenarioError(ValueError) a scenario value is invalid; ``.field`` names it
-    └── PanelError(ValueError)    a widget refused an input before sending it
+    ├── PanelError(ValueError)    a widget refused an input before sending it
+    └── HybridWorkerFailed(RuntimeError)  a hybrid run's worker died, failed or went silent
 
 ``ScenarioError`` and ``PanelError`` are also ``ValueError`` s (they report bad values,
 and callers that caught ``ValueError`` before this tree existed still do). They stay
 importable where they are raised: ``iiotsim.sim.ScenarioError``,
-``iiotsim.widgets.PanelError``.
+``iiotsim.widgets.PanelError``, ``iiotsim.twin.HybridWorkerFailed``.
 
 >>> issubclass(ScenarioError, IiotsimError) and issubclass(PanelError, ValueError)
 True
@@ -16,7 +17,7 @@ True
 
 from __future__ import annotations
 
-__all__ = ["IiotsimError", "PanelError", "PlatformError", "ScenarioError"]
+__all__ = ["HybridWorkerFailed", "IiotsimError", "PanelError", "PlatformError", "ScenarioError"]
 
 
 class IiotsimError(Exception):
@@ -65,3 +66,8 @@ class ScenarioError(IiotsimError, ValueError):
 
 class PanelError(IiotsimError, ValueError):
     """An input a notebook panel refused before sending it (the message names the field)."""
+
+
+class HybridWorkerFailed(IiotsimError, RuntimeError):
+    """A hybrid run's worker (``iiotsim.twin_worker``) died, failed or stayed silent past
+    its bound; the message names the worker and its devices."""

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .clock import ManualClock
-from .errors import PlatformError
+from .errors import HybridWorkerFailed, PlatformError
 from .platform import Platform
 from .sim import Scenario, SimulationResult, connection_intervals, draw_fleet, simulate
 from .sim.distributions import sample
@@ -194,10 +194,6 @@ def online_per_bin(
     seconds = np.clip(hi - lo, 0, None).sum(axis=0)
     index = pd.Index(np.arange(bins) * resolution / 3600, name="hours")
     return pd.Series(seconds / np.diff(edges), index=index, name="online")
-
-
-class HybridWorkerFailed(RuntimeError):
-    """A hybrid run's worker died, stopped answering, or could not start its devices."""
 
 
 @dataclass
