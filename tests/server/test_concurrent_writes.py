@@ -22,16 +22,23 @@ SIMULTANEOUS = 16  # under the per-token refresh limit (burst 20)
 ROUNDS = 5
 
 
-@pytest.mark.parametrize("device_id", [f"race-{n:02d}" for n in range(ROUNDS)])
 def test_simultaneous_refreshes_of_one_token_leave_one_usable_child(
-    platform: Platform, http: httpx.Client, device_id: str
+    platform: Platform, http: httpx.Client
 ) -> None:
     """Each refresh of an already-refreshed token counts as a retry after a lost answer and
     revokes the child issued before it, so however the requests interleave exactly one of
     the new tokens registers. (Without the row lock, PostgreSQL left 2+ usable in about a
     third of the runs: hence several rounds.)"""
     pt = platform.admin.create_provisioning_token("t").provisioning_token
-    parent = provision(platform, http, pt, deviceId=device_id)
+    for round_ in range(ROUNDS):
+        parent = provision(platform, http, pt, deviceId=f"race-{round_:02d}")
+        children = refresh_all_at_once(platform, pt, parent)
+        assert len(children) == SIMULTANEOUS
+        usable = [rt for rt in children if register(http, rt).status_code == 200]
+        assert len(usable) == 1, f"round {round_}"
+
+
+def refresh_all_at_once(platform: Platform, pt: str, parent: str) -> list[str]:
     start = threading.Barrier(SIMULTANEOUS)
     children: list[str] = []
 
@@ -47,21 +54,18 @@ def test_simultaneous_refreshes_of_one_token_leave_one_usable_child(
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert len(children) == SIMULTANEOUS
-    usable = [rt for rt in children if register(http, rt).status_code == 200]
-    assert len(usable) == 1
+    return children
 
 
-@pytest.mark.parametrize("device_id", ["once-01", "once-02"])
 def test_simultaneous_completions_of_one_operation_issue_one_token(
-    platform: Platform, http: httpx.Client, device_id: str
+    platform: Platform, http: httpx.Client
 ) -> None:
     """Completing a completed operation issues the token again and revokes the earlier
     one (a device whose answer was lost polls again), so of simultaneous completions each
     answers a token and exactly one of them works. (Passed on PostgreSQL without the
     operation's row lock too: the UPDATE of the operation row queues the second already.)"""
     pt = platform.admin.create_provisioning_token("t").provisioning_token
-    op = init(http, pt, deviceId=device_id).json()
+    op = init(http, pt, deviceId="once-01").json()
     platform.admin.approve_operation(op["verificationCode"])
     start = threading.Barrier(SIMULTANEOUS)
     answers: list[httpx.Response] = []
@@ -108,17 +112,29 @@ def test_reported_patches_apply_in_the_order_sent(platform: Platform) -> None:
         device.close()
 
 
-@pytest.mark.parametrize("device_id", [f"dup-{n:02d}" for n in range(10)])
 def test_simultaneous_approvals_for_one_device_id_approve_one(
-    platform: Platform, http: httpx.Client, device_id: str
+    platform: Platform, http: httpx.Client
 ) -> None:
     """Two technicians approve two operations of one Device ID at once: one is approved,
     the other finds its operation cancelled by that approval (409), as when they approve
     one after the other. Without the ordered locks PostgreSQL aborted one with a deadlock
     (HTTP 500) in about one round of ten: hence ten rounds."""
     pt = platform.admin.create_provisioning_token("t").provisioning_token
-    operations = [init(http, pt, deviceId=device_id).json() for _ in range(2)]
-    start = threading.Barrier(2)
+    for round_ in range(10):
+        device_id = f"dup-{round_:02d}"
+        operations = [init(http, pt, deviceId=device_id).json() for _ in range(2)]
+        statuses = approve_all_at_once(
+            platform, [op["provisioningOperationId"] for op in operations]
+        )
+        assert sorted(statuses) == [200, 409], f"round {round_}"
+        states = sorted(
+            o.state for o in platform.admin.list_operations() if o.device_id == device_id
+        )
+        assert states == ["approved", "cancelled"]
+
+
+def approve_all_at_once(platform: Platform, operation_ids: list[str]) -> list[int]:
+    start = threading.Barrier(len(operation_ids))
     statuses: list[int] = []
     admin = {"Authorization": f"Bearer {platform.admin_key}"}
 
@@ -128,13 +144,9 @@ def test_simultaneous_approvals_for_one_device_id_approve_one(
             path = f"/api/v1/provisioning-operations/{operation_id}/approve"
             statuses.append(own.post(path).status_code)
 
-    threads = [
-        threading.Thread(target=approve, args=(op["provisioningOperationId"],)) for op in operations
-    ]
+    threads = [threading.Thread(target=approve, args=(i,)) for i in operation_ids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted(statuses) == [200, 409]
-    states = sorted(o.state for o in platform.admin.list_operations() if o.device_id == device_id)
-    assert states == ["approved", "cancelled"]
+    return statuses
