@@ -23,6 +23,12 @@ START = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 def pytest_configure(config: pytest.Config) -> None:
     # ``pytestmark = pytest.mark.both_databases`` in a module (or on a test): each of its
     # tests that uses ``platform`` or ``database_url`` runs as ``[sqlite]`` and ``[postgresql]``.
+    # Left on SQLite: the device SDK's tests (the device side; the power-loss test kills a
+    # platform process on its SQLite file), widgets and hybrid runs (UI, simulator), the
+    # rest of tests/security; TLS, the real Spotflow SDK and the serve commands start their
+    # own Platform or process (transport, command line). With IIOT_TEST_DATABASES=both
+    # (2026-11-26) those taking the fixture passed on PostgreSQL but one: the SDK's first
+    # boot on mosquitto, whose PUBACK precedes the platform's (slower) commit.
     config.addinivalue_line(
         "markers", "both_databases: run the test's platform on SQLite and on PostgreSQL"
     )
