@@ -12,7 +12,7 @@ import asyncio
 import logging
 from contextlib import suppress
 
-from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 
 from ..domain.errors import PacketTooLarge
 from ..settings import Settings
@@ -78,6 +78,21 @@ class PacketSizeLimit(ReaderAdapter):
         self._follow(data)
         return data
 
+    async def read_some(self, n: int) -> bytes:
+        """Up to ``n`` bytes, whatever has arrived (waiting only if nothing has), framing
+        followed as by :meth:`read`; empty at EOF. The broker's reader loop takes every
+        whole packet of a chunk at once instead of awaiting each field of each packet."""
+        if not isinstance(self._reader, ChunkReader):
+            raise TypeError("read_some needs a ChunkReader underneath")
+        data = await self._reader.read_some(n)
+        self._follow(data)
+        return data
+
+    @property
+    def reads_chunks(self) -> bool:
+        """Whether :meth:`read_some` can be used."""
+        return isinstance(self._reader, ChunkReader)
+
     def _follow(self, data: bytes) -> None:
         i, size = 0, len(data)
         while i < size:
@@ -104,6 +119,17 @@ class PacketSizeLimit(ReaderAdapter):
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()
+
+
+class ChunkReader(StreamReaderAdapter):
+    """amqtt's TCP reader adapter that can also return whatever has arrived."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        self._stream = reader
+
+    async def read_some(self, n: int) -> bytes:
+        return await self._stream.read(n)
 
 
 class AbortableStreamWriter(StreamWriterAdapter):

@@ -17,9 +17,13 @@ from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import IncomingApplicationMessage, Session
 
 from ..domain import sas
-from ..domain.errors import ValidationError
-from ..domain.topics import TopicAction, TopicKind, device_may, hub_may_subscribe, parse_topic
-from ..services.messages import IncomingMessage, decompress
+from ..domain.topics import (
+    TopicAction,
+    TopicKind,
+    device_may,
+    device_publication,
+    hub_may_subscribe,
+)
 
 if TYPE_CHECKING:
     from .server import PlatformBroker
@@ -137,42 +141,19 @@ class PlatformEventsPlugin(BasePlugin[BaseContext]):
         stored: asyncio.Future[None] | None,
     ) -> bool:
         # amqtt fires the hook before its own topic check: apply the ACL here too. No
-        # await before accept(), so messages reach the ingest queue in arrival order.
-        if (
-            message is None
-            or not message.topic
-            or not device_may(client_id, TopicAction.PUBLISH, message.topic)
-        ):
-            return False
-        parsed = parse_topic(message.topic)
-        if parsed is None:
+        # await before offer(), so messages reach the ingest queue in arrival order.
+        # (A device's telemetry is mostly taken before this hook: IngestingHandler.)
+        parsed = (
+            None
+            if message is None or not message.topic
+            else device_publication(client_id, message.topic)
+        )
+        if message is None or parsed is None:
             return False
         broker = _broker(self)
         if parsed.kind in (TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED):
             broker.twin_request(client_id, parsed.kind, bytes(message.data), stored)
             return True
-        if parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
+        if parsed.kind is not TopicKind.TELEMETRY:
             return False
-        data = bytes(message.data)
-        if len(data) > broker.services.settings.max_mqtt_message_size:
-            log.warning(
-                "%s sent %d bytes over MQTT (limit %d): dropped; upload over HTTP",
-                client_id,
-                len(data),
-                broker.services.settings.max_mqtt_message_size,
-            )
-            broker.dropped_messages += 1
-            return False
-        try:
-            payload = decompress(data, parsed.compression)
-        except ValidationError as exc:
-            log.warning("%s sent an undecodable payload on %s: %s", client_id, message.topic, exc)
-            broker.dropped_messages += 1
-            return False
-        broker.accept(
-            IncomingMessage(
-                client_id, parsed.stream, payload, parsed.message_id, broker.services.clock.now()
-            ),
-            stored,
-        )
-        return True
+        return broker.ingest.offer(client_id, parsed, bytes(message.data), stored=stored)

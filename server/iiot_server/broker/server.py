@@ -18,15 +18,13 @@ from datetime import datetime
 from typing import Any
 
 import amqtt
-from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, Server
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.puback import PubackPacket
-from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 from amqtt.utils import gen_client_id
 
@@ -39,7 +37,6 @@ from ..domain.topics import (
     hub_desired_topic,
     hub_telemetry_topic,
     hub_twin_response_topic,
-    parse_hub_twin_request,
     parse_topic,
     subscribes_to_cloud_to_device,
     twin_topic,
@@ -47,16 +44,18 @@ from ..domain.topics import (
 from ..domain.twin import with_version
 from ..events import RegistrationEnded
 from ..services import Services
-from ..services.messages import IncomingMessage
 from ..services.registration import MqttIdentity
 from ..services.twin import Section
 from .connections import (
     AbortableStreamWriter,
+    ChunkReader,
     PacketSizeLimit,
     close_connection,
     connection_limit,
     max_packet_size,
 )
+from .handler import IngestingHandler
+from .ingest import TelemetryIngest
 
 log = logging.getLogger(__name__)
 
@@ -64,119 +63,6 @@ if amqtt.__version__ != "0.12.1":  # pragma: no cover - the overrides below trac
     raise ImportError(
         f"iiot_server.broker is written against amqtt 0.12.1, found {amqtt.__version__}"
     )
-
-INGEST_BATCH = 512
-
-
-_ACKED_WHEN_HANDLED = (TopicKind.TELEMETRY, TopicKind.TWIN_REPORTED)
-
-
-def _acked_when_handled(client_id: str, topic: str) -> bool:
-    """Telemetry and reported patches from the device itself: PUBACK once stored."""
-    if not device_may(client_id, TopicAction.PUBLISH, topic):
-        return False
-    parsed = parse_topic(topic)
-    return parsed is not None and parsed.kind in _ACKED_WHEN_HANDLED
-
-
-class _Telemetry(IncomingApplicationMessage):
-    """An incoming telemetry message whose sender waits for ``iiot_stored``."""
-
-    __slots__ = ("iiot_stored",)
-
-    def __init__(self, packet: PublishPacket, stored: asyncio.Future[None]) -> None:
-        header = packet.variable_header
-        super().__init__(
-            header.packet_id if header is not None else None,
-            packet.topic_name,
-            packet.qos,
-            packet.data,
-            packet.retain_flag,
-        )
-        self.iiot_stored = stored
-
-
-class _IngestingHandler(BrokerProtocolHandler):
-    """amqtt's protocol handler, acknowledging a device's telemetry and reported-property
-    patches only once they are stored.
-
-    amqtt 0.12.1 sends PUBACK as soon as a PUBLISH is queued for the client's delivery
-    loop, which then fires the message hook one message at a time, after scanning every
-    subscription for each. A DISCONNECT ends that loop and drops whatever is still queued:
-    messages the device was told were delivered are never stored. Telemetry goes to the
-    platform only (no device may receive it), so for it this handler fires the same
-    ``on_broker_message_received`` hook at receipt and, for QoS 1, sends PUBACK after the
-    ingest transaction holding the message committed; a ``twin/reported`` patch likewise
-    once applied. Everything else (``twin/get``, QoS 2, topics the device may not use)
-    takes amqtt's own path.
-    """
-
-    async def handle_publish(self, publish_packet: PublishPacket) -> None:
-        session = self.session
-        hub_client_id: str | None = getattr(session, "iiot_hub_client_id", None)
-        if session is not None and session.client_id and hub_client_id is not None:
-            # the IoT Hub dialect's telemetry topic stands for a native one: from here on
-            # the message is the device's like any other (ACL, de-duplication, storage)
-            native = hub_telemetry_topic(
-                hub_client_id, session.client_id, publish_packet.topic_name or ""
-            )
-            if native is not None:
-                publish_packet.topic_name = native
-            elif await self._hub_twin_request(session, publish_packet):
-                return
-            elif (publish_packet.topic_name or "").startswith(f"devices/{hub_client_id}/"):
-                log.warning(
-                    "%s: %s not taken (property bag refused, see hub_telemetry_topic)",
-                    hub_client_id,
-                    publish_packet.topic_name,
-                )
-        topic, data = publish_packet.topic_name, publish_packet.data
-        qos = publish_packet.qos
-        if (
-            session is None
-            or not session.client_id
-            or topic is None
-            or data is None
-            or qos not in (QOS_0, QOS_1)
-            or not _acked_when_handled(session.client_id, topic)
-        ):
-            await super().handle_publish(publish_packet)
-            return
-        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        message = _Telemetry(publish_packet, stored)
-        message.publish_packet = publish_packet
-        # no await before this: the hook's tasks start in arrival order
-        await self.plugins_manager.fire_event(
-            BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
-        )
-        if qos == QOS_0:
-            return
-        try:
-            await stored
-        except Exception as exc:  # not stored: no PUBACK, the device sends it again
-            log.warning(
-                "message from %s not stored (%s): closing its connection", session.client_id, exc
-            )
-            await self.handle_connection_closed()
-            return
-        puback = PubackPacket.build(message.packet_id)
-        await self._send_packet(puback)
-        message.puback_packet = puback
-
-    async def _hub_twin_request(self, session: Session, publish_packet: PublishPacket) -> bool:
-        """An IoT Hub twin GET or reported PATCH (QoS 0 or 1), answered on
-        ``$iothub/twin/res/…`` to this session, then acknowledged; False if the PUBLISH is
-        not one (amqtt's own path and the ACL take it)."""
-        request = parse_hub_twin_request(publish_packet.topic_name or "")
-        if request is None or publish_packet.qos not in (QOS_0, QOS_1):
-            return False
-        broker: PlatformBroker = self.iiot_broker  # type: ignore[attr-defined]
-        kind, request_id = request
-        await broker.answer_hub_twin_request(session, kind, request_id, publish_packet.data)
-        header = publish_packet.variable_header
-        if publish_packet.qos == QOS_1 and header is not None and header.packet_id is not None:
-            await self._send_packet(PubackPacket.build(header.packet_id))
-        return True
 
 
 @dataclass
@@ -195,11 +81,7 @@ class PlatformBroker(Broker):
         super().__init__(config)
         self.services = services
         self._live: dict[str, _Live] = {}
-        self._ingest: asyncio.Queue[tuple[IncomingMessage, asyncio.Future[None] | None]] = (
-            asyncio.Queue()
-        )
-        self._ingest_task: asyncio.Task[None] | None = None
-        self.dropped_messages = 0
+        self.ingest = TelemetryIngest(services.messages, services.settings, services.clock)
         self._tasks: set[asyncio.Future[None]] = set()
         self.open_connections = 0
         self._connection_limit = connection_limit(services.settings)
@@ -220,7 +102,7 @@ class PlatformBroker(Broker):
 
     async def start(self) -> None:
         await super().start()
-        self._ingest_task = asyncio.create_task(self._ingest_loop(), name="iiot-ingest")
+        self.ingest.start()
 
     async def shutdown(self) -> None:
         for event, listener in self._listeners:
@@ -229,10 +111,7 @@ class PlatformBroker(Broker):
             if live.expiry is not None:
                 live.expiry.cancel()
         await super().shutdown()
-        await self._ingest.join()  # every accepted message is stored before we stop
-        if self._ingest_task is not None:
-            self._ingest_task.cancel()
-            await asyncio.gather(self._ingest_task, return_exceptions=True)
+        await self.ingest.stop()  # every accepted message is stored before we stop
 
     @property
     def port(self) -> int:
@@ -240,13 +119,18 @@ class PlatformBroker(Broker):
         sockets = getattr(server.instance, "sockets", None) or []
         return int(sockets[0].getsockname()[1])
 
+    @property
+    def dropped_messages(self) -> int:
+        """Telemetry taken without a waiter (QoS 0, Wills) that was not stored."""
+        return self.ingest.dropped_messages
+
     # connections: limited, CONNECT in time and in size, always closed (issue 10) -----
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         await self._client_connected(
-            listener_name, StreamReaderAdapter(reader), AbortableStreamWriter(writer)
+            listener_name, ChunkReader(reader), AbortableStreamWriter(writer)
         )
 
     async def _client_connected(
@@ -305,7 +189,7 @@ class PlatformBroker(Broker):
         handler, session = await BrokerProtocolHandler.init_from_connect(
             reader, writer, self.plugins_manager
         )
-        handler.__class__ = _IngestingHandler  # amqtt names its handler class inline
+        handler.__class__ = IngestingHandler  # amqtt names its handler class inline
         handler.iiot_broker = self  # type: ignore[attr-defined]
         session.iiot_clean_start = session.clean_session and bool(session.client_id)  # type: ignore[attr-defined]
         if session.clean_session and not session.client_id:
@@ -445,20 +329,21 @@ class PlatformBroker(Broker):
         as if the device had published it at QoS 0 as it died: telemetry is stored, a
         reported patch applied. Never after a clean DISCONNECT, and never when the platform
         itself ended the session (revoked, deleted, expired): that device is not trusted."""
-        will = self._take_will(client_session, disconnect_waiter)
+        clean = isinstance(disconnect_waiter.result(), DisconnectPacket) or (
+            isinstance(handler, IngestingHandler) and handler.disconnect_received
+        )
+        will = self._take_will(client_session, clean)
         if will is not None:
             await self.plugins_manager.fire_event(
                 BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=will
             )
         await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
-    def _take_will(
-        self, session: Session, disconnect_waiter: asyncio.Future[Any]
-    ) -> IncomingApplicationMessage | None:
+    def _take_will(self, session: Session, clean: bool) -> IncomingApplicationMessage | None:
         if not session.will_flag:
             return None
         session.will_flag = False  # amqtt's own path must neither publish nor retain it
-        if isinstance(disconnect_waiter.result(), DisconnectPacket):
+        if clean:  # the device sent DISCONNECT
             return None
         if getattr(session, "iiot_ended", False):
             log.info("Will of %s dropped: the platform ended its session", session.client_id)
@@ -836,34 +721,6 @@ class PlatformBroker(Broker):
             field = getattr(exc, "field", None)
             log.info("twin request from %s refused: %s", device_id, exc)
             await self._send(device_id, "res", {"error": {"detail": str(exc), "field": field}})
-
-    # ingest --------------------------------------------------------------------------
-
-    def accept(self, message: IncomingMessage, stored: asyncio.Future[None] | None = None) -> None:
-        """Queue a message for storage; ``stored`` completes once it is committed."""
-        self._ingest.put_nowait((message, stored))
-
-    async def _ingest_loop(self) -> None:
-        """Store accepted messages in batches: one database transaction per batch."""
-        while True:
-            first = await self._ingest.get()
-            batch = [first]
-            while len(batch) < INGEST_BATCH and not self._ingest.empty():
-                batch.append(self._ingest.get_nowait())
-            failure: Exception | None = None
-            try:
-                await self.services.messages.store_many([message for message, _ in batch])
-            except Exception as exc:  # logged; QoS 1 senders are not acknowledged
-                log.exception("storing %d messages failed", len(batch))
-                failure = exc
-                self.dropped_messages += sum(1 for _, stored in batch if stored is None)
-            for _, stored in batch:
-                if stored is not None and not stored.done():
-                    if failure is None:
-                        stored.set_result(None)
-                    else:
-                        stored.set_exception(failure)
-                self._ingest.task_done()
 
 
 def _topic_device_id(session: Session) -> str:

@@ -92,7 +92,17 @@ def parse_topic(topic: str) -> DeviceTopic | None:
 
 
 def parse_message_properties(query: str) -> dict[str, object]:
-    """The ``{properties}`` topic level: a URL-encoded ``mid=…&ce=zlib&batch=…&seq=…&last=1``."""
+    """The ``{properties}`` topic level: a URL-encoded ``mid=…&ce=zlib&batch=…&seq=…&last=1``.
+
+    >>> parse_message_properties("mid=pump-1.42")
+    {'message_id': 'pump-1.42'}
+    >>> parse_message_properties("mid=a%3A1&ce=zlib")
+    {'message_id': 'a:1', 'compression': 'zlib'}
+    """
+    if query.startswith("mid=") and MESSAGE_ID_PATTERN.fullmatch(query, 4):
+        # The usual level, a lone message id: its characters need no URL decoding, so the
+        # answer is parse_qsl's without its cost (~3 µs of the broker's time per message).
+        return {"message_id": query[4:]}
     props: dict[str, object] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=True):
         if key == "mid":
@@ -146,12 +156,27 @@ def device_may(device_id: str, action: TopicAction, topic: str) -> bool:
     if action is TopicAction.SUBSCRIBE:
         rest = topic[len(prefix) :]
         return rest in ("#", "twin/+", "twin/res", "twin/desired", f"{CLOUD_TO_DEVICE_LEVEL}/#")
-    parsed = parse_topic(topic)
-    if parsed is None or parsed.device_id != device_id:
-        return False
     if action is TopicAction.PUBLISH:
-        return parsed.kind in _DEVICE_PUBLISHES
-    return parsed.kind in _DEVICE_RECEIVES
+        return device_publication(device_id, topic) is not None
+    parsed = parse_topic(topic)
+    return parsed is not None and parsed.device_id == device_id and parsed.kind in _DEVICE_RECEIVES
+
+
+def device_publication(device_id: str, topic: str) -> DeviceTopic | None:
+    """The parsed ``topic`` if the device may publish on it, else None: the publish ACL
+    decision (:func:`device_may`) and the parse the broker needs next, in one pass.
+
+    >>> device_publication("pump-1", "devices/pump-1/messages/vibration/mid=7").stream
+    'vibration'
+    >>> device_publication("pump-1", "devices/pump-2/messages/vibration") is None
+    True
+    >>> device_publication("pump-1", "devices/pump-1/twin/desired") is None
+    True
+    """
+    parsed = parse_topic(topic)
+    if parsed is None or parsed.device_id != device_id or parsed.kind not in _DEVICE_PUBLISHES:
+        return None
+    return parsed
 
 
 def twin_topic(device_id: str, suffix: str) -> str:

@@ -16,6 +16,7 @@ from ..store.database import Database, from_epoch_required, to_epoch
 from ..store.schema import messages
 
 MAX_DECOMPRESSED = 64 * 1024 * 1024  # a zlib bomb is refused, not inflated
+_COLUMNS = ("device_id", "stream", "message_id", "payload", "received_at")
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,32 @@ class MessageService:
             )
         else:
             self._insert = sqlite.insert(messages).on_conflict_do_nothing()
+        # SQLite: the whole batch in one executemany of the driver's own statement; its
+        # rowcount is the sum over the rows, so duplicates still count as not new. 4.7 µs of
+        # CPU a message instead of 20 µs with one SQLAlchemy execute each (batches of 500).
+        self._sqlite_many: str | None = None
+        if dialect == "sqlite":
+            compiled = self._insert.compile(dialect=db.engine.dialect, column_keys=_COLUMNS)
+            if tuple(compiled.positiontup or ()) != _COLUMNS:
+                raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
+            self._sqlite_many = str(compiled)
 
     async def store_many(self, batch: list[IncomingMessage]) -> int:
         """Store a batch in one transaction; returns how many were new (duplicates by
         ``(device, stream, message id)`` are skipped)."""
         if not batch:
             return 0
+        if self._sqlite_many is not None:
+            statement = self._sqlite_many
+
+            def insert_many(conn: Connection) -> int:
+                rows = [
+                    (m.device_id, m.stream, m.message_id, m.payload, to_epoch(m.received_at))
+                    for m in batch
+                ]
+                return max(0, conn.exec_driver_sql(statement, rows).rowcount)
+
+            return await self._db.write(insert_many)
 
         def insert(conn: Connection) -> int:
             stored = 0
