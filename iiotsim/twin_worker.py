@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from iiot_device import Backoff, DeviceClient, ProvisioningOperation
+from iiot_device import Backoff, DeviceClient, ProvisioningOperation, Status
 from iiot_device.clock import WakeEvent
 
 from .clock import ManualClock
@@ -198,6 +198,23 @@ def _start_devices(state: WorkerState, init: dict[str, Any], hub: Any, admin: ht
                 base=backoff["base"], cap=backoff["cap"], rng=random.Random(device.index)
             ),
         )
+        _wait_connected(state, device)
+
+
+def _wait_connected(state: WorkerState, device: _Device) -> None:
+    """Wait (real time, bounded) until the device's first MQTT connection is up before
+    starting the next: the fleet's start takes no simulated time, and 300 devices
+    connecting at once kept an embedded broker on a loaded machine past the SDK's 10 s
+    CONNACK wait, each retry storm coming back a simulated second later (issue 18)."""
+    assert device.client is not None
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while device.client.status is not Status.CONNECTED:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{device.device_id} not connected within {SETTLE_TIMEOUT:.0f} s of its start"
+                f" (status {device.client.status}, last error {device.client.last_error!r})"
+            )
+        time.sleep(SETTLE_POLL)
 
 
 def _produce(
