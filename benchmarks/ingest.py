@@ -22,6 +22,10 @@ Measured 2026-11-26 on the shared 2-core machine, load average 0.4-3.9:
     Before the fast path (same harness, the server before cc9bfd3): QoS 1 3,840 msg/s =
     0.33x, 188 µs a message; QoS 0 0.30x, 126 µs (runs at load 7-9: 0.33-0.50x, 194 µs).
 
+    .venv/bin/python benchmarks/ingest.py --idle 1000   # one run
+    with 1,000 idle devices connected: QoS 1 15,700 msg/s = 1.27x raw mosquitto, 21 µs a
+    message; QoS 0 0.58x, 12 µs (other tests ran meanwhile: load 4.9)
+
     .venv/bin/python benchmarks/ingest.py --skip-throughput --capacity 500,1000,2000
     mosquitto 2.5 KiB per connected idle device; the platform 56.8 KiB (RSS 106 MiB with
     none, 217 MiB with 2,000): ~72,000 devices in 4 GiB by extrapolation. With this
