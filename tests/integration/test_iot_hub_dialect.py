@@ -25,7 +25,8 @@ from ..server.test_register_spotflow_shape import expected_signature
 from .mqtt import WAIT, Device, Registered, provision, wait_for
 from .test_broker import stored
 
-pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+# SQLite and PostgreSQL (tests/conftest.py); its 8883 test shares the fixed-port tests' worker
+pytestmark = [pytest.mark.both_databases, pytest.mark.xdist_group("fixed-ports")]
 
 API_VERSION = "/?api-version=2018-06-30"
 NOT_AUTHORIZED = 135

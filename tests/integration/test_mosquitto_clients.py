@@ -20,10 +20,13 @@ from .test_broker import stored
 from .test_iot_hub_dialect import hub_credentials
 
 MISSING = shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None
-pytestmark = pytest.mark.skipif(
-    MISSING and not os.environ.get("CI"),
-    reason="mosquitto-clients not installed (.ci/run installs it; apt-get install mosquitto-clients)",
-)
+pytestmark = [
+    pytest.mark.xdist_group("fixed-ports"),
+    pytest.mark.skipif(
+        MISSING and not os.environ.get("CI"),
+        reason="mosquitto-clients not installed (.ci/run installs it; apt-get install mosquitto-clients)",
+    ),
+]
 
 
 def mosquitto_pub(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:

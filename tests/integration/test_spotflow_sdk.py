@@ -22,6 +22,10 @@ from iiotsim.platform import SPOTFLOW_MQTT_PORT, Platform, port_is_free
 
 spotflow_device = pytest.importorskip("spotflow_device")
 
+# 8883 (Spotflow's port) or 8000/1883: the tests needing a fixed port share one worker
+# under pytest -n (Makefile's unit target)
+pytestmark = pytest.mark.xdist_group("fixed-ports")
+
 SDK_WAIT = 30.0
 
 

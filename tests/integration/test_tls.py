@@ -22,6 +22,10 @@ from iiotsim.platform import Platform
 
 from ..device.sdk import Approver, start_device
 
+# Platform(tls=True) takes 8883 when free: the tests needing a fixed port share one worker
+# under pytest -n (Makefile's unit target)
+pytestmark = pytest.mark.xdist_group("fixed-ports")
+
 
 @pytest.fixture
 def tls_platform(clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:

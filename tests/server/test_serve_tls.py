@@ -19,6 +19,10 @@ from iiotsim.platform import SPOTFLOW_MQTT_PORT, port_is_free
 
 from .test_standalone import free_port, start_until_ready, stop
 
+# 8883 (Spotflow's port) or 8000/1883: the tests needing a fixed port share one worker
+# under pytest -n (Makefile's unit target)
+pytestmark = pytest.mark.xdist_group("fixed-ports")
+
 
 def serve(*args: str) -> tuple[subprocess.Popen[str], str]:
     return start_until_ready(

@@ -69,7 +69,7 @@ def validate_properties(properties: dict[str, str]) -> dict[str, str]:
     >>> validate_properties({"$.mid": "x"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    iiot_server.domain.errors.ValidationError: property names are 1-64 characters ... (got '$.mid')
+    iiot_server.domain.errors.ValidationError: property names are 1-64 characters ... (got '$.mid')...
     """
     if len(properties) > MAX_PROPERTIES:
         raise ValidationError(f"at most {MAX_PROPERTIES} properties", field="properties")
