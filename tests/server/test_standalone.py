@@ -36,7 +36,7 @@ def start_until_ready(argv: list[str], env: dict[str, str]) -> tuple[subprocess.
 def run_server(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     database = f"sqlite:///{tmp_path / 'standalone.db'}"
     return start_until_ready(
-        [sys.executable, "-m", "iiot_server", "--port", str(free_port()),
+        [sys.executable, "-m", "iiot_server", "--port", str(free_port()), "--mqtt-port", "0",
          "--database-url", database],
         {**os.environ, **env},
     )  # fmt: skip
