@@ -354,6 +354,18 @@ class CreatedApiKeyOut(ApiKeyOut):
         return cls(**msgspec.structs.asdict(key), api_key=created.secret)
 
 
+def payload_text(payload: bytes) -> tuple[str, Literal["utf-8", "base64"]]:
+    """A payload for a JSON answer: its text when it is UTF-8, else base64.
+
+    >>> payload_text(b"21.5"), payload_text(b"\\xff")
+    (('21.5', 'utf-8'), ('/w==', 'base64'))
+    """
+    try:
+        return payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode("ascii"), "base64"
+
+
 class MessageOut(Wire):
     """A stored message; ``payload`` is UTF-8 text when it decodes, else base64."""
 
@@ -368,10 +380,7 @@ class MessageOut(Wire):
 
     @classmethod
     def of(cls, m: StoredMessage) -> MessageOut:
-        try:
-            text, encoding = m.payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(m.payload).decode("ascii"), "base64"
+        text, encoding = payload_text(m.payload)
         return cls(
             seq=m.seq,
             device_id=m.device_id,
@@ -413,10 +422,7 @@ class CloudToDeviceOut(Wire):
 
     @classmethod
     def of(cls, m: CloudToDeviceMessage) -> CloudToDeviceOut:
-        try:
-            text, encoding = m.payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(m.payload).decode("ascii"), "base64"
+        text, encoding = payload_text(m.payload)
         return cls(
             seq=m.seq,
             message_id=m.message_id,

@@ -66,15 +66,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ..domain.documents import decode_json_document
-from ..domain.errors import BrokerUnavailable, DomainError, ValidationError
+from ..domain.errors import BrokerUnavailable, ValidationError
 from ..domain.tokens import registration_token_status, usable_until
 from ..domain.topics import TopicKind, parse_topic, twin_topic
-from ..domain.twin import with_version
 from ..events import RegistrationEnded
 from ..services import Services
 from ..services.messages import IncomingMessage, decompress
-from ..services.twin import Section
 from ..store.database import from_epoch
 from ..store.schema import registration_tokens
 from .connections import max_packet_size
@@ -602,31 +599,8 @@ class MosquittoBroker:
             self._ack(mid, qos, generation)
 
     async def _answer_twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
-        """As the embedded broker answers (``PlatformBroker._answer_twin_request``)."""
-        twins = self.services.twins
-        try:
-            section = "reported" if kind is TopicKind.TWIN_REPORTED else "request"
-            body = decode_json_document(payload or b"{}", field=section)
-            if kind is TopicKind.TWIN_REPORTED:
-                await twins.patch(device_id, Section.REPORTED, body)
-                return
-            since = body.get("since") if isinstance(body, dict) else None
-            if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
-                raise ValidationError("since must be an integer version", field="since")
-            catch_up = await twins.desired_since(device_id, since)
-            twin = await twins.get(device_id)
-            answer: dict[str, Any] = {
-                "reported": with_version(twin.reported.properties, twin.reported.version)
-            }
-            if catch_up.patch is not None:
-                answer["desired"] = with_version(catch_up.patch, catch_up.version)
-                answer["since"] = since
-            else:
-                answer["desired"] = with_version(catch_up.full or {}, catch_up.version)
+        """As the embedded broker answers (``TwinService.device_request``)."""
+        reported = kind is TopicKind.TWIN_REPORTED
+        answer = await self.services.twins.device_request(device_id, reported, payload)
+        if answer is not None:
             self._publish(twin_topic(device_id, "res"), answer)
-        except (ValueError, DomainError) as exc:
-            field = getattr(exc, "field", None)
-            log.info("twin request from %s refused: %s", device_id, exc)
-            self._publish(
-                twin_topic(device_id, "res"), {"error": {"detail": str(exc), "field": field}}
-            )

@@ -28,7 +28,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import IncomingApplicationMessage, Session
 from amqtt.utils import gen_client_id
 
-from ..domain.errors import DomainError, ValidationError
+from ..domain.errors import DomainError
 from ..domain.topics import (
     TopicAction,
     TopicKind,
@@ -694,33 +694,10 @@ class PlatformBroker(Broker):
                 handled.set_result(None)
 
     async def _answer_twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> None:
-        from ..domain.documents import decode_json_document  # here: one edit in this file
-
-        twins = self.services.twins
-        try:  # bounded decode: a too-deep document is a refused patch, never a RecursionError
-            section = "reported" if kind is TopicKind.TWIN_REPORTED else "request"
-            body = decode_json_document(payload or b"{}", field=section)
-            if kind is TopicKind.TWIN_REPORTED:
-                await twins.patch(device_id, Section.REPORTED, body)
-                return
-            since = body.get("since") if isinstance(body, dict) else None
-            if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
-                raise ValidationError("since must be an integer version", field="since")
-            catch_up = await twins.desired_since(device_id, since)
-            twin = await twins.get(device_id)
-            answer: dict[str, Any] = {
-                "reported": with_version(twin.reported.properties, twin.reported.version)
-            }
-            if catch_up.patch is not None:
-                answer["desired"] = with_version(catch_up.patch, catch_up.version)
-                answer["since"] = since
-            else:
-                answer["desired"] = with_version(catch_up.full or {}, catch_up.version)
+        reported = kind is TopicKind.TWIN_REPORTED
+        answer = await self.services.twins.device_request(device_id, reported, payload)
+        if answer is not None:
             await self._send(device_id, "res", answer)
-        except (ValueError, DomainError) as exc:  # bad JSON or a refused patch: tell the device
-            field = getattr(exc, "field", None)
-            log.info("twin request from %s refused: %s", device_id, exc)
-            await self._send(device_id, "res", {"error": {"detail": str(exc), "field": field}})
 
 
 def _topic_device_id(session: Session) -> str:

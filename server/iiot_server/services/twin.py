@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,12 +15,15 @@ from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..clock import Clock
-from ..domain.errors import NotFound
+from ..domain.documents import decode_json_document
+from ..domain.errors import DomainError, NotFound, ValidationError
 from ..domain.fleet import layer_change
 from ..domain.twin import JSON, changes_since, merge_patch, validate_patch, with_version
 from ..events import PlatformEvents
 from ..store.database import Database, from_epoch, to_epoch
 from ..store.schema import desired_patches, devices, twins
+
+log = logging.getLogger(__name__)
 
 DESIRED_HISTORY = 100
 """Desired patches kept per device for catch-up; older holders get the full document."""
@@ -181,6 +185,39 @@ class TwinService:
             return [(r.device_id, dict(r.tags or {}), dict(r.reported or {})) for r in rows]
 
         return await self._db.read(read)
+
+    async def device_request(
+        self, device_id: str, reported: bool, payload: bytes
+    ) -> dict[str, Any] | None:
+        """A device's ``twin/reported`` patch (applied; None) or ``twin/get`` (the answer for
+        ``twin/res``: reported, and desired as a catch-up patch since the version the
+        device holds or in full), as both brokers serve them. A refused request (bad or
+        too deep JSON, a refused patch, a bad ``since``) is answered ``{"error": {"detail",
+        "field"}}``; anything else (the database) raises, so the request is not
+        acknowledged and the device sends it again."""
+        try:  # bounded decode: a too-deep document is a refused patch, never a RecursionError
+            section = "reported" if reported else "request"
+            body = decode_json_document(payload or b"{}", field=section)
+            if reported:
+                await self.patch(device_id, Section.REPORTED, body)
+                return None
+            since = body.get("since") if isinstance(body, dict) else None
+            if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+                raise ValidationError("since must be an integer version", field="since")
+            catch_up = await self.desired_since(device_id, since)
+            twin = await self.get(device_id)
+            answer: dict[str, Any] = {
+                "reported": with_version(twin.reported.properties, twin.reported.version)
+            }
+            if catch_up.patch is not None:
+                answer["desired"] = with_version(catch_up.patch, catch_up.version)
+                answer["since"] = since
+            else:
+                answer["desired"] = with_version(catch_up.full or {}, catch_up.version)
+            return answer
+        except (ValueError, DomainError) as exc:  # bad JSON or a refused patch: tell the device
+            log.info("twin request from %s refused: %s", device_id, exc)
+            return {"error": {"detail": str(exc), "field": getattr(exc, "field", None)}}
 
     async def desired_since(self, device_id: str, version: int | None) -> DesiredCatchUp:
         """Offline catch-up: the combined patch since ``version``, or the full document when
