@@ -43,11 +43,11 @@ lint: venv
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-# Both cores (-n auto): 12 min serial had outgrown the suite's budget. The tests that need a
-# fixed port (8883, Spotflow's) share one worker (xdist_group "fixed-ports", --dist
-# loadgroup); a notebook's cells stay on one kernel and worker (--dist loadfile).
+# Both cores (-n auto): 12 min serial had outgrown the suite's budget. The tests that need
+# port 8883 (Spotflow's) take it in turn (the spotflow_port fixture's file lock); a
+# notebook's cells stay on one kernel and worker (--dist loadfile).
 unit: venv
-	.venv/bin/pytest -n auto --dist loadgroup --durations=25
+	.venv/bin/pytest -n auto --durations=25
 
 # nbval's imports cost seconds of start-up: the notebooks run in their own pytest call
 notebooks: venv

@@ -3,7 +3,10 @@ ManualClock so tests move through token lifetimes without sleeping."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +15,7 @@ import httpx
 import pytest
 
 from iiotsim.clock import ManualClock
-from iiotsim.platform import Platform
+from iiotsim.platform import SPOTFLOW_MQTT_PORT, Platform, port_is_free
 
 from .integration.mqtt import Device
 from .postgres import ThrowawayCluster, unavailable_reason
@@ -110,3 +113,21 @@ def devices() -> Iterator[list[Device]]:
     yield opened
     for device in opened:
         device.close()
+
+
+@pytest.fixture
+def spotflow_port() -> Iterator[int]:
+    """Port 8883 on 127.0.0.1 (the only one Spotflow's SDK connects to) for this test alone:
+    a file lock serialises the tests that need it across pytest-xdist workers, then the
+    port must be free within 30 s (a previous holder's listener may still be closing);
+    skipped with the reason if another process keeps it. Every other TLS test asks for a
+    free port (``mqtt_port=0``)."""
+    lock_path = Path(tempfile.gettempdir()) / "iiotsim-tests-port-8883.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # bounded by the test's timeout
+        deadline = time.monotonic() + 30
+        while not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
+            if time.monotonic() > deadline:
+                pytest.skip("port 8883 on 127.0.0.1 is held by another process")
+            time.sleep(0.1)
+        yield SPOTFLOW_MQTT_PORT

@@ -27,10 +27,6 @@ import pytest
 
 from .server.test_standalone import free_port
 
-# 8883 (Spotflow's port) or 8000/1883: the tests needing a fixed port share one worker
-# under pytest -n (Makefile's unit target)
-pytestmark = pytest.mark.xdist_group("fixed-ports")
-
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment under test: .venv/bin
 SECTION = "## First device in five commands"

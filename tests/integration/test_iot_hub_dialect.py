@@ -25,8 +25,7 @@ from ..server.test_register_spotflow_shape import expected_signature
 from .mqtt import WAIT, Device, Registered, provision, wait_for
 from .test_broker import stored
 
-# SQLite and PostgreSQL (tests/conftest.py); its 8883 test shares the fixed-port tests' worker
-pytestmark = [pytest.mark.both_databases, pytest.mark.xdist_group("fixed-ports")]
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
 API_VERSION = "/?api-version=2018-06-30"
 NOT_AUTHORIZED = 135
@@ -206,10 +205,11 @@ def test_a_hub_will_on_its_own_telemetry_is_stored_and_on_another_device_refused
 
 
 def test_a_tls_platform_listens_for_mqtt_on_8883_as_spotflows_sdk_requires(
-    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    spotflow_port: int,
 ) -> None:
-    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
-        pytest.skip("port 8883 on 127.0.0.1 is taken by another process: cannot show it used")
     with Platform(data_dir=tmp_path / "data", clock=clock, tls=True) as tls:
         assert tls.mqtt_port == SPOTFLOW_MQTT_PORT
         assert tls.ca_cert_path is not None
@@ -225,7 +225,9 @@ def test_a_tls_platform_listens_for_mqtt_on_8883_as_spotflows_sdk_requires(
 
 
 def test_a_tls_platform_warns_when_8883_is_taken_and_listens_elsewhere(
-    tmp_path: Path, clock: ManualClock
+    tmp_path: Path,
+    clock: ManualClock,
+    spotflow_port: int,
 ) -> None:
     holder = None
     if port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):  # take it, so it is taken either way

@@ -20,13 +20,10 @@ from .test_broker import stored
 from .test_iot_hub_dialect import hub_credentials
 
 MISSING = shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None
-pytestmark = [
-    pytest.mark.xdist_group("fixed-ports"),
-    pytest.mark.skipif(
-        MISSING and not os.environ.get("CI"),
-        reason="mosquitto-clients not installed (.ci/run installs it; apt-get install mosquitto-clients)",
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    MISSING and not os.environ.get("CI"),
+    reason="mosquitto-clients not installed (.ci/run installs it; apt-get install mosquitto-clients)",
+)
 
 
 def mosquitto_pub(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
@@ -209,7 +206,7 @@ def test_mosquitto_pub_over_tls_with_a_sas_from_register_speaks_the_iot_hub_dial
     answer as password) over TLS, trusting the development CA. Telemetry is stored; a
     wrong signature and an expired SAS are refused at CONNECT; another device's topic is
     not stored."""
-    with Platform(data_dir=tmp_path / "data", clock=clock, tls=True) as tls:
+    with Platform(data_dir=tmp_path / "data", clock=clock, tls=True, mqtt_port=0) as tls:
         assert tls.ca_cert_path is not None
         monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_cert_path))  # for httpx, as for the SDK
         reg, other = provision(tls, "mosq-hub-1"), provision(tls, "mosq-hub-2")

@@ -27,7 +27,7 @@ from .brokers import needs_mosquitto
 from .mqtt import WAIT, Device, provision, wait_for
 from .test_broker import stored
 
-pytestmark = [needs_mosquitto, pytest.mark.xdist_group("fixed-ports")]
+pytestmark = needs_mosquitto
 
 
 @pytest.fixture

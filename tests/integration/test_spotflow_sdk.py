@@ -18,13 +18,10 @@ from typing import Any
 
 import pytest
 
-from iiotsim.platform import SPOTFLOW_MQTT_PORT, Platform, port_is_free
+from iiotsim.platform import SPOTFLOW_MQTT_PORT, Platform
 
 spotflow_device = pytest.importorskip("spotflow_device")
 
-# 8883 (Spotflow's port) or 8000/1883: the tests needing a fixed port share one worker
-# under pytest -n (Makefile's unit target)
-pytestmark = pytest.mark.xdist_group("fixed-ports")
 
 SDK_WAIT = 30.0
 
@@ -52,10 +49,10 @@ def sdk_cloud_to_device(db: Path) -> list[tuple[bytes, str, str]]:
 
 
 def test_the_real_spotflow_sdk_provisions_starts_sends_and_syncs_its_twin(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spotflow_port: int,
 ) -> None:
-    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
-        pytest.skip("port 8883 on 127.0.0.1 is taken: Spotflow's SDK connects to no other port")
     with Platform(data_dir=tmp_path / "platform", tls=True) as platform:
         assert platform.mqtt_port == SPOTFLOW_MQTT_PORT
         monkeypatch.setenv("SSL_CERT_FILE", str(platform.ca_cert_path))
@@ -126,13 +123,13 @@ def test_the_real_spotflow_sdk_provisions_starts_sends_and_syncs_its_twin(
 
 
 def test_a_revoked_spotflow_sdk_device_provisions_again_at_its_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spotflow_port: int,
 ) -> None:
     """The RT of a revoked device gets a 401 at register: at start-up the SDK then opens a
     new provisioning operation (it did not on the old 403s and retried for ever). While it
     runs, the revoked SDK logs "Registration Token is invalid" and stays disconnected."""
-    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
-        pytest.skip("port 8883 on 127.0.0.1 is taken: Spotflow's SDK connects to no other port")
     with Platform(data_dir=tmp_path / "platform", tls=True) as platform:
         monkeypatch.setenv("SSL_CERT_FILE", str(platform.ca_cert_path))
         pt = platform.admin.create_provisioning_token("spotflow sdk").provisioning_token

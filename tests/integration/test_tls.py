@@ -22,14 +22,10 @@ from iiotsim.platform import Platform
 
 from ..device.sdk import Approver, start_device
 
-# Platform(tls=True) takes 8883 when free: the tests needing a fixed port share one worker
-# under pytest -n (Makefile's unit target)
-pytestmark = pytest.mark.xdist_group("fixed-ports")
-
 
 @pytest.fixture
 def tls_platform(clock: ManualClock, tmp_path: Path) -> Iterator[Platform]:
-    with Platform(data_dir=tmp_path / "data", clock=clock, tls=True) as running:
+    with Platform(data_dir=tmp_path / "data", clock=clock, tls=True, mqtt_port=0) as running:
         yield running
 
 
@@ -106,11 +102,11 @@ def test_https_without_trusting_the_ca_is_refused(tls_platform: Platform) -> Non
 
 
 def test_a_second_start_on_the_same_directory_reuses_the_ca(tmp_path: Path) -> None:
-    with Platform(data_dir=tmp_path, tls=True) as first:
+    with Platform(data_dir=tmp_path, tls=True, mqtt_port=0) as first:
         assert first.ca_cert_path is not None
         ca = first.ca_cert_path.read_bytes()
         server = (tmp_path / "tls" / "server.pem").read_bytes()
-    with Platform(data_dir=tmp_path, tls=True) as second:
+    with Platform(data_dir=tmp_path, tls=True, mqtt_port=0) as second:
         assert second.ca_cert_path is not None
         assert second.ca_cert_path.read_bytes() == ca
         assert (tmp_path / "tls" / "server.pem").read_bytes() == server
@@ -145,7 +141,7 @@ def test_a_silent_tls_connection_is_closed_after_the_handshake_timeout(tmp_path:
     """asyncio gives a TLS handshake 60 s; the platform gives it tls_handshake_timeout, on
     both listeners, so silent sockets cannot pile up before any other deadline starts."""
     with Platform(
-        data_dir=tmp_path, tls=True, settings=Settings(tls_handshake_timeout=1.0)
+        data_dir=tmp_path, tls=True, mqtt_port=0, settings=Settings(tls_handshake_timeout=1.0)
     ) as platform:
         for port in (platform.runner.port, platform.mqtt_port):
             with socket.create_connection(("127.0.0.1", port), timeout=20) as silent:

@@ -12,16 +12,11 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from iiot_server.tls import development_certificates
 
-from iiotsim.platform import SPOTFLOW_MQTT_PORT, port_is_free
+from iiotsim.platform import SPOTFLOW_MQTT_PORT
 
 from .test_standalone import free_port, start_until_ready, stop
-
-# 8883 (Spotflow's port) or 8000/1883: the tests needing a fixed port share one worker
-# under pytest -n (Makefile's unit target)
-pytestmark = pytest.mark.xdist_group("fixed-ports")
 
 
 def serve(*args: str) -> tuple[subprocess.Popen[str], str]:
@@ -58,11 +53,9 @@ def test_serve_tls_makes_a_development_ca_and_prints_its_path(tmp_path: Path) ->
         stop(proc)
 
 
-def test_serve_tls_takes_the_mqtts_port_by_default(tmp_path: Path) -> None:
+def test_serve_tls_takes_the_mqtts_port_by_default(tmp_path: Path, spotflow_port: int) -> None:
     """With TLS and no --mqtt-port, MQTT listens on 8883 (MQTTS; the only port Spotflow's
     SDK connects to); without TLS on 1883."""
-    if not port_is_free("127.0.0.1", SPOTFLOW_MQTT_PORT):
-        pytest.skip("port 8883 on 127.0.0.1 is taken by another process")
     proc, output = start_until_ready(
         [sys.executable, "-m", "iiot_server", "--port", str(free_port()), "--tls",
          "--data-dir", str(tmp_path)],
