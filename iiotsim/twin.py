@@ -532,10 +532,16 @@ class HybridRun:
         self._send_all({w.index: {"kind": "finish"} for w in self.workers})
         self._gather("finished")
         produced = sum(sum(w.reply["produced"].values()) for w in self.workers)
-        return self._result(start, log, off_periods, produced)
+        pending = sum(sum(w.reply["pending"].values()) for w in self.workers)
+        return self._result(start, log, off_periods, produced, pending)
 
     def _result(
-        self, start: datetime, log: list[tuple[float, int, str]], off_periods: int, produced: int
+        self,
+        start: datetime,
+        log: list[tuple[float, int, str]],
+        off_periods: int,
+        produced: int,
+        pending: int,
     ) -> HybridResult:
         s = self.scenario
         predicted = simulate(s)
@@ -585,7 +591,7 @@ class HybridRun:
             ),
             (
                 "messages lost",
-                produced - delivered - records.backlog(produced, delivered),
+                produced - delivered - pending,  # neither stored nor still in an outbox
                 int(summary["messages_lost"]),
                 0,
                 "nothing stored in an outbox is lost below its capacity",
@@ -818,11 +824,6 @@ class _Records:
             [at - json.loads(payload)["produced"] for payload, at in rows], dtype=float
         )
         return len(rows), latency
-
-    def backlog(self, produced: int, delivered: int) -> int:
-        """Messages still in the devices' outboxes at the end: all not delivered (the
-        outboxes are far below their capacity in a hybrid run)."""
-        return produced - delivered
 
     def load(self, resolution: float) -> pd.DataFrame:
         """Requests per simulated second in each ``resolution`` bin, from the platform's

@@ -151,7 +151,9 @@ def _serve(conn: Connection, index: int) -> None:
         while True:
             request = conn.recv()
             if request["kind"] == "finish":
-                conn.send({"kind": "finished", "produced": _produced(state)})
+                conn.send(
+                    {"kind": "finished", "produced": _produced(state), "pending": _pending(state)}
+                )
                 return
             _step(state, request, hub, producer)
             busy = _settle(state, producer)
@@ -307,3 +309,8 @@ def _report(state: WorkerState, busy: list[str]) -> dict[str, Any]:
 
 def _produced(state: WorkerState) -> dict[str, int]:
     return {d.device_id: d.produced for d in state.devices}
+
+
+def _pending(state: WorkerState) -> dict[str, int]:
+    """Messages still in each device's outbox at the end (produced, not yet delivered)."""
+    return {d.device_id: d.client.pending_messages_count for d in state.devices if d.client}
