@@ -44,14 +44,15 @@ lint: venv
 	.venv/bin/mypy
 
 # Both cores (-n auto): 12 min serial had outgrown the suite's budget. The tests that need
-# port 8883 (Spotflow's) take it in turn (the spotflow_port fixture's file lock); a
-# notebook's cells stay on one kernel and worker (--dist loadfile).
+# port 8883 (Spotflow's) take it in turn (the spotflow_port fixture's file lock). The
+# notebooks stay serial: two kernels starting at once under -n died before kernel_info
+# (clean-clone CI, 23:12).
 unit: venv
 	.venv/bin/pytest -n auto --durations=25
 
 # nbval's imports cost seconds of start-up: the notebooks run in their own pytest call
 notebooks: venv
-	.venv/bin/pytest -n auto --dist loadfile --nbval-lax --nbval-current-env \
+	.venv/bin/pytest --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg notebooks/
 
 test: lint unit notebooks
