@@ -18,14 +18,15 @@ from the measured points, said so in the output).
     .venv/bin/python benchmarks/ingest_mosquitto_mode.py --messages 2000 --idle 1000 \
         --rss 500,2000
 
-Measured 2026-11-26 on the shared 2-core machine (load average 3-6 from other work, so
-absolute rates are low and noisy; the ratios come from the same run):
+Measured 2026-11-26 23:36 on the shared 2-core machine (load average about 1), two runs of
+``--publishers 8 --messages 10000 --idle 1000 --rss ""``:
 
-- 8 x 10,000 QoS 1: raw mosquitto 8,397 msg/s, Mosquitto mode stored 5,853 msg/s = 0.70x;
-  with 1,000 idle devices connected 9,219 and 8,034 msg/s = 0.87x (target 0.8x: met with
-  idle devices, not without; the runs vary by more than that gap). The platform spends
-  56-61 us of CPU per message (paho's network thread, the event loop, the SQLite insert,
-  paho's PUBACK), mosquitto 15-16 us. Shorter runs (8 x 2,000) gave 0.72x and 1.00x.
+- 8 x 10,000 QoS 1: raw mosquitto 13,625 and 13,648 msg/s, Mosquitto mode stored 16,832 and
+  17,796 msg/s = 1.24x and 1.30x; with 1,000 idle devices connected 1.76x and 1.09x (target
+  0.8x). The platform spends 13-16 us of CPU per message, mosquitto 15-19 us. Raw
+  mosquitto's figure is what one paho subscriber counts, so above 1 the platform's own
+  ingest subscriber (broker/mqtt_subscriber.py) is faster than paho, not than mosquitto.
+  With paho as the ingest connection (before): 0.56-0.79x and 0.68-0.87x, at 71-94 us.
 - Memory: RSS platform + mosquitto 112 MiB with no device; 140 MiB with 2,000 devices
   provisioned (a dynamic-security client and role each) and 500 or 2,000 of them connected:
   14.2 KiB per device (platform 3.2, mosquitto 11.0, most of it the plugin's state), so

@@ -20,8 +20,9 @@ ingests through its own MQTT connections, as a user whose name no device can hav
   checked against the database: those without a usable token are deleted, the others' ends
   armed again.
 - **Ingest**: one connection, client id ``iiotsim:ingest``, a persistent session
-  (clean session off), QoS 1 subscriptions to every device's telemetry and twin requests.
-  paho runs with ``manual_ack``: a message is acknowledged to mosquitto only once the
+  (clean session off), QoS 1 subscriptions to every device's telemetry and twin requests,
+  taken on the platform's loop (:mod:`.mqtt_subscriber`, why not paho there): a message is
+  acknowledged to mosquitto only once the
   transaction storing it committed (telemetry, through the same
   ``MessageService.store_many``: same de-duplication by message id) or once the twin
   request was applied and answered.
@@ -76,6 +77,7 @@ from ..store.database import from_epoch
 from ..store.schema import registration_tokens
 from .connections import max_packet_size
 from .mosquitto_process import MosquittoProcess
+from .mqtt_subscriber import PersistentSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -127,30 +129,25 @@ class _DeviceClient:
 
 
 class _Link:
-    """A paho client on its own network thread, feeding the platform's loop."""
+    """The admin connection: a paho client on its own network thread, feeding the
+    platform's loop (dynamic-security commands, the connection log, the platform's own
+    publications)."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         client_id: str,
         credentials: tuple[str, str],
-        *,
-        persistent: bool,
     ) -> None:
         self.loop = loop
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=not persistent,
-            manual_ack=persistent,
         )
         self.client.username_pw_set(*credentials)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.connected = asyncio.Event()
-        self.generation = 0
-        """Counts connections: an acknowledgement is sent only on the connection that
-        received the message (a packet id may be reused on the next one)."""
         self.on_connected: list[Any] = []
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -161,7 +158,6 @@ class _Link:
         if reason.is_failure:
             log.warning("mosquitto refused the platform's connection: %s", reason)
             return
-        self.generation += 1
         for callback in self.on_connected:
             callback()
         self.loop.call_soon_threadsafe(self.connected.set)
@@ -199,15 +195,14 @@ class MosquittoBroker:
         self._clients: dict[str, _DeviceClient] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._correlation = itertools.count(1)
-        self._inbox: deque[tuple[paho.MQTTMessage, int]] = deque()
-        self._inbox_scheduled = False
-        self._ingest: asyncio.Queue[tuple[IncomingMessage, int, int]] = asyncio.Queue()
+        self._ingest: deque[tuple[IncomingMessage, int, int]] = deque()
+        self._ingest_arrived = asyncio.Event()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._twin_lock: dict[str, asyncio.Lock] = {}
         self.dropped_messages = 0
         self.stored_batches = 0
         self._admin: _Link | None = None
-        self._link: _Link | None = None
+        self._subscriber: PersistentSubscriber | None = None
         self._ingest_task: asyncio.Task[None] | None = None
         self._connections: asyncio.Queue[str] = asyncio.Queue()
         self._connections_task: asyncio.Task[None] | None = None
@@ -228,7 +223,7 @@ class MosquittoBroker:
         self.process.start()  # in the loop's thread: mosquitto dies with it (PDEATHSIG)
         credentials = (self.process.credentials.username, self.process.credentials.password)
         try:
-            self._admin = _Link(loop, ADMIN_CLIENT_ID, credentials, persistent=False)
+            self._admin = _Link(loop, ADMIN_CLIENT_ID, credentials)
             self._admin.client.on_message = self._on_admin_message
             self._admin.on_connected.append(
                 lambda: (
@@ -246,17 +241,17 @@ class MosquittoBroker:
             self._connections_task = asyncio.create_task(
                 self._connection_log(), name="iiot-connections"
             )
-            self._link = _Link(loop, INGEST_CLIENT_ID, credentials, persistent=True)
-            self._link.client.on_message = self._on_ingest_message
-            self._link.on_connected.append(self._subscribe_ingest)
-            await self._link.start(self.process.internal_host, self.process.internal_port)
+            self._subscriber = PersistentSubscriber(
+                INGEST_CLIENT_ID,
+                credentials,
+                INGEST_SUBSCRIPTIONS,
+                self._on_publish,
+                timeout=CONNECT_TIMEOUT,
+            )
+            await self._subscriber.start(self.process.internal_host, self.process.internal_port)
         except BaseException:
             await self.shutdown()
             raise
-
-    def _subscribe_ingest(self) -> None:
-        assert self._link is not None
-        self._link.client.subscribe([(topic, 1) for topic in INGEST_SUBSCRIPTIONS])
 
     async def shutdown(self) -> None:
         """Stop ingesting (what is not committed stays unacknowledged in mosquitto's queue
@@ -268,8 +263,8 @@ class MosquittoBroker:
         for client in self._clients.values():
             if client.expiry is not None:
                 client.expiry.cancel()
-        if self._link is not None:
-            self._link.stop()
+        if self._subscriber is not None:
+            await self._subscriber.stop()
         for task in (self._ingest_task, self._connections_task):
             if task is not None:
                 task.cancel()
@@ -491,65 +486,53 @@ class MosquittoBroker:
 
     # ingest ------------------------------------------------------------------------
 
-    def _on_ingest_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
-        """On paho's thread: hand the message to the loop (one wake-up per burst)."""
-        assert self._link is not None
-        self._inbox.append((message, self._link.generation))
-        if not self._inbox_scheduled:
-            self._inbox_scheduled = True
-            self._link.loop.call_soon_threadsafe(self._drain_inbox)
-
-    def _ack(self, mid: int, qos: int, generation: int) -> None:
-        link = self._link
-        if link is not None and qos == 1 and generation == link.generation:
-            link.client.ack(mid, qos)
-
-    def _drain_inbox(self) -> None:
-        self._inbox_scheduled = False
-        now = self.services.clock.now()
-        limit = self.services.settings.max_mqtt_message_size
-        while self._inbox:
-            message, generation = self._inbox.popleft()
-            parsed = parse_topic(message.topic)
-            if parsed is None:
-                self._ack(message.mid, message.qos, generation)
-                continue
-            if parsed.kind in (TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED):
-                self._spawn(
-                    self._twin_request(
-                        parsed.device_id,
-                        parsed.kind,
-                        bytes(message.payload),
-                        message.mid,
-                        message.qos,
-                        generation,
-                    )
-                )
-                continue
-            if parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
-                self._ack(message.mid, message.qos, generation)
-                continue
-            try:
-                if len(message.payload) > limit:
-                    raise ValidationError(f"{len(message.payload)} bytes over MQTT (limit {limit})")
-                payload = decompress(bytes(message.payload), parsed.compression)
-            except ValidationError as exc:  # refused for good: acknowledged, never resent
-                log.warning("%s: message on %s dropped: %s", parsed.device_id, message.topic, exc)
-                self.dropped_messages += 1
-                self._ack(message.mid, message.qos, generation)
-                continue
-            incoming = IncomingMessage(
-                parsed.device_id, parsed.stream, payload, parsed.message_id, now
+    def _on_publish(
+        self, topic: str, data: bytes, qos: int, packet_id: int, generation: int
+    ) -> None:
+        """A message mosquitto delivered to the ingest session (in the loop, as it arrives)."""
+        parsed = parse_topic(topic)
+        if parsed is None:
+            self._ack(packet_id, qos, generation)
+            return
+        if parsed.kind in (TopicKind.TWIN_GET, TopicKind.TWIN_REPORTED):
+            self._spawn(
+                self._twin_request(parsed.device_id, parsed.kind, data, packet_id, qos, generation)
             )
-            self._ingest.put_nowait((incoming, message.mid if message.qos else -1, generation))
+            return
+        if parsed.kind is not TopicKind.TELEMETRY or parsed.stream is None:
+            self._ack(packet_id, qos, generation)
+            return
+        limit = self.services.settings.max_mqtt_message_size
+        try:
+            if len(data) > limit:
+                raise ValidationError(f"{len(data)} bytes over MQTT (limit {limit})")
+            payload = decompress(data, parsed.compression)
+        except ValidationError as exc:  # refused for good: acknowledged, never resent
+            log.warning("%s: message on %s dropped: %s", parsed.device_id, topic, exc)
+            self.dropped_messages += 1
+            self._ack(packet_id, qos, generation)
+            return
+        incoming = IncomingMessage(
+            parsed.device_id, parsed.stream, payload, parsed.message_id, self.services.clock.now()
+        )
+        self._ingest.append((incoming, packet_id if qos else -1, generation))
+        self._ingest_arrived.set()
+
+    def _ack(self, packet_id: int, qos: int, generation: int) -> None:
+        """Acknowledge one message at once (the ingest loop acknowledges a commit's together)."""
+        if self._subscriber is not None and qos == 1:
+            self._subscriber.queue_puback(packet_id, generation)
+            self._subscriber.flush_pubacks()
 
     async def _ingest_loop(self) -> None:
         """Store in batches (one transaction each), then acknowledge to mosquitto. A failed
         store is retried (backing off to 5 s) with nothing acknowledged meanwhile."""
+        pending = self._ingest
         while True:
-            batch = [await self._ingest.get()]
-            while len(batch) < INGEST_BATCH and not self._ingest.empty():
-                batch.append(self._ingest.get_nowait())
+            if not pending:
+                self._ingest_arrived.clear()
+                await self._ingest_arrived.wait()
+            batch = [pending.popleft() for _ in range(min(len(pending), INGEST_BATCH))]
             delay = 0.05
             while True:
                 try:
@@ -562,9 +545,12 @@ class MosquittoBroker:
                     await asyncio.sleep(delay)
                     delay = min(5.0, delay * 2)
             self.stored_batches += 1
-            for _, mid, generation in batch:
-                if mid >= 0:
-                    self._ack(mid, 1, generation)
+            subscriber = self._subscriber
+            if subscriber is not None:
+                for _, packet_id, generation in batch:
+                    if packet_id >= 0:
+                        subscriber.queue_puback(packet_id, generation)
+                subscriber.flush_pubacks()
 
     # twin ----------------------------------------------------------------------------
 
@@ -574,13 +560,13 @@ class MosquittoBroker:
         task.add_done_callback(self._tasks.discard)
 
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
-        if self._link is not None:
-            self._link.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
+        if self._admin is not None:
+            self._admin.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
 
     async def internal_message_broadcast(self, topic: str, data: bytes, qos: int = 1) -> None:
         """Publish as the platform (as amqtt's ``Broker.internal_message_broadcast``)."""
-        if self._link is not None:
-            self._link.client.publish(topic, data, qos=qos)
+        if self._admin is not None:
+            self._admin.client.publish(topic, data, qos=qos)
 
     def _on_desired_changed(self, device_id: str, patch: dict[str, Any]) -> None:
         self._publish(twin_topic(device_id, "desired"), patch)
