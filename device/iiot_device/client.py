@@ -2,7 +2,9 @@
 
 Threads: the caller's (``send_message`` and friends only touch the local database), one
 supervisor thread (provisioning, registration, refresh, the MQTT connection, sending the
-outbox, the twin), paho's network thread for the live connection, and a callback thread
+outbox, the twin), the process's one network thread for every device's live connection
+(:mod:`iiot_device.network`: paho on ``epoll``, not a thread per connection in
+``select()``, which cannot take a descriptor above 1,023), and a callback thread
 so a slow ``on_desired_properties`` never holds up the network. Every timed wait of the
 supervisor goes through the injected clock.
 """
@@ -43,6 +45,7 @@ from .errors import (
     ProvisioningTokenRefused,
     RegistrationTokenInvalid,
 )
+from .network import shared_loop
 from .store import TOKEN_KEY, Durability, LocalStore, OutboxLimits, StoredMessage, TokenState
 
 log = logging.getLogger("iiot_device")
@@ -782,11 +785,11 @@ class DeviceClient:
         client.on_publish = on_publish
         client.on_message = on_message
         host, port = self._mqtt_address or (reg.mqtt_host, reg.mqtt_port)
+        network = shared_loop()
+        network.attach(client)
         client.connect(host, port, keepalive=self._keepalive)
-        client.loop_start()
         if not answered.wait(_CONNACK_WAIT) or not outcome or outcome[0].is_failure:
-            client.disconnect()
-            client.loop_stop()
+            network.disconnect(client)
             if outcome and credentials_refused(outcome[0]):
                 self._registration = None  # register again (the token may have moved on)
             reason = outcome[0] if outcome else "no answer"
@@ -811,8 +814,7 @@ class DeviceClient:
         self._generation += 1
         self._inflight.clear()
         if client is not None:
-            client.disconnect()
-            client.loop_stop()
+            shared_loop().disconnect(client)
 
     def _handle_events(self) -> None:
         acked_messages: list[int] = []
