@@ -66,6 +66,9 @@ class Pending:
 @dataclass(frozen=True)
 class Registration:
     device_id: str
+    """The id the device's MQTT client id, username and topics carry: the platform's
+    ``mqttClientId`` (``<workspace>:<device>`` outside workspace ``default``), or the Device
+    ID from a platform that does not send one."""
     mqtt_host: str
     mqtt_port: int
     mqtt_username: str
@@ -263,7 +266,7 @@ class DeviceApi:
             raise _refused(r, Credential.REGISTRATION_TOKEN)
         b = r.json()
         return Registration(
-            b["deviceId"],
+            b.get("mqttClientId") or b["deviceId"],
             b["mqttHost"],
             int(b["mqttPort"]),
             b["mqttUsername"],

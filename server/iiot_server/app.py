@@ -12,7 +12,7 @@ from litestar.openapi.spec import Components, Reference, SecurityScheme
 from litestar.routes import HTTPRoute
 
 from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
-from .api.auth import ACCESS, DEPENDENCIES, Access, authorize
+from .api.auth import ACCESS, DEPENDENCIES, WORKSPACE_PARAMETER, Access, authorize
 from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
 from .api.models import Health
 from .api.problems import (
@@ -23,6 +23,7 @@ from .api.problems import (
 )
 from .api.requests import PlatformRequest
 from .api.schema_ui import SCHEMA_PATH, asset_routes, render_plugins
+from .api.workspaces import WorkspacesController
 from .broker import start_broker, stop_broker
 from .clock import Clock, SystemClock
 from .services import Services
@@ -108,7 +109,14 @@ def create_app(
             health,
             DeviceProvisioningController,
             DeviceRegistrationController,
-            *ADMIN_CONTROLLERS,
+            WorkspacesController,
+            # the technician/admin API twice: /api/v1/… acts on workspace default,
+            # /api/v1/workspaces/{id}/… on that workspace (the guard checks which)
+            Router("/api/v1", route_handlers=ADMIN_CONTROLLERS),
+            Router(
+                f"/api/v1/workspaces/{{{WORKSPACE_PARAMETER}:str}}",
+                route_handlers=ADMIN_CONTROLLERS,
+            ),
         ],
         guards=[authorize],
         dependencies={"services": Provide(provide_services, sync_to_thread=False), **DEPENDENCIES},

@@ -1,4 +1,7 @@
-"""The technician/admin API under ``/api/v1`` (``Authorization: Bearer <api key>``)."""
+"""The technician/admin API (``Authorization: Bearer <api key>``): each controller is served
+under ``/api/v1`` (workspace ``default``) and ``/api/v1/workspaces/{workspaceId}`` (``app.py``);
+handlers act in the ``workspace`` the guard checked (``api/auth.py``). Devices are addressed by
+their Device ID on the wire and by their key (``domain/workspaces.py``) in the services."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import io
 from datetime import timedelta
 from typing import Annotated, Any
 
-from litestar import Controller, Response, delete, get, patch, post, put
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -18,10 +21,11 @@ from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
 from ..domain.topics import STREAM_PATTERN
 from ..domain.verification import CODE_PATTERN
+from ..domain.workspaces import PLATFORM_WIDE, device_key
 from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.twin import Section
-from .auth import ACCESS, Access
+from .auth import ACCESS, WORKSPACE_PARAMETER, Access
 from .models import (
     MAX_WIRE_INT,
     ApiKeyOut,
@@ -73,7 +77,7 @@ def _options(
 
 
 class ProvisioningTokensController(ApiController):
-    path = "/api/v1/provisioning-tokens"
+    path = "/provisioning-tokens"
     tags = ["provisioning tokens"]
 
     @post("/", status_code=201)
@@ -81,10 +85,11 @@ class ProvisioningTokensController(ApiController):
         self,
         data: JSONBody[CreateProvisioningTokenRequest],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> CreatedProvisioningTokenOut:
         """Create a Provisioning Token; its secret is in the response, once."""
         created = await services.provisioning.create_token(
-            data.name, _options(data, device_id=data.device_id)
+            data.name, _options(data, device_id=data.device_id), workspace_id=workspace
         )
         return CreatedProvisioningTokenOut.of(created)
 
@@ -97,6 +102,7 @@ class ProvisioningTokensController(ApiController):
         self,
         data: JSONBody[BulkProvisioningTokensRequest],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
         output: Annotated[str, QueryParameter(name="format", pattern="^(json|csv)$")] = "json",
     ) -> Response[Any]:
         """Per-device tokens for a factory run; ``?format=csv`` answers CSV
@@ -111,7 +117,9 @@ class ProvisioningTokensController(ApiController):
                 "give deviceIds, or count (and deviceIdPrefix)", field="deviceIds"
             )
         template = _options(data, device_id=device_ids[0] if device_ids else None)
-        created = await services.provisioning.create_tokens_bulk(data.name, template, device_ids)
+        created = await services.provisioning.create_tokens_bulk(
+            data.name, template, device_ids, workspace_id=workspace
+        )
         if output == "csv":
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
@@ -122,29 +130,36 @@ class ProvisioningTokensController(ApiController):
         return Response([CreatedProvisioningTokenOut.of(c) for c in created], status_code=201)
 
     @get("/")
-    async def list_tokens(self, services: NamedDependency[Services]) -> list[ProvisioningTokenOut]:
-        return [ProvisioningTokenOut.of(t) for t in await services.provisioning.list_tokens()]
+    async def list_tokens(
+        self, services: NamedDependency[Services], workspace: NamedDependency[str]
+    ) -> list[ProvisioningTokenOut]:
+        tokens = await services.provisioning.list_tokens(workspace)
+        return [ProvisioningTokenOut.of(t) for t in tokens]
 
     @get("/{token_id:str}")
     async def get_token(
         self,
         token_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> ProvisioningTokenOut:
-        return ProvisioningTokenOut.of(await services.provisioning.get_token(token_id))
+        return ProvisioningTokenOut.of(await services.provisioning.get_token(token_id, workspace))
 
     @post("/{token_id:str}/revoke", status_code=200)
     async def revoke(
         self,
         token_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> ProvisioningTokenOut:
         """Revoke: the token starts no more operations, its pending ones cannot be approved."""
-        return ProvisioningTokenOut.of(await services.provisioning.revoke_token(token_id))
+        return ProvisioningTokenOut.of(
+            await services.provisioning.revoke_token(token_id, workspace)
+        )
 
 
 class ProvisioningOperationsController(ApiController):
-    path = "/api/v1/provisioning-operations"
+    path = "/provisioning-operations"
     tags = ["provisioning operations"]
     opt = TECHNICIAN
 
@@ -153,6 +168,7 @@ class ProvisioningOperationsController(ApiController):
         self,
         principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
         operation_state: Annotated[OperationState | None, QueryParameter(name="state")] = None,
         verification_code: Annotated[
             str | None, QueryParameter(name="verificationCode", pattern=CODE_PATTERN)
@@ -162,6 +178,7 @@ class ProvisioningOperationsController(ApiController):
         """Operations, newest first; filter by ``state`` and ``verificationCode``
         (code lookups are rate-limited per API key)."""
         views = await services.provisioning.list_operations(
+            workspace,
             state=operation_state,
             verification_code=verification_code,
             requester=principal.id,
@@ -174,8 +191,9 @@ class ProvisioningOperationsController(ApiController):
         self,
         operation_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> OperationOut:
-        return OperationOut.of(await services.provisioning.get_operation(operation_id))
+        return OperationOut.of(await services.provisioning.get_operation(operation_id, workspace))
 
     @post("/{operation_id:str}/approve", status_code=200, opt={PROBLEMS: (409, 429)})
     async def approve(
@@ -183,6 +201,7 @@ class ProvisioningOperationsController(ApiController):
         operation_id: FromPath[str],
         principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
         data: JSONBody[ApproveRequest | None] = None,
     ) -> OperationOut:
         """Approve, by id or by the verification code the device shows; ``deviceId`` and
@@ -190,7 +209,10 @@ class ProvisioningOperationsController(ApiController):
         operations for the same Device ID are cancelled."""
         data = data or ApproveRequest()
         view = await services.provisioning.approve_operation(
-            await services.provisioning.resolve_operation_id(operation_id, requester=principal.id),
+            await services.provisioning.resolve_operation_id(
+                operation_id, requester=principal.id, workspace_id=workspace
+            ),
+            workspace,
             device_id=data.device_id,
             registration_token_lifetime=data.registration_token_lifetime,
             infinite_lifetime=data.infinite_lifetime,
@@ -203,16 +225,17 @@ class ProvisioningOperationsController(ApiController):
         operation_id: FromPath[str],
         principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> OperationOut:
         """Cancel, by id or by the verification code the device shows."""
         resolved = await services.provisioning.resolve_operation_id(
-            operation_id, requester=principal.id
+            operation_id, requester=principal.id, workspace_id=workspace
         )
-        return OperationOut.of(await services.provisioning.cancel_operation(resolved))
+        return OperationOut.of(await services.provisioning.cancel_operation(resolved, workspace))
 
 
 class DevicesController(ApiController):
-    path = "/api/v1/devices"
+    path = "/devices"
     tags = ["devices"]
     opt = TECHNICIAN
 
@@ -220,32 +243,37 @@ class DevicesController(ApiController):
     async def list_devices(
         self,
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
         after: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
     ) -> list[DeviceOut]:
         """Devices by Device ID; page with ``after`` (the last Device ID seen)."""
-        return [DeviceOut.of(d) for d in await services.devices.list(limit=limit, after=after)]
+        listed = await services.devices.list(workspace, limit=limit, after=after)
+        return [DeviceOut.of(d) for d in listed]
 
     @get("/{device_id:str}")
     async def get_device(
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> DeviceOut:
-        return DeviceOut.of(await services.devices.get(device_id))
+        return DeviceOut.of(await services.devices.get(device_key(workspace, device_id)))
 
     @get("/{device_id:str}/messages")
     async def list_messages(
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
         stream: Annotated[str | None, QueryParameter(pattern=f"^{STREAM_PATTERN.pattern}$")] = None,
         after: Annotated[int, QueryParameter(ge=0, le=MAX_WIRE_INT)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
     ) -> list[MessageOut]:
         """Stored messages of a device, oldest first; page with ``after`` (last ``seq``)."""
-        await services.devices.get(device_id)  # 404 for an unknown device
-        stored = await services.messages.list(device_id, stream=stream, after=after, limit=limit)
+        key = device_key(workspace, device_id)
+        await services.devices.get(key)  # 404 for an unknown device
+        stored = await services.messages.list(key, stream=stream, after=after, limit=limit)
         return [MessageOut.of(m) for m in stored]
 
     @get("/{device_id:str}/connections")
@@ -253,12 +281,15 @@ class DevicesController(ApiController):
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
         after: Annotated[int, QueryParameter(ge=0, le=MAX_WIRE_INT)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
     ) -> list[ConnectionEventOut]:
         """The device's connects and disconnects, oldest first; page with ``after`` (last
         ``seq``). Read-only: the fleet's own connectivity data for a simulator fit."""
-        events = await services.devices.connection_events(device_id, after=after, limit=limit)
+        events = await services.devices.connection_events(
+            device_key(workspace, device_id), after=after, limit=limit
+        )
         return [ConnectionEventOut.of(e) for e in events]
 
     @get("/{device_id:str}/twin")
@@ -266,9 +297,10 @@ class DevicesController(ApiController):
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> TwinOut:
         """Desired and reported properties and tags, each with version and last update."""
-        return TwinOut.of(await services.twins.get(device_id))
+        return TwinOut.of(await services.twins.get(device_key(workspace, device_id)))
 
     @patch("/{device_id:str}/twin/desired", opt=ADMIN)
     async def patch_desired(
@@ -276,10 +308,12 @@ class DevicesController(ApiController):
         device_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> TwinOut:
         """JSON merge-patch of the desired properties (a null removes a key); the device
         receives the patch with its ``$version`` over MQTT."""
-        return TwinOut.of(await services.twins.patch(device_id, Section.DESIRED, data))
+        key = device_key(workspace, device_id)
+        return TwinOut.of(await services.twins.patch(key, Section.DESIRED, data))
 
     @patch("/{device_id:str}/twin/tags", opt=ADMIN)
     async def patch_tags(
@@ -287,9 +321,11 @@ class DevicesController(ApiController):
         device_id: FromPath[str],
         data: JSONBody[dict[str, Any]],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> TwinOut:
         """JSON merge-patch of the tags (platform only; never sent to the device)."""
-        return TwinOut.of(await services.twins.patch(device_id, Section.TAGS, data))
+        key = device_key(workspace, device_id)
+        return TwinOut.of(await services.twins.patch(key, Section.TAGS, data))
 
     @post(
         "/{device_id:str}/cloud-to-device-messages",
@@ -301,6 +337,7 @@ class DevicesController(ApiController):
         device_id: FromPath[str],
         data: JSONBody[CloudToDeviceRequest],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> CloudToDeviceOut:
         """Queue a message for the device; it is sent over MQTT (QoS 1, on
         ``devices/{id}/messages/devicebound/{properties}``) once the device listens, and is
@@ -313,7 +350,7 @@ class DevicesController(ApiController):
         else:
             payload = data.payload.encode("utf-8")
         sent = await services.cloud_to_device.send(
-            device_id,
+            device_key(workspace, device_id),
             payload,
             data.properties,
             timedelta(seconds=data.time_to_live_seconds),
@@ -325,12 +362,15 @@ class DevicesController(ApiController):
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
         after: Annotated[int, QueryParameter(ge=0, le=MAX_WIRE_INT)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[CloudToDeviceOut]:
         """Messages sent to the device with their delivery state, oldest first; page with
         ``after`` (the last ``seq``)."""
-        listed = await services.cloud_to_device.list(device_id, after=after, limit=limit)
+        listed = await services.cloud_to_device.list(
+            device_key(workspace, device_id), after=after, limit=limit
+        )
         return [CloudToDeviceOut.of(m) for m in listed]
 
     @delete("/{device_id:str}", status_code=204, opt=ADMIN)
@@ -338,37 +378,54 @@ class DevicesController(ApiController):
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> None:
         """Forget the device; its tokens stop working and its MQTT session ends."""
-        await services.registration.delete_device(device_id)
+        await services.registration.delete_device(device_key(workspace, device_id))
 
     @post("/{device_id:str}/revoke", status_code=200, opt=ADMIN)
     async def revoke(
         self,
         device_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> RevokeDeviceOut:
         """Revoke every Registration Token of the device; it must provision again."""
-        count = await services.registration.revoke_device(device_id)
+        count = await services.registration.revoke_device(device_key(workspace, device_id))
         return RevokeDeviceOut(device_id=device_id, revoked_tokens=count)
 
 
 class ApiKeysController(ApiController):
-    path = "/api/v1/api-keys"
+    path = "/api-keys"
     tags = ["api keys"]
 
     @post("/", status_code=201)
     async def create(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[CreateApiKeyRequest],
+        principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> CreatedApiKeyOut:
-        created = await services.api_keys.create(data.name, data.role)
+        """A key of this workspace. A platform-wide key calling ``/api/v1/api-keys`` (no
+        workspace in the path) makes a platform-wide key, acting in every workspace, as
+        every key did before workspaces; a workspace's key only ever makes keys of it."""
+        scoped = (
+            principal.workspace_id != PLATFORM_WIDE
+            or WORKSPACE_PARAMETER in request.path_params  # /workspaces/default/… too
+        )
+        created = await services.api_keys.create(
+            data.name, data.role, workspace_id=workspace if scoped else PLATFORM_WIDE
+        )
         return CreatedApiKeyOut.of(created)
 
     @get("/")
-    async def list_keys(self, services: NamedDependency[Services]) -> list[ApiKeyOut]:
-        return [ApiKeyOut.of(k) for k in await services.api_keys.list()]
+    async def list_keys(
+        self, services: NamedDependency[Services], workspace: NamedDependency[str]
+    ) -> list[ApiKeyOut]:
+        """The workspace's keys; ``default``'s listing shows the platform-wide ones too."""
+        return [ApiKeyOut.of(k) for k in await services.api_keys.list(workspace)]
 
     @post("/{key_id:str}/revoke", status_code=200, opt={PROBLEMS: (409,)})
     async def revoke(
@@ -376,13 +433,16 @@ class ApiKeysController(ApiController):
         key_id: FromPath[str],
         principal: NamedDependency[ApiKey],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> ApiKeyOut:
         """Revoke a key at once (409 for the key making the request: no self-lockout)."""
-        return ApiKeyOut.of(await services.api_keys.revoke(key_id, by=principal.id))
+        return ApiKeyOut.of(
+            await services.api_keys.revoke(key_id, by=principal.id, workspace_id=workspace)
+        )
 
 
 class FleetConfigurationsController(ApiController):
-    path = "/api/v1/fleet-configurations"
+    path = "/fleet-configurations"
     tags = ["fleet configurations"]
 
     @post("/", status_code=201, opt={PROBLEMS: (409,)})
@@ -390,6 +450,7 @@ class FleetConfigurationsController(ApiController):
         self,
         data: JSONBody[FleetConfigurationIn],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> FleetConfigurationOut:
         """Create a configuration; the fleet is re-evaluated at once."""
         config = await services.fleet.create(
@@ -397,24 +458,29 @@ class FleetConfigurationsController(ApiController):
             desired_properties=data.desired_properties,
             priority=data.priority,
             configuration_id=data.id,
+            workspace_id=workspace,
         )
-        return FleetConfigurationOut.of(config, (await services.fleet.metrics()).get(config.id))
+        metrics = await services.fleet.metrics(workspace)
+        return FleetConfigurationOut.of(config, metrics.get(config.id))
 
     @get("/")
     async def list_configurations(
-        self, services: NamedDependency[Services]
+        self, services: NamedDependency[Services], workspace: NamedDependency[str]
     ) -> list[FleetConfigurationOut]:
-        metrics = await services.fleet.metrics()
-        return [FleetConfigurationOut.of(c, metrics.get(c.id)) for c in await services.fleet.list()]
+        metrics = await services.fleet.metrics(workspace)
+        configs = await services.fleet.list(workspace)
+        return [FleetConfigurationOut.of(c, metrics.get(c.id)) for c in configs]
 
     @get("/{configuration_id:str}")
     async def get_configuration(
         self,
         configuration_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> FleetConfigurationOut:
-        config = await services.fleet.get(configuration_id)
-        return FleetConfigurationOut.of(config, (await services.fleet.metrics()).get(config.id))
+        config = await services.fleet.get(configuration_id, workspace)
+        metrics = await services.fleet.metrics(workspace)
+        return FleetConfigurationOut.of(config, metrics.get(config.id))
 
     @put("/{configuration_id:str}")
     async def replace(
@@ -422,6 +488,7 @@ class FleetConfigurationsController(ApiController):
         configuration_id: FromPath[str],
         data: JSONBody[FleetConfigurationIn],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> FleetConfigurationOut:
         """Change a configuration; the fleet is re-evaluated at once."""
         if data.id is not None and data.id != configuration_id:
@@ -431,17 +498,20 @@ class FleetConfigurationsController(ApiController):
             target_condition=data.target_condition,
             desired_properties=data.desired_properties,
             priority=data.priority,
+            workspace_id=workspace,
         )
-        return FleetConfigurationOut.of(config, (await services.fleet.metrics()).get(config.id))
+        metrics = await services.fleet.metrics(workspace)
+        return FleetConfigurationOut.of(config, metrics.get(config.id))
 
     @delete("/{configuration_id:str}", status_code=204)
     async def delete_configuration(
         self,
         configuration_id: FromPath[str],
         services: NamedDependency[Services],
+        workspace: NamedDependency[str],
     ) -> None:
         """Delete; properties only it set are removed from the devices' desired properties."""
-        await services.fleet.delete(configuration_id)
+        await services.fleet.delete(configuration_id, workspace)
 
 
 CONTROLLERS = [

@@ -10,6 +10,13 @@ People use API keys (``Authorization: Bearer ak_…``); devices use their Provis
 Registration Token (``Authorization: DeviceToken pt_…`` / ``rt_…``). The guard leaves
 what it authenticated in the connection's scope, and handlers receive it through the
 ``principal``, ``pt`` and ``rt`` dependencies.
+
+Workspaces: the technician/admin routes are served twice, under ``/api/v1/…`` (workspace
+``default``) and ``/api/v1/workspaces/{workspaceId}/…`` (``app.py``). The guard decides the
+route's workspace once: an API key of one workspace asking for another's routes (``default``'s
+included) gets the same 404 as an unknown workspace, so it learns nothing of which exist; the
+``workspaces`` resource itself (``opt={"platform": True}``) needs a platform-wide key (403).
+Handlers receive the workspace through the ``workspace`` dependency.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
 
-from ..domain.errors import Unauthorized
+from ..domain.errors import Forbidden, NotFound, Unauthorized
+from ..domain.workspaces import DEFAULT_WORKSPACE, PLATFORM_WIDE
 from ..security import Role
 from ..services import Services
 from ..services.api_keys import ApiKey
@@ -32,7 +40,14 @@ from ..services.registration import RegistrationToken
 ACCESS = "access"
 """The ``opt`` key naming a route's :class:`Access`."""
 
+PLATFORM = "platform"
+"""The ``opt`` key of routes that only a platform-wide API key may call (workspaces)."""
+
+WORKSPACE_PARAMETER = "workspace_id"
+"""The path parameter naming the workspace of a route under ``/api/v1/workspaces/{…}/``."""
+
 _SCOPE_KEY = "iiot_principal"
+_WORKSPACE_SCOPE_KEY = "iiot_workspace"
 
 
 class Access(StrEnum):
@@ -92,7 +107,17 @@ async def authorize(
         principal = await services.registration.authenticate(secret)
     else:
         required = Role.ADMIN if access is Access.ADMIN else None
-        principal = await services.api_keys.authenticate(secret, required=required)
+        key = await services.api_keys.authenticate(secret, required=required)
+        if handler.opt.get(PLATFORM):
+            if key.workspace_id != PLATFORM_WIDE:
+                raise Forbidden("this needs a platform-wide API key, not a workspace's")
+        else:
+            workspace = connection.path_params.get(WORKSPACE_PARAMETER, DEFAULT_WORKSPACE)
+            if not key.may_act_in(workspace):  # the same answer as an unknown workspace
+                raise NotFound(f"no workspace {workspace!r}", field="workspaceId")
+            await services.workspaces.require(workspace)
+            connection.scope[_WORKSPACE_SCOPE_KEY] = workspace  # type: ignore[literal-required]
+        principal = key
     connection.scope[_SCOPE_KEY] = principal  # type: ignore[literal-required]
 
 
@@ -131,6 +156,12 @@ def provide_registration_token(
     return token
 
 
+def provide_workspace(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> str:
+    """The workspace the route acts in, as :func:`authorize` decided and checked it."""
+    workspace: str = request.scope.get(_WORKSPACE_SCOPE_KEY, DEFAULT_WORKSPACE)  # type: ignore[misc,assignment]
+    return workspace
+
+
 def registration_token_secret(request: Request[Any, Any, Any]) -> str:
     """The RT secret itself (registration binds the MQTT credential to it)."""
     return _credential(request, "DeviceToken")
@@ -140,5 +171,6 @@ DEPENDENCIES = {
     "principal": Provide(provide_api_key, sync_to_thread=False),
     "pt": Provide(provide_provisioning_token, sync_to_thread=False),
     "rt": Provide(provide_registration_token, sync_to_thread=False),
+    "workspace": Provide(provide_workspace, sync_to_thread=False),
 }
 """App-level dependencies giving handlers what the guard authenticated."""

@@ -13,6 +13,7 @@ from ..domain.device_id import DEVICE_ID_PATTERN
 from ..domain.fleet import FleetConfiguration
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
+from ..domain.workspaces import bare_device_id, split_device_key
 from ..security import Role
 from ..services.api_keys import ApiKey, CreatedApiKey
 from ..services.cloud_to_device import CloudToDeviceMessage
@@ -22,6 +23,7 @@ from ..services.messages import StoredMessage
 from ..services.provisioning import CreatedProvisioningToken, OperationView, ProvisioningToken
 from ..services.registration import IssuedToken, Registration
 from ..services.twin import Twin, TwinSection
+from ..services.workspaces import Workspace
 
 Seconds = Annotated[float, msgspec.Meta(ge=1, le=100 * 365 * 86400, description="seconds")]
 MAX_WIRE_INT = 2**53 - 1
@@ -90,7 +92,7 @@ class RegistrationTokenResponse(Wire):
             registration_token=issued.secret,
             expiration_time=issued.token.expires_at,
             lifetime=issued.token.lifetime,
-            device_id=issued.token.device_id,
+            device_id=bare_device_id(issued.token.device_id),
         )
 
 
@@ -132,7 +134,7 @@ class RegisterResponse(Wire):
             mqtt_host=r.mqtt_host,
             mqtt_port=r.mqtt_port,
             mqtt_tls=r.mqtt_tls,
-            mqtt_client_id=r.device_id,
+            mqtt_client_id=r.mqtt_client_id,
             mqtt_username=r.mqtt_username,
             mqtt_password=r.mqtt_password,
             registration_token_expiration_time=r.expires_at,
@@ -250,7 +252,7 @@ class OperationOut(Wire):
             id=op.id,
             provisioning_token_id=op.provisioning_token_id,
             verification_code=op.verification_code,
-            device_id=op.device_id,
+            device_id=op.device_id and bare_device_id(op.device_id),
             attributes=op.attributes,
             state=op.state,
             cancel_reason=op.cancel_reason.value if op.cancel_reason else None,
@@ -269,6 +271,7 @@ class OperationOut(Wire):
 
 class DeviceOut(Wire):
     device_id: str
+    workspace_id: str
     provisioning_token_id: str
     provisioning_operation_id: str
     created_at: datetime
@@ -286,7 +289,8 @@ class DeviceOut(Wire):
     def of(cls, d: Device) -> DeviceOut:
         status = d.registration_token_status
         return cls(
-            device_id=d.device_id,
+            device_id=bare_device_id(d.device_id),
+            workspace_id=split_device_key(d.device_id)[0],
             provisioning_token_id=d.provisioning_token_id,
             provisioning_operation_id=d.provisioning_operation_id,
             created_at=d.created_at,
@@ -314,7 +318,11 @@ class ConnectionEventOut(Wire):
     @classmethod
     def of(cls, e: ConnectionEvent) -> ConnectionEventOut:
         return cls(
-            seq=e.seq, device_id=e.device_id, at=e.at, connected=e.connected, takeover=e.takeover
+            seq=e.seq,
+            device_id=bare_device_id(e.device_id),
+            at=e.at,
+            connected=e.connected,
+            takeover=e.takeover,
         )
 
 
@@ -334,11 +342,18 @@ class ApiKeyOut(Wire):
     role: Role
     created_at: datetime
     revoked_at: datetime | None
+    workspace_id: str
+    """The one workspace the key acts in, or ``*``: every workspace (platform-wide)."""
 
     @classmethod
     def of(cls, k: ApiKey) -> ApiKeyOut:
         return cls(
-            id=k.id, name=k.name, role=k.role, created_at=k.created_at, revoked_at=k.revoked_at
+            id=k.id,
+            name=k.name,
+            role=k.role,
+            created_at=k.created_at,
+            revoked_at=k.revoked_at,
+            workspace_id=k.workspace_id,
         )
 
 
@@ -383,7 +398,7 @@ class MessageOut(Wire):
         text, encoding = payload_text(m.payload)
         return cls(
             seq=m.seq,
-            device_id=m.device_id,
+            device_id=bare_device_id(m.device_id),
             stream=m.stream,
             message_id=m.message_id,
             received_at=m.received_at,
@@ -426,7 +441,7 @@ class CloudToDeviceOut(Wire):
         return cls(
             seq=m.seq,
             message_id=m.message_id,
-            device_id=m.device_id,
+            device_id=bare_device_id(m.device_id),
             state=m.state.value,  # type: ignore[arg-type]
             created_at=m.created_at,
             expires_at=m.expires_at,
@@ -464,7 +479,7 @@ class TwinOut(Wire):
     @classmethod
     def of(cls, twin: Twin) -> TwinOut:
         return cls(
-            device_id=twin.device_id,
+            device_id=bare_device_id(twin.device_id),
             desired=TwinSectionOut.of(twin.desired),
             reported=TwinSectionOut.of(twin.reported),
             tags=TwinSectionOut.of(twin.tags),
@@ -514,3 +529,17 @@ class FleetConfigurationOut(Wire):
 class Health(Wire):
     status: Literal["ok"] = "ok"
     time: datetime | None = None
+
+
+class CreateWorkspaceRequest(WireRequest):
+    id: str
+    """A Device ID's character rules: 4-90 of ``0-9 a-z A-Z - _ .``."""
+
+
+class WorkspaceOut(Wire):
+    id: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, w: Workspace) -> WorkspaceOut:
+        return cls(id=w.id, created_at=w.created_at)

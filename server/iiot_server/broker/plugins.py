@@ -24,6 +24,7 @@ from ..domain.topics import (
     device_publication,
     hub_may_subscribe,
 )
+from ..domain.workspaces import device_key
 
 if TYPE_CHECKING:
     from .server import PlatformBroker
@@ -55,7 +56,8 @@ class DeviceAuthPlugin(BaseAuthPlugin):
     async def authenticate(self, *, session: Session) -> bool | None:
         broker = _broker(self)
         hub = is_hub_connect(session)
-        device_id = (session.client_id or "").partition(":")[2] if hub else session.client_id
+        # the device key: a hub client id ``<workspace>:<device>`` is ``<device>`` in default
+        device_id = hub_device_key(session.client_id or "") if hub else session.client_id
         # before the token is read: a revoke from here on is caught once the session is
         # recorded (PlatformBroker.session_connected)
         session.iiot_auth_epoch = broker.registration_epoch(device_id or "")  # type: ignore[attr-defined]
@@ -66,6 +68,16 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         if identity is not None and hub:
             broker.adopt_hub_identity(session, identity.device_id)
         return identity is not None
+
+
+def hub_device_key(client_id: str) -> str:
+    """The device key (``domain/workspaces.py``) of an IoT Hub dialect client id.
+
+    >>> hub_device_key("default:pump-0001"), hub_device_key("site-a:pump-0001")
+    ('pump-0001', 'site-a:pump-0001')
+    """
+    workspace_id, _, device_id = client_id.partition(":")
+    return device_key(workspace_id, device_id)
 
 
 def is_hub_connect(session: Session) -> bool:

@@ -23,6 +23,7 @@ from .messages import MessageService
 from .provisioning import ProvisioningService
 from .registration import RegistrationService
 from .twin import TwinService
+from .workspaces import WorkspaceService
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Services:
     twins: TwinService
     fleet: FleetService
     cloud_to_device: CloudToDeviceService
+    workspaces: WorkspaceService
     broker: Any = None
     """The embedded MQTT broker (``iiot_server.broker.PlatformBroker``) once started."""
 
@@ -68,7 +70,15 @@ class Services:
             twins=twins,
             fleet=FleetService(db, clock, twins),
             cloud_to_device=CloudToDeviceService(db, clock, events),
+            workspaces=WorkspaceService(db, clock),
         )
+
+    async def delete_workspace(self, workspace_id: str) -> None:
+        """Delete an empty workspace (:meth:`WorkspaceService.delete`) and forget its
+        tokens and keys, which it revoked, from the services' caches."""
+        await self.workspaces.delete(workspace_id)
+        self.provisioning.forget_workspace(workspace_id)
+        self.api_keys.forget_workspace(workspace_id)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)

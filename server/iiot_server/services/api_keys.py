@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, RowMapping, insert, select, update
+from sqlalchemy import ColumnElement, Connection, RowMapping, insert, or_, select, update
 
 from ..clock import Clock
 from ..domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
+from ..domain.workspaces import DEFAULT_WORKSPACE, PLATFORM_WIDE
 from ..security import Role, SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import api_keys
@@ -23,6 +24,12 @@ class ApiKey:
     role: Role
     created_at: datetime
     revoked_at: datetime | None
+    workspace_id: str = PLATFORM_WIDE
+    """The one workspace the key acts in, or ``PLATFORM_WIDE``."""
+
+    def may_act_in(self, workspace_id: str) -> bool:
+        """Whether the key may act on the routes of ``workspace_id``."""
+        return self.workspace_id in (PLATFORM_WIDE, workspace_id)
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,14 @@ class ApiKeyService:
         self._by_hash: dict[str, ApiKey] = {}
 
     async def create(
-        self, name: str, role: Role | str, *, secret: str | None = None
+        self,
+        name: str,
+        role: Role | str,
+        *,
+        secret: str | None = None,
+        workspace_id: str = PLATFORM_WIDE,
     ) -> CreatedApiKey:
+        """A new key acting in ``workspace_id`` only (``PLATFORM_WIDE``: everywhere)."""
         if not name or len(name) > 200:
             raise ValidationError("name must be 1-200 characters", field="name")
         try:
@@ -52,7 +65,7 @@ class ApiKeyService:
                 f"role must be one of {', '.join(r.value for r in Role)}", field="role"
             ) from None
         secret = secret or new_secret(SecretKind.API_KEY)
-        key = ApiKey(new_id(), name, role, self._clock.now(), None)
+        key = ApiKey(new_id(), name, role, self._clock.now(), None, workspace_id)
 
         def insert_key(conn: Connection) -> None:
             conn.execute(
@@ -62,6 +75,7 @@ class ApiKeyService:
                     role=key.role.value,
                     secret_hash=hash_secret(secret),
                     created_at=to_epoch(key.created_at),
+                    workspace_id=workspace_id,
                 )
             )
 
@@ -83,7 +97,9 @@ class ApiKeyService:
                 query = select(api_keys.c.id).where(api_keys.c.secret_hash == hash_secret(secret))
             else:
                 query = select(api_keys.c.id).where(
-                    api_keys.c.role == Role.ADMIN.value, api_keys.c.revoked_at.is_(None)
+                    api_keys.c.role == Role.ADMIN.value,
+                    api_keys.c.revoked_at.is_(None),
+                    api_keys.c.workspace_id == PLATFORM_WIDE,
                 )
             return conn.execute(query).first() is not None
 
@@ -92,14 +108,25 @@ class ApiKeyService:
         created = await self.create("bootstrap admin", Role.ADMIN, secret=secret)
         return created.secret if secret is None else None
 
-    async def list(self) -> list[ApiKey]:
+    async def list(self, workspace_id: str = DEFAULT_WORKSPACE) -> list[ApiKey]:
+        """The keys of a workspace; ``default``'s listing also shows the platform-wide ones
+        (every key before workspaces was one)."""
+
         def rows(conn: Connection) -> list[ApiKey]:
-            result = conn.execute(select(api_keys).order_by(api_keys.c.created_at))
+            result = conn.execute(
+                select(api_keys).where(_in(workspace_id)).order_by(api_keys.c.created_at)
+            )
             return [_key(r._mapping) for r in result]
 
         return await self._db.scan(rows)
 
-    async def revoke(self, key_id: str, *, by: str | None = None) -> ApiKey:
+    def forget_workspace(self, workspace_id: str) -> None:
+        """Drop a deleted workspace's keys from the cache (the database revoked them)."""
+        self._by_hash = {h: k for h, k in self._by_hash.items() if k.workspace_id != workspace_id}
+
+    async def revoke(
+        self, key_id: str, *, by: str | None = None, workspace_id: str = DEFAULT_WORKSPACE
+    ) -> ApiKey:
         """Revoke a key at once. A key may not revoke itself (``by``): that locks out an
         admin holding only it; rotate by creating the new key, then revoking the old
         one with it."""
@@ -111,6 +138,11 @@ class ApiKeyService:
         now = to_epoch(self._clock.now())
 
         def revoke_key(conn: Connection) -> ApiKey:
+            row = conn.execute(
+                select(api_keys).where(api_keys.c.id == key_id, _in(workspace_id))
+            ).first()
+            if row is None:  # another workspace's key is as unknown as a missing one
+                raise NotFound(f"no API key {key_id}", field="id")
             conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -150,6 +182,14 @@ class ApiKeyService:
         return key
 
 
+def _in(workspace_id: str) -> ColumnElement[bool]:
+    if workspace_id == DEFAULT_WORKSPACE:
+        return or_(
+            api_keys.c.workspace_id == workspace_id, api_keys.c.workspace_id == PLATFORM_WIDE
+        )
+    return api_keys.c.workspace_id == workspace_id
+
+
 def _key(m: RowMapping) -> ApiKey:
     return ApiKey(
         id=m["id"],
@@ -157,4 +197,5 @@ def _key(m: RowMapping) -> ApiKey:
         role=Role(m["role"]),
         created_at=from_epoch_required(m["created_at"]),
         revoked_at=from_epoch(m["revoked_at"]),
+        workspace_id=m["workspace_id"],
     )

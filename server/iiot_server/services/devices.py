@@ -6,11 +6,12 @@ import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, RowMapping, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, RowMapping, func, insert, not_, select, update
 
 from ..clock import Clock
 from ..domain.errors import NotFound
 from ..domain.tokens import TokenStatus
+from ..domain.workspaces import DEFAULT_WORKSPACE, SEPARATOR, device_key, key_prefix
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import connection_events, devices
 from .registration import RegistrationService, RegistrationToken
@@ -47,6 +48,14 @@ class ConnectionEvent:
     takeover: bool
 
 
+def in_workspace(key: ColumnElement[str], workspace_id: str) -> ColumnElement[bool]:
+    """A device-key column's condition: the key is of a device of ``workspace_id``."""
+    prefix = key_prefix(workspace_id)
+    if prefix is None:
+        return not_(key.contains(SEPARATOR, autoescape=True))
+    return key.startswith(prefix, autoescape=True)
+
+
 class DeviceService:
     """List, get and record connection state of devices."""
 
@@ -55,11 +64,23 @@ class DeviceService:
         self._clock = clock
         self._registration = registration
 
-    async def list(self, *, limit: int = 1000, after: str | None = None) -> list[Device]:
-        """Devices ordered by Device ID; page with ``after`` (the last ID seen)."""
-        query = select(devices).order_by(devices.c.device_id).limit(limit)
+    async def list(
+        self,
+        workspace_id: str = DEFAULT_WORKSPACE,
+        *,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> list[Device]:
+        """The workspace's devices ordered by Device ID; page with ``after`` (the last
+        Device ID seen)."""
+        query = (
+            select(devices)
+            .where(in_workspace(devices.c.device_id, workspace_id))
+            .order_by(devices.c.device_id)
+            .limit(limit)
+        )
         if after is not None:
-            query = query.where(devices.c.device_id > after)
+            query = query.where(devices.c.device_id > device_key(workspace_id, after))
 
         def rows(conn: Connection) -> list[tuple[RowMapping, RegistrationToken | None]]:
             return [

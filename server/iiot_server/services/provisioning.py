@@ -22,6 +22,7 @@ from ..domain.verification import (
     new_verification_code,
     normalize_verification_code,
 )
+from ..domain.workspaces import DEFAULT_WORKSPACE, bare_device_id, device_key
 from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..settings import Settings
 from ..store import statements as sql
@@ -43,6 +44,8 @@ class ProvisioningToken:
     created_at: datetime
     revoked_at: datetime | None = None
     batch_id: str | None = None
+    workspace_id: str = DEFAULT_WORKSPACE
+    """Every operation it starts, and so the device it provisions, is in this workspace."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,22 @@ class ProvisioningService:
     # Provisioning Tokens -------------------------------------------------------------
 
     async def create_token(
-        self, name: str, options: ProvisioningTokenOptions, *, batch_id: str | None = None
+        self,
+        name: str,
+        options: ProvisioningTokenOptions,
+        *,
+        batch_id: str | None = None,
+        workspace_id: str = DEFAULT_WORKSPACE,
     ) -> CreatedProvisioningToken:
-        return (await self._insert_tokens(name, [options], batch_id))[0]
+        return (await self._insert_tokens(name, [options], batch_id, workspace_id))[0]
 
     async def create_tokens_bulk(
-        self, name: str, options: ProvisioningTokenOptions, device_ids: list[str]
+        self,
+        name: str,
+        options: ProvisioningTokenOptions,
+        device_ids: list[str],
+        *,
+        workspace_id: str = DEFAULT_WORKSPACE,
     ) -> list[CreatedProvisioningToken]:
         """Per-device tokens for a factory run: each token's default Device ID is one of
         ``device_ids``; the other options are shared."""
@@ -102,10 +115,14 @@ class ProvisioningService:
             item = dataclasses.replace(options, device_id=device_id)
             item.validate()
             per_device.append(item)
-        return await self._insert_tokens(name, per_device, new_id())
+        return await self._insert_tokens(name, per_device, new_id(), workspace_id)
 
     async def _insert_tokens(
-        self, name: str, options: list[ProvisioningTokenOptions], batch_id: str | None
+        self,
+        name: str,
+        options: list[ProvisioningTokenOptions],
+        batch_id: str | None,
+        workspace_id: str,
     ) -> list[CreatedProvisioningToken]:
         if not name or len(name) > 200:
             raise ValidationError("name must be 1-200 characters", field="name")
@@ -115,7 +132,7 @@ class ProvisioningService:
         for opts in options:
             opts.validate()
             secret = new_secret(SecretKind.PROVISIONING_TOKEN)
-            token = ProvisioningToken(new_id(), name, opts, now, None, batch_id)
+            token = ProvisioningToken(new_id(), name, opts, now, None, batch_id, workspace_id)
             created.append(CreatedProvisioningToken(token, secret))
             rows.append(
                 {
@@ -131,6 +148,7 @@ class ProvisioningService:
                     "device_id_override": opts.device_id_override.value,
                     "batch_id": batch_id,
                     "created_at": to_epoch(now),
+                    "workspace_id": workspace_id,
                 }
             )
 
@@ -140,23 +158,34 @@ class ProvisioningService:
         await self._db.write(insert_rows)
         return created
 
-    async def list_tokens(self) -> list[ProvisioningToken]:
+    async def list_tokens(self, workspace_id: str = DEFAULT_WORKSPACE) -> list[ProvisioningToken]:
         def rows(conn: Connection) -> list[ProvisioningToken]:
             result = conn.execute(
-                select(provisioning_tokens).order_by(provisioning_tokens.c.created_at)
+                select(provisioning_tokens)
+                .where(provisioning_tokens.c.workspace_id == workspace_id)
+                .order_by(provisioning_tokens.c.created_at)
             )
             return [_token(r._mapping) for r in result]
 
         return await self._db.scan(rows)
 
-    async def get_token(self, token_id: str) -> ProvisioningToken:
-        return await self._db.read(_get_token, token_id)
+    async def get_token(
+        self, token_id: str, workspace_id: str = DEFAULT_WORKSPACE
+    ) -> ProvisioningToken:
+        return await self._db.read(_get_token, token_id, workspace_id)
 
-    async def revoke_token(self, token_id: str) -> ProvisioningToken:
+    def forget_workspace(self, workspace_id: str) -> None:
+        """Drop a deleted workspace's tokens from the cache (the database revoked them)."""
+        self._by_hash = {h: t for h, t in self._by_hash.items() if t.workspace_id != workspace_id}
+
+    async def revoke_token(
+        self, token_id: str, workspace_id: str = DEFAULT_WORKSPACE
+    ) -> ProvisioningToken:
         """Revoke a token: it can start and complete no more operations."""
         t = to_epoch(self._clock.now())
 
         def revoke(conn: Connection) -> ProvisioningToken:
+            _get_token(conn, token_id, workspace_id)  # another workspace's: 404
             c = provisioning_tokens.c
             conn.execute(
                 update(provisioning_tokens)
@@ -218,7 +247,7 @@ class ProvisioningService:
             )
 
         def insert_operation(conn: Connection) -> ProvisioningOperation:
-            self._check_open_operations(conn, operation, now)
+            self._check_open_operations(conn, operation, token.workspace_id, now)
             op = operation
             for _ in range(20):
                 clash = conn.execute(
@@ -229,13 +258,13 @@ class ProvisioningService:
                 op = dataclasses.replace(op, verification_code=new_verification_code())
             else:  # pragma: no cover - 20 collisions in 2.6e10 codes
                 raise Conflict("could not allocate a unique verification code; retry")
-            conn.execute(sql.INSERT_OPERATION, _op_row(op))
+            conn.execute(sql.INSERT_OPERATION, _op_row(op, token.workspace_id))
             return op
 
         return await self._db.write(insert_operation)
 
     def _check_open_operations(
-        self, conn: Connection, operation: ProvisioningOperation, now: datetime
+        self, conn: Connection, operation: ProvisioningOperation, workspace_id: str, now: datetime
     ) -> None:
         """TooManyRequests when the token, or the Device ID, already has as many open
         operations as allowed; Retry-After is when the oldest of them expires."""
@@ -253,7 +282,7 @@ class ProvisioningService:
             checks.append(
                 (
                     sql.OPEN_OPERATIONS_OF_DEVICE_ID,
-                    {"b_device_id": operation.device_id, "b_now": t},
+                    {"b_device_id": device_key(workspace_id, operation.device_id), "b_now": t},
                     self._settings.max_open_operations_per_device_id,
                     f"Device ID {operation.device_id!r}",
                     "deviceId",
@@ -295,7 +324,7 @@ class ProvisioningService:
             assert completed.device_id is not None  # settled at approval
             return self._registration.issue_for_operation(
                 conn,
-                device_id=completed.device_id,
+                device_id=device_key(token.workspace_id, completed.device_id),
                 provisioning_token_id=token.id,
                 operation_id=op.id,
                 lifetime=completed.registration_token_lifetime,
@@ -311,6 +340,7 @@ class ProvisioningService:
 
     async def list_operations(
         self,
+        workspace_id: str = DEFAULT_WORKSPACE,
         *,
         state: OperationState | None = None,
         verification_code: str | None = None,
@@ -321,8 +351,10 @@ class ProvisioningService:
         now = self._clock.now()
         t = to_epoch(now)
         c = provisioning_operations.c
-        query = select(provisioning_operations, provisioning_tokens).join(
-            provisioning_tokens, provisioning_tokens.c.id == c.provisioning_token_id
+        query = (
+            select(provisioning_operations, provisioning_tokens)
+            .join(provisioning_tokens, provisioning_tokens.c.id == c.provisioning_token_id)
+            .where(provisioning_tokens.c.workspace_id == workspace_id)
         )
         if verification_code is not None:
             self.code_lookups.check(requester, now)
@@ -346,7 +378,9 @@ class ProvisioningService:
 
         return await self._db.scan(rows)
 
-    async def resolve_operation_id(self, id_or_code: str, *, requester: str) -> str:
+    async def resolve_operation_id(
+        self, id_or_code: str, *, requester: str, workspace_id: str = DEFAULT_WORKSPACE
+    ) -> str:
         """An operation id as given, or the id of the open operation showing this
         verification code (any case, with or without its dash), so a technician can act
         on what the device shows. Code look-ups are rate-limited per ``requester`` as on
@@ -361,7 +395,7 @@ class ProvisioningService:
         except ValidationError:
             return id_or_code  # neither an id nor a code: the look-up answers 404
         views = await self.list_operations(
-            verification_code=id_or_code, requester=requester, limit=10
+            workspace_id, verification_code=id_or_code, requester=requester, limit=10
         )
         open_ones = [
             v.operation
@@ -375,10 +409,14 @@ class ProvisioningService:
             )
         return open_ones[0].id
 
-    async def get_operation(self, operation_id: str) -> OperationView:
+    async def get_operation(
+        self, operation_id: str, workspace_id: str = DEFAULT_WORKSPACE
+    ) -> OperationView:
         def find(conn: Connection) -> OperationView:
             op = _get_op(conn, operation_id)
-            return OperationView(op, _get_token(conn, op.provisioning_token_id))
+            token = _get_token(conn, op.provisioning_token_id)
+            _require_in(op, token, workspace_id)
+            return OperationView(op, token)
 
         view = await self._db.read(find)
         return OperationView(ops.effective(view.operation, self._clock.now()), view.token)
@@ -386,6 +424,7 @@ class ProvisioningService:
     async def approve_operation(
         self,
         operation_id: str,
+        workspace_id: str = DEFAULT_WORKSPACE,
         *,
         device_id: str | None = None,
         registration_token_lifetime: float | None = None,
@@ -395,10 +434,13 @@ class ProvisioningService:
         now = self._clock.now()
 
         def approve(conn: Connection) -> OperationView:
-            device = device_id or _get_op(conn, operation_id).device_id
+            first = _get_op(conn, operation_id)
+            _require_in(first, _get_token(conn, first.provisioning_token_id), workspace_id)
+            device = device_id or first.device_id
             if device is not None:
                 conn.execute(
-                    sql.LOCK_OPERATIONS_OF_DEVICE_ID, {"b_device_id": device, "b_id": operation_id}
+                    sql.LOCK_OPERATIONS_OF_DEVICE_ID,
+                    {"b_device_id": device_key(workspace_id, device), "b_id": operation_id},
                 )
             op = _get_op(conn, operation_id, lock=True)
             token = _get_token(conn, op.provisioning_token_id)
@@ -415,38 +457,49 @@ class ProvisioningService:
                 registration_token_lifetime=registration_token_lifetime,
                 infinite_lifetime=infinite_lifetime,
             )
-            _update_op(conn, approved)
+            _update_op(conn, approved, workspace_id)
+            assert approved.device_id is not None  # settled at approval
             others = [
                 _op(r._mapping)
                 for r in conn.execute(
                     sql.OPEN_OPERATIONS_FOR_DEVICE,
                     {
-                        "b_device_id": approved.device_id,
+                        "b_device_id": device_key(workspace_id, approved.device_id),
                         "b_id": approved.id,
                         "b_now": to_epoch(now),
                     },
                 )
             ]
             for cancelled in ops.superseded_by(approved, others, now):
-                _update_op(conn, cancelled)
+                _update_op(conn, cancelled, workspace_id)
             return OperationView(approved, token)
 
         return await self._db.write(approve)
 
-    async def cancel_operation(self, operation_id: str) -> OperationView:
+    async def cancel_operation(
+        self, operation_id: str, workspace_id: str = DEFAULT_WORKSPACE
+    ) -> OperationView:
         now = self._clock.now()
 
         def cancel(conn: Connection) -> OperationView:
             op = _get_op(conn, operation_id, lock=True)
+            token = _get_token(conn, op.provisioning_token_id)
+            _require_in(op, token, workspace_id)
             cancelled = ops.cancel(op, now)
-            _update_op(conn, cancelled)
-            return OperationView(cancelled, _get_token(conn, op.provisioning_token_id))
+            _update_op(conn, cancelled, workspace_id)
+            return OperationView(cancelled, token)
 
         return await self._db.write(cancel)
 
 
-def _update_op(conn: Connection, op: ProvisioningOperation) -> None:
-    row = _op_row(op)
+def _require_in(op: ProvisioningOperation, token: ProvisioningToken, workspace_id: str) -> None:
+    """Another workspace's operation is answered as unknown (its existence never leaks)."""
+    if token.workspace_id != workspace_id:
+        raise NotFound(f"no Provisioning Operation {op.id!r}", field="provisioningOperationId")
+
+
+def _update_op(conn: Connection, op: ProvisioningOperation, workspace_id: str) -> None:
+    row = _op_row(op, workspace_id)
     row["b_id"] = row.pop("id")
     conn.execute(sql.UPDATE_OPERATION, row)
 
@@ -468,9 +521,12 @@ def _get_op(
     return _op(row._mapping)
 
 
-def _get_token(conn: Connection, token_id: str) -> ProvisioningToken:
+def _get_token(
+    conn: Connection, token_id: str, workspace_id: str | None = None
+) -> ProvisioningToken:
+    """The token; with ``workspace_id``, another workspace's token is as unknown as none."""
     row = conn.execute(sql.SELECT_PROVISIONING_TOKEN, {"b_id": token_id}).first()
-    if row is None:
+    if row is None or (workspace_id is not None and row._mapping["workspace_id"] != workspace_id):
         raise NotFound(f"no Provisioning Token {token_id!r}", field="id")
     return _token(row._mapping)
 
@@ -492,6 +548,7 @@ def _token(m: RowMapping) -> ProvisioningToken:
         created_at=from_epoch_required(m[c.created_at]),
         revoked_at=from_epoch(m[c.revoked_at]),
         batch_id=m[c.batch_id],
+        workspace_id=m[c.workspace_id],
     )
 
 
@@ -504,7 +561,7 @@ def _op(m: RowMapping) -> ProvisioningOperation:
         verification_code=m[c.verification_code],
         created_at=from_epoch_required(m[c.created_at]),
         expires_at=from_epoch_required(m[c.expires_at]),
-        device_id=m[c.device_id],
+        device_id=m[c.device_id] and bare_device_id(m[c.device_id]),  # stored as its key
         attributes=dict(m[c.attributes] or {}),
         state=OperationState(m[c.state]),
         approved_at=from_epoch(m[c.approved_at]),
@@ -515,12 +572,15 @@ def _op(m: RowMapping) -> ProvisioningOperation:
     )
 
 
-def _op_row(op: ProvisioningOperation) -> dict[str, object]:
+def _op_row(op: ProvisioningOperation, workspace_id: str) -> dict[str, object]:
+    """The row of an operation of ``workspace_id``: its Device ID is stored as the device
+    key, so the per-Device-ID rules (open-operation limit, approval superseding others,
+    closing on revoke) hold within the workspace only."""
     return {
         "id": op.id,
         "provisioning_token_id": op.provisioning_token_id,
         "verification_code": op.verification_code,
-        "device_id": op.device_id,
+        "device_id": op.device_id and device_key(workspace_id, op.device_id),
         "attributes": op.attributes,
         "state": op.state.value,
         "created_at": to_epoch(op.created_at),

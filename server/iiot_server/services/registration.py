@@ -29,6 +29,7 @@ from ..domain.tokens import (
     registration_token_status,
     usable_until,
 )
+from ..domain.workspaces import device_key, split_device_key
 from ..events import PlatformEvents, RegistrationEnded
 from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..settings import Settings
@@ -96,6 +97,8 @@ class Registration:
 
     device_id: str
     workspace_id: str
+    mqtt_client_id: str
+    """The device key (``domain/workspaces.py``): MQTT client id, username, topics' id."""
     mqtt_host: str
     mqtt_port: int
     mqtt_tls: bool
@@ -324,13 +327,15 @@ class RegistrationService:
         s = self._settings
         # the SAS expires with the RT (whole seconds, rounded down: never after it)
         sas_expiry = int(to_epoch(token.expires_at or now + sas.INFINITE_TOKEN_SAS_LIFETIME))
-        hub_device_id = sas.iot_hub_device_id(s.workspace_id, token.device_id)
+        workspace_id, device_id = split_device_key(token.device_id)
+        hub_device_id = sas.iot_hub_device_id(workspace_id, device_id)
         signature = sas.sign(
             sas.resource_uri(s.mqtt_host, hub_device_id), self.sas_key(token.id), sas_expiry
         )
         return Registration(
-            device_id=token.device_id,
-            workspace_id=s.workspace_id,
+            device_id=device_id,
+            workspace_id=workspace_id,
+            mqtt_client_id=token.device_id,
             mqtt_host=s.mqtt_host,
             mqtt_port=s.mqtt_port,
             mqtt_tls=s.tls,
@@ -462,19 +467,23 @@ class RegistrationService:
         self, client_id: str | None, username: str | None, password: str | None
     ) -> MqttIdentity | None:
         """The device an IoT Hub dialect CONNECT proves to be, or None: client id
-        ``<workspace>:<device>``, username ``<mqtt host>/<client id>/…``, password a SAS for
-        ``<mqtt host>/devices/<client id>`` not yet expired and signed with the key of one of
+        ``<workspace>:<device>`` (the identity is its device key: ``<device>`` in
+        ``default``; an unknown workspace holds no Registration Token), username
+        ``<mqtt host>/<client id>/…``, password a SAS for ``<mqtt host>/devices/<client id>``
+        not yet expired and signed with the key of one of
         the device's usable Registration Tokens (:meth:`sas_key`), so it dies with that RT.
         The identity ends at the SAS's expiry or the RT's, whichever comes first."""
         if not client_id or not username or not password:
             return None
         token = sas.parse(password)
-        workspace, _, device_id = client_id.partition(":")
+        workspace, _, bare_id = client_id.partition(":")
+        device_id = device_key(workspace, bare_id)
         host = self._settings.mqtt_host
         if (
             token is None
-            or workspace != self._settings.workspace_id
-            or not device_id
+            or not workspace
+            or not bare_id
+            or ":" in bare_id
             or token.resource != sas.resource_uri(host, client_id)
             or not username.startswith(f"{host}/{client_id}/")
         ):

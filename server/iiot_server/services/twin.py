@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, RowMapping, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..clock import Clock
@@ -132,12 +132,12 @@ class TwinService:
         return twin
 
     async def apply_layers(
-        self, layer_for: Callable[[JSON, JSON], JSON], device_id: str | None = None
+        self, layer_for: Callable[[str, JSON, JSON], JSON], device_id: str | None = None
     ) -> int:
         """Re-evaluate the configured layer of one device (or all) in one transaction:
-        ``layer_for(tags, reported)`` gives the new layer, the difference to the previous
-        one becomes an ordinary desired patch (versioned, pushed to the device). Returns
-        how many devices changed."""
+        ``layer_for(device_key, tags, reported)`` gives the new layer, the difference to the
+        previous one becomes an ordinary desired patch (versioned, pushed to the device).
+        Returns how many devices changed."""
         t = to_epoch(self._clock.now())
 
         def write(conn: Connection) -> list[tuple[str, JSON]]:
@@ -148,7 +148,7 @@ class TwinService:
             changed = []
             for (did,) in conn.execute(query).all():
                 row = _row(conn, did, create=True)
-                layer = layer_for(row["tags"], row["reported"])
+                layer = layer_for(did, row["tags"], row["reported"])
                 patch = layer_change(row["configured"] or {}, layer, row["desired"])
                 values: dict[str, Any] = {"configured": layer}
                 if patch:
@@ -173,15 +173,19 @@ class TwinService:
             self._events.publish("desired_changed", did, patch)
         return len(changed)
 
-    async def all_documents(self) -> list[tuple[str, JSON, JSON]]:
-        """``(device_id, tags, reported)`` of every device, for fleet metrics."""
+    async def all_documents(
+        self, where: ColumnElement[bool] | None = None
+    ) -> list[tuple[str, JSON, JSON]]:
+        """``(device_id, tags, reported)`` of every device (``where`` it holds), for fleet
+        metrics."""
+        query = select(devices.c.device_id, twins.c.tags, twins.c.reported).outerjoin(
+            twins, twins.c.device_id == devices.c.device_id
+        )
+        if where is not None:
+            query = query.where(where)
 
         def read(conn: Connection) -> list[tuple[str, JSON, JSON]]:
-            rows = conn.execute(
-                select(devices.c.device_id, twins.c.tags, twins.c.reported).outerjoin(
-                    twins, twins.c.device_id == devices.c.device_id
-                )
-            )
+            rows = conn.execute(query)
             return [(r.device_id, dict(r.tags or {}), dict(r.reported or {})) for r in rows]
 
         return await self._db.read(read)

@@ -22,6 +22,18 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+DEVICE_KEY_LENGTH = 181
+"""A device key: ``<workspace>:<device>``, 90 + 1 + 90 (``domain/workspaces.py``)."""
+
+# Isolated tenants; ``default`` always exists (revision 0004). A device's workspace is
+# part of its key in every ``device_id`` column; tokens, keys and configurations name it.
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(90), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,
@@ -31,6 +43,9 @@ api_keys = Table(
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    # the workspace a key acts in; PLATFORM_WIDE (every workspace and /workspaces) for keys
+    # made before workspaces, the bootstrap admin and keys made under /api/v1/api-keys
+    Column("workspace_id", String(90), nullable=False, server_default="*"),
 )
 
 provisioning_tokens = Table(
@@ -42,11 +57,12 @@ provisioning_tokens = Table(
     Column("max_registration_token_lifetime", Float),
     Column("registration_token_lifetime_override", String(20), nullable=False),
     Column("allow_infinite_lifetime", Boolean, nullable=False),
-    Column("device_id", String(90)),
+    Column("device_id", String(90)),  # a default Device ID, bare: the token has its workspace
     Column("device_id_override", String(40), nullable=False),
     Column("batch_id", String(36), index=True),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("workspace_id", String(90), nullable=False, server_default="default"),
 )
 
 provisioning_operations = Table(
@@ -57,7 +73,7 @@ provisioning_operations = Table(
         "provisioning_token_id", String(36), ForeignKey("provisioning_tokens.id"), nullable=False
     ),
     Column("verification_code", String(9), nullable=False),
-    Column("device_id", String(90)),
+    Column("device_id", String(DEVICE_KEY_LENGTH)),
     Column("attributes", JSON, nullable=False),
     Column("state", String(20), nullable=False),
     Column("created_at", Float, nullable=False),
@@ -76,7 +92,7 @@ provisioning_operations = Table(
 devices = Table(
     "devices",
     metadata,
-    Column("device_id", String(90), primary_key=True),
+    Column("device_id", String(DEVICE_KEY_LENGTH), primary_key=True),
     Column("provisioning_token_id", String(36), nullable=False),
     Column("provisioning_operation_id", String(36), nullable=False),
     Column("created_at", Float, nullable=False),
@@ -95,7 +111,7 @@ connection_events = Table(
     "connection_events",
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("device_id", String(90), nullable=False),
+    Column("device_id", String(DEVICE_KEY_LENGTH), nullable=False),
     Column("at", Float, nullable=False),
     Column("connected", Boolean, nullable=False),
     Column("takeover", Boolean, nullable=False, default=False),
@@ -106,7 +122,7 @@ registration_tokens = Table(
     "registration_tokens",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("device_id", String(90), nullable=False, index=True),
+    Column("device_id", String(DEVICE_KEY_LENGTH), nullable=False, index=True),
     Column("provisioning_token_id", String(36), nullable=False),
     Column("provisioning_operation_id", String(36), nullable=False),
     Column("parent_id", String(36), index=True),
@@ -122,7 +138,7 @@ mqtt_credentials = Table(
     "mqtt_credentials",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("device_id", String(90), nullable=False, index=True),
+    Column("device_id", String(DEVICE_KEY_LENGTH), nullable=False, index=True),
     Column("registration_token_id", String(36), nullable=False, index=True),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("issued_at", Float, nullable=False),
@@ -132,7 +148,7 @@ messages = Table(
     "messages",
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("device_id", String(90), nullable=False),
+    Column("device_id", String(DEVICE_KEY_LENGTH), nullable=False),
     Column("stream", String(64), nullable=False),
     Column("message_id", String(128)),
     Column("payload", LargeBinary, nullable=False),
@@ -145,7 +161,7 @@ messages = Table(
 twins = Table(
     "twins",
     metadata,
-    Column("device_id", String(90), primary_key=True),
+    Column("device_id", String(DEVICE_KEY_LENGTH), primary_key=True),
     Column("desired", JSON, nullable=False),
     Column("desired_version", Integer, nullable=False),
     Column("desired_updated_at", Float),
@@ -162,18 +178,20 @@ twins = Table(
 fleet_configurations = Table(
     "fleet_configurations",
     metadata,
-    Column("id", String(90), primary_key=True),
+    # ``<workspace>:<id>`` like a device key, so each workspace has its own ids
+    Column("id", String(DEVICE_KEY_LENGTH), primary_key=True),
     Column("target_condition", JSON, nullable=False),
     Column("desired_properties", JSON, nullable=False),
     Column("priority", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("workspace_id", String(90), nullable=False, server_default="default"),
 )
 
 desired_patches = Table(
     "desired_patches",
     metadata,
-    Column("device_id", String(90), primary_key=True),
+    Column("device_id", String(DEVICE_KEY_LENGTH), primary_key=True),
     Column("version", Integer, primary_key=True),
     Column("patch", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
@@ -186,7 +204,7 @@ cloud_to_device_messages = Table(
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", String(36), nullable=False, unique=True),
-    Column("device_id", String(90), nullable=False),
+    Column("device_id", String(DEVICE_KEY_LENGTH), nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("properties", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
