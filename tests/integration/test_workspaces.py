@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from iiot_device import Backoff, DeviceClient, ProvisioningOperation, Status
 
+from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 from tests.integration.mqtt import WAIT, Device, wait_for
 from tests.security.raw_mqtt import abort, connect_packet, open_socket, read_connack
@@ -384,3 +387,42 @@ def test_a_fleet_configuration_reaches_only_its_own_workspace(
     # a tag change re-evaluates one device: still its own workspace's configurations only
     admin.patch(f"{api('ws-2')}/devices/pump-0001/twin/tags", json={"line": 2})
     assert desired("ws-2") == {}
+
+
+# The device SDK ----------------------------------------------------------------------------
+
+
+def test_the_sdk_provisions_and_sends_in_a_workspace_with_its_token_alone(
+    platform: Platform,
+    clock: ManualClock,
+    admin: httpx.Client,
+    http: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    """The device side needs nothing new: the PT names the workspace, register's
+    ``mqttClientId`` gives the MQTT identity (``ws-1:sdk-0001``)."""
+    make_workspaces(admin, "ws-1")
+    provision_in(admin, http, None, "sdk-0001")  # the same Device ID in default
+    pt = create_token(admin, "ws-1")["provisioningToken"]
+
+    def approve(op: ProvisioningOperation) -> None:
+        r = admin.post(f"{api('ws-1')}/provisioning-operations/{op.verification_code}/approve")
+        assert r.status_code == 200, r.text
+
+    with DeviceClient.start(
+        pt,
+        tmp_path / "d.db",
+        server_url=platform.http_url,
+        clock=clock,
+        on_provisioning_operation=approve,
+        device_id="sdk-0001",
+        backoff=Backoff(base=0.5, cap=2.0),
+    ) as device:
+        assert device.device_id == "sdk-0001"
+        for i in range(5):
+            device.send_message(f"reading {i}".encode(), message_id=f"m{i}")
+        assert device.wait_sent(20)
+        assert device.status is Status.CONNECTED
+    stored = admin.get(f"{api('ws-1')}/devices/sdk-0001/messages").json()
+    assert [m["messageId"] for m in stored] == [f"m{i}" for i in range(5)]
+    assert admin.get(f"{api(None)}/devices/sdk-0001/messages").json() == []
