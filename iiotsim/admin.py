@@ -15,6 +15,19 @@ embedded platform, a few seconds):
 ...     frame = to_frame(admin.list_provisioning_tokens())
 >>> frame[["name", "device_id_override"]].to_dict("records")
 [{'name': 'line 1', 'device_id_override': 'enforced_at_init'}]
+
+Workspaces (isolated tenants of one platform): ``AdminClient(..., workspace="class-01")`` or
+``admin.in_workspace("class-01")`` acts in that workspace (``/api/v1/workspaces/{id}/…``);
+without one, in ``default``. The platform's admin key manages them:
+
+>>> with Platform() as platform:
+...     created = platform.admin.create_workspace("class-01")
+...     with platform.admin.in_workspace("class-01") as trainee:
+...         pt = trainee.create_provisioning_token("bench 1")
+...         mine = len(trainee.list_provisioning_tokens())
+...     in_default = len(platform.admin.list_provisioning_tokens())
+>>> mine, in_default
+(1, 0)
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from iiot_server.api.models import (
     ProvisioningTokenOut,
     RevokeDeviceOut,
     TwinOut,
+    WorkspaceOut,
 )
 
 from .errors import PlatformError
@@ -66,10 +80,15 @@ class AdminClient:
         *,
         timeout: float = 30.0,
         ca_cert: str | Path | None = None,
+        workspace: str | None = None,
     ) -> None:
         """``ca_cert``: a PEM file of the CA to trust for an ``https://`` platform (e.g.
-        ``Platform.ca_cert_path``, the development CA); None: the system's trust store."""
+        ``Platform.ca_cert_path``, the development CA); None: the system's trust store.
+        ``workspace``: the workspace every call acts in; None: ``default``."""
         self.base_url = base_url.rstrip("/")
+        self.workspace = workspace
+        self._api_key, self._timeout, self._ca_cert = api_key, timeout, ca_cert
+        self._prefix = "/api/v1" if workspace is None else f"/api/v1/workspaces/{workspace}"
         verify: ssl.SSLContext | bool = True
         if ca_cert is not None:
             verify = ssl.create_default_context(cafile=str(ca_cert))
@@ -82,6 +101,22 @@ class AdminClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def in_workspace(self, workspace: str) -> AdminClient:
+        """A client with the same key acting in ``workspace`` (close it when done)."""
+        return AdminClient(
+            self.base_url,
+            self._api_key,
+            timeout=self._timeout,
+            ca_cert=self._ca_cert,
+            workspace=workspace,
+        )
+
+    def _path(self, path: str) -> str:
+        """A ``/api/v1/…`` path of the workspace this client acts in."""
+        if path.startswith("/api/v1/"):
+            return self._prefix + path[len("/api/v1") :]
+        return path
 
     def __enter__(self) -> AdminClient:
         return self
@@ -100,7 +135,8 @@ class AdminClient:
     ) -> T:
         body = None if json is None else {k: v for k, v in json.items() if v is not None}
         query = None if params is None else {k: v for k, v in params.items() if v is not None}
-        return self._decode(self._http.request(method, path, json=body, params=query), kind)
+        response = self._http.request(method, self._path(path), json=body, params=query)
+        return self._decode(response, kind)
 
     def _decode(self, response: httpx.Response, kind: type[T] | None) -> T:
         if response.status_code >= 400:
@@ -331,7 +367,7 @@ class AdminClient:
 
     def _http_json(self, method: str, path: str, body: dict[str, Any]) -> TwinOut:
         # merge patches carry meaningful nulls: send the body as is
-        response = self._http.request(method, path, json=body)
+        response = self._http.request(method, self._path(path), json=body)
         return self._decode(response, TwinOut)
 
     # Fleet configurations -----------------------------------------------------------
@@ -401,3 +437,17 @@ class AdminClient:
 
     def revoke_api_key(self, key_id: str) -> ApiKeyOut:
         return self._call("POST", f"/api/v1/api-keys/{key_id}/revoke", ApiKeyOut)
+
+    # Workspaces (a platform-wide admin key) ----------------------------------------------
+
+    def create_workspace(self, workspace_id: str) -> WorkspaceOut:
+        """A new, empty workspace (its id follows the Device ID rules)."""
+        response = self._http.post("/api/v1/workspaces", json={"id": workspace_id})
+        return self._decode(response, WorkspaceOut)
+
+    def list_workspaces(self) -> list[WorkspaceOut]:
+        return self._decode(self._http.get("/api/v1/workspaces"), list[WorkspaceOut])
+
+    def delete_workspace(self, workspace_id: str) -> None:
+        """Delete an empty workspace (refused while it has devices, and for ``default``)."""
+        self._decode(self._http.delete(f"/api/v1/workspaces/{workspace_id}"), None)

@@ -18,7 +18,9 @@ import httpx
 import pytest
 from iiot_device import Backoff, DeviceClient, ProvisioningOperation, Status
 
+from iiotsim.admin import AdminClient
 from iiotsim.clock import ManualClock
+from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
 from tests.integration.mqtt import WAIT, Device, wait_for
 from tests.security.raw_mqtt import abort, connect_packet, open_socket, read_connack
@@ -426,3 +428,31 @@ def test_the_sdk_provisions_and_sends_in_a_workspace_with_its_token_alone(
     stored = admin.get(f"{api('ws-1')}/devices/sdk-0001/messages").json()
     assert [m["messageId"] for m in stored] == [f"m{i}" for i in range(5)]
     assert admin.get(f"{api(None)}/devices/sdk-0001/messages").json() == []
+
+
+# The admin client ---------------------------------------------------------------------------
+
+
+def test_the_admin_client_acts_in_its_workspace(
+    platform: Platform, http: httpx.Client, key_of: Callable[..., httpx.Client]
+) -> None:
+    platform.admin.create_workspace("ws-1")
+    platform.admin.create_workspace("ws-2")
+    assert [w.id for w in platform.admin.list_workspaces()] == ["default", "ws-1", "ws-2"]
+    secret = str(key_of("ws-1").headers["Authorization"]).removeprefix("Bearer ")
+    with AdminClient(platform.http_url, secret, workspace="ws-1") as trainee:
+        pt = trainee.create_provisioning_token("bench").provisioning_token
+        code = init(http, pt, "bench-0001")["verificationCode"]
+        assert trainee.approve_operation(code).state == "approved"
+        assert [t.id for t in trainee.list_provisioning_tokens()] == [
+            t.id for t in platform.admin.in_workspace("ws-1").list_provisioning_tokens()
+        ]
+        assert platform.admin.list_provisioning_tokens() == []
+        with trainee.in_workspace("ws-2") as elsewhere, pytest.raises(PlatformError) as refused:
+            elsewhere.list_devices()
+        assert (refused.value.status, refused.value.field) == (404, "workspaceId")
+        with pytest.raises(PlatformError) as forbidden:
+            trainee.list_workspaces()
+        assert forbidden.value.status == 403
+    platform.admin.delete_workspace("ws-2")
+    assert [w.id for w in platform.admin.list_workspaces()] == ["default", "ws-1"]
