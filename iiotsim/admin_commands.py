@@ -117,6 +117,12 @@ def _connection_options() -> argparse.ArgumentParser:
         help="PEM file of the CA to trust for an https:// platform (default: $IIOT_CA_CERT, "
         "else the system's trust store; `iiotsim serve --tls` prints its development CA)",
     )
+    group.add_argument(
+        "--workspace",
+        default=None,
+        help="the workspace to act in (default: $IIOT_WORKSPACE, else `default`); a "
+        "workspace's API key acts in its own only",
+    )
     return options
 
 
@@ -130,7 +136,8 @@ def _client(args: argparse.Namespace) -> AdminClient:
             "a new one)"
         )
     ca_cert = args.ca_cert or os.environ.get("IIOT_CA_CERT") or None
-    return AdminClient(server, key, timeout=30.0, ca_cert=ca_cert)
+    workspace = args.workspace or os.environ.get("IIOT_WORKSPACE") or None
+    return AdminClient(server, key, timeout=30.0, ca_cert=ca_cert, workspace=workspace)
 
 
 def _run_against_platform(

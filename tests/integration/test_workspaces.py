@@ -19,6 +19,7 @@ import pytest
 from iiot_device import Backoff, DeviceClient, ProvisioningOperation, Status
 
 from iiotsim.admin import AdminClient
+from iiotsim.cli import main
 from iiotsim.clock import ManualClock
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
@@ -456,3 +457,25 @@ def test_the_admin_client_acts_in_its_workspace(
         assert forbidden.value.status == 403
     platform.admin.delete_workspace("ws-2")
     assert [w.id for w in platform.admin.list_workspaces()] == ["default", "ws-1"]
+
+
+def test_the_cli_acts_in_the_workspace_it_is_given(
+    platform: Platform,
+    admin: httpx.Client,
+    http: httpx.Client,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_workspaces(admin, "ws-1")
+    pt = create_token(admin, "ws-1")["provisioningToken"]
+    code = init(http, pt, "cli-0001")["verificationCode"]
+    connection = ["--server", platform.http_url, "--api-key", platform.admin_key]
+    assert main(["operations", *connection]) == 0
+    assert capsys.readouterr().out == "No pending Provisioning Operations.\n"
+    assert main(["operations", *connection, "--workspace", "ws-1"]) == 0
+    assert code in capsys.readouterr().out
+    monkeypatch.setenv("IIOT_WORKSPACE", "ws-1")
+    assert main(["approve", code, *connection]) == 0
+    assert f"Approved {code}" in capsys.readouterr().out
+    assert main(["devices", *connection, "--workspace", "nowhere"]) == 1
+    assert "no workspace 'nowhere'" in capsys.readouterr().err
