@@ -103,10 +103,11 @@ def serve_worker(address: tuple[str, int], authkey: bytes, index: int) -> None:
     conn = Client(address, authkey=authkey)
     conn.send({"kind": "hello", "worker": index, "pid": os.getpid()})
     try:
-        _serve(conn, index)
-    except (EOFError, OSError):
-        pass  # the coordinator went away: nothing to tell it
-    except Exception as exc:  # tell the coordinator why, rather than only dying
+        _serve(_Coordinator(conn), index)
+    except _CoordinatorGone:
+        pass  # nothing to tell it
+    except Exception as exc:  # tell the coordinator why, rather than only dying (an
+        # OSError of the worker's own, e.g. a socket, included)
         log.exception("hybrid worker %d failed", index)
         with contextlib.suppress(OSError):
             conn.send({"kind": "failed", "error": repr(exc)})
@@ -114,7 +115,31 @@ def serve_worker(address: tuple[str, int], authkey: bytes, index: int) -> None:
         conn.close()
 
 
-def _serve(conn: Connection, index: int) -> None:
+class _CoordinatorGone(Exception):
+    """The coordinator's connection ended."""
+
+
+class _Coordinator:
+    """The connection to the coordinator; its end is :class:`_CoordinatorGone`, never an
+    ``OSError`` that could be mistaken for the worker's own."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def recv(self) -> Any:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _CoordinatorGone from exc
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.conn.send(message)
+        except (EOFError, OSError) as exc:
+            raise _CoordinatorGone from exc
+
+
+def _serve(conn: _Coordinator, index: int) -> None:
     from .twin import ProxyHub  # the coordinator's module: imported in the worker only
 
     init = conn.recv()
