@@ -479,3 +479,27 @@ def test_the_cli_acts_in_the_workspace_it_is_given(
     assert f"Approved {code}" in capsys.readouterr().out
     assert main(["devices", *connection, "--workspace", "nowhere"]) == 1
     assert "no workspace 'nowhere'" in capsys.readouterr().err
+
+
+def test_a_device_id_with_a_separator_reaches_no_other_workspace(
+    admin: httpx.Client, http: httpx.Client, key_of: Callable[..., httpx.Client]
+) -> None:
+    """``default``'s keys are bare Device IDs: a path ``ws-2:victim-01`` on its routes must not
+    name ws-2's device (a Device ID never holds ``:``)."""
+    make_workspaces(admin, "ws-2")
+    provision_in(admin, http, "ws-2", "victim-01")
+    default_key = key_of("default")
+    for client in (default_key, admin):
+        for method, path in (
+            ("GET", "/api/v1/devices/ws-2:victim-01"),
+            ("GET", "/api/v1/devices/ws-2:victim-01/twin"),
+            ("GET", "/api/v1/devices/ws-2:victim-01/messages"),
+            ("POST", "/api/v1/devices/ws-2:victim-01/revoke"),
+            ("DELETE", "/api/v1/devices/ws-2:victim-01"),
+        ):
+            r = client.request(method, path)
+            assert r.status_code == 400, (method, path, r.text)
+            assert r.json()["field"] == "deviceId"
+    assert admin.get(f"{api('ws-2')}/devices/victim-01").json()["registrationTokenStatus"] == (
+        "valid"
+    )

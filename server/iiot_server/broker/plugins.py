@@ -17,6 +17,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import IncomingApplicationMessage, Session
 
 from ..domain import sas
+from ..domain.errors import ValidationError
 from ..domain.topics import (
     TopicAction,
     TopicKind,
@@ -75,9 +76,14 @@ def hub_device_key(client_id: str) -> str:
 
     >>> hub_device_key("default:pump-0001"), hub_device_key("site-a:pump-0001")
     ('pump-0001', 'site-a:pump-0001')
+    >>> hub_device_key("a:b:c")  # no device's key: left as given, refused at the SAS check
+    'a:b:c'
     """
     workspace_id, _, device_id = client_id.partition(":")
-    return device_key(workspace_id, device_id)
+    try:
+        return device_key(workspace_id, device_id)
+    except ValidationError:  # ``a:b:c``: no device's; authenticate_sas refuses it
+        return client_id
 
 
 def is_hub_connect(session: Session) -> bool:

@@ -45,14 +45,22 @@ def validate_workspace_id(value: object, *, field: str = "id") -> str:
     return value
 
 
-def device_key(workspace_id: str, device_id: str) -> str:
-    """The key a device is stored, connected and addressed under.
+def device_key(workspace_id: str, device_id: str, *, field: str = "deviceId") -> str:
+    """The key a device is stored, connected and addressed under. A ``device_id`` holding
+    the separator is refused (:class:`ValidationError` naming ``field``): in ``default``
+    ``site-a:pump-0001`` would otherwise be another workspace's device.
 
     >>> device_key("default", "pump-0001")
     'pump-0001'
     >>> device_key("site-a", "pump-0001")
     'site-a:pump-0001'
+    >>> device_key("default", "site-a:pump-0001")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    iiot_server.domain.errors.ValidationError: Device ID 'site-a:pump-0001' cannot hold ':' ...
     """
+    if SEPARATOR in device_id:
+        raise ValidationError(f"Device ID {device_id[:100]!r} cannot hold ':'", field=field)
     if workspace_id == DEFAULT_WORKSPACE:
         return device_id
     return f"{workspace_id}{SEPARATOR}{device_id}"

@@ -80,7 +80,9 @@ class DeviceService:
             .limit(limit)
         )
         if after is not None:
-            query = query.where(devices.c.device_id > device_key(workspace_id, after))
+            query = query.where(
+                devices.c.device_id > device_key(workspace_id, after, field="after")
+            )
 
         def rows(conn: Connection) -> list[tuple[RowMapping, RegistrationToken | None]]:
             return [

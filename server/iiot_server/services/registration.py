@@ -477,7 +477,6 @@ class RegistrationService:
             return None
         token = sas.parse(password)
         workspace, _, bare_id = client_id.partition(":")
-        device_id = device_key(workspace, bare_id)
         host = self._settings.mqtt_host
         if (
             token is None
@@ -488,6 +487,7 @@ class RegistrationService:
             or not username.startswith(f"{host}/{client_id}/")
         ):
             return None
+        device_id = device_key(workspace, bare_id)
         now = self._clock.now()
         sas_expires_at = from_epoch_required(token.expiry)
         if sas_expires_at <= now:
