@@ -9,6 +9,7 @@ follow the Device ID rules (4-90 characters), hence ``ws-1`` rather than ``w1``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from iiotsim.cli import main
 from iiotsim.clock import ManualClock
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
+from tests.integration.brokers import needs_mosquitto
 from tests.integration.mqtt import WAIT, Device, wait_for
 from tests.security.raw_mqtt import abort, connect_packet, open_socket, read_connack
 
@@ -503,3 +505,38 @@ def test_a_device_id_with_a_separator_reaches_no_other_workspace(
     assert admin.get(f"{api('ws-2')}/devices/victim-01").json()["registrationTokenStatus"] == (
         "valid"
     )
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("mqtt_broker", ["mosquitto"])
+def test_one_device_id_in_two_workspaces_lives_apart_on_mosquitto(
+    platform: Platform, admin: httpx.Client, http: httpx.Client, devices: list[Device]
+) -> None:
+    """Mosquitto mode: the same keys as client ids and usernames in its dynamic security;
+    there a denied PUBLISH closes the connection, and a Will on another workspace's topic
+    is accepted at CONNECT but never delivered."""
+    make_workspaces(admin, "ws-1", "ws-2")
+    mine = provision_in(admin, http, "ws-1", "pump-0001")
+    theirs = provision_in(admin, http, "ws-2", "pump-0001")
+    victim = connected(platform, devices, theirs)
+    attacker = connected(platform, devices, mine)
+    assert not victim.disconnected.is_set()
+    assert attacker.subscribe("devices/ws-2:pump-0001/#") == [0x80]
+    attacker.publish("devices/ws-1:pump-0001/messages/mine/mid=own", b"ok")
+    w1_messages = f"{api('ws-1')}/devices/pump-0001/messages"
+    assert wait_for(lambda: len(admin.get(w1_messages).json()) == 1)
+    attacker.client.publish("devices/ws-2:pump-0001/messages/forged/mid=x", b"x", qos=1)
+    assert attacker.disconnected.wait(WAIT)
+
+    dying = Device(platform, mine.client_id, mine.password)
+    devices.append(dying)
+    dying.client.will_set("devices/ws-2:pump-0001/messages/will/mid=w", b"died", qos=1)
+    assert dying.connect() == 0
+    dying.client.socket().close()  # dies without DISCONNECT: mosquitto sends a Will it may
+    dying.client.loop_stop()
+    victim.publish("devices/ws-2:pump-0001/messages/own/mid=v", b"v")
+    w2_messages = f"{api('ws-2')}/devices/pump-0001/messages"
+    assert wait_for(lambda: len(admin.get(w2_messages).json()) >= 1)
+    time.sleep(0.3)  # what a leak would need to land (real network time, not clock time)
+    assert [m["messageId"] for m in admin.get(w2_messages).json()] == ["v"]
+    assert [m["messageId"] for m in admin.get(w1_messages).json()] == ["own"]
