@@ -252,6 +252,7 @@ def test_a_workspace_key_reads_and_changes_nothing_of_another_workspace(
     ):
         r = attacker.request(method, path)
         assert r.status_code == 404, (method, path, r.text)
+    assert attacker.get(device).json()["detail"] == "no device 'victim-01' in workspace 'ws-1'"
     assert attacker.patch(f"{device}/twin/desired", json={"rate": 1}).status_code == 404
     assert attacker.patch(f"{device}/twin/tags", json={"site": "x"}).status_code == 404
     sent = attacker.post(f"{device}/cloud-to-device-messages", json={"payload": "stop"})

@@ -91,6 +91,19 @@ def bare_device_id(key: str) -> str:
     return split_device_key(key)[1]
 
 
+def named_device(key: str) -> str:
+    """A device key as an error message names it: the Device ID, and its workspace outside
+    ``default``.
+
+    >>> named_device("pump-0001"), named_device("site-a:pump-0001")
+    ("'pump-0001'", "'pump-0001' in workspace 'site-a'")
+    """
+    workspace_id, device_id = split_device_key(key)
+    if workspace_id == DEFAULT_WORKSPACE:
+        return repr(device_id)
+    return f"{device_id!r} in workspace {workspace_id!r}"
+
+
 def key_prefix(workspace_id: str) -> str | None:
     """The prefix every device key of a workspace starts with; None for ``default``, whose
     keys are exactly those without a separator.

@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, RowMapping, func, insert, sele
 
 from ..clock import Clock
 from ..domain.errors import NotFound, TooManyRequests, ValidationError
+from ..domain.workspaces import named_device
 from ..events import PlatformEvents
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import cloud_to_device_messages as c2d
@@ -127,7 +128,7 @@ class CloudToDeviceService:
                 select(devices.c.device_id).where(devices.c.device_id == device_id)
             )
             if known.first() is None:
-                raise NotFound(f"device {device_id!r} not found", field="deviceId")
+                raise NotFound(f"device {named_device(device_id)} not found", field="deviceId")
             waiting = conn.execute(
                 select(func.count()).select_from(c2d).where(*_pending(device_id, t))
             ).scalar_one()
@@ -182,7 +183,7 @@ class CloudToDeviceService:
                 select(devices.c.device_id).where(devices.c.device_id == device_id)
             )
             if known.first() is None:
-                raise NotFound(f"device {device_id!r} not found", field="deviceId")
+                raise NotFound(f"device {named_device(device_id)} not found", field="deviceId")
             query = (
                 select(c2d)
                 .where(c2d.c.device_id == device_id, c2d.c.seq > after)

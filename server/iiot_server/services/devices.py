@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Connection, RowMapping, func, insert, not_
 from ..clock import Clock
 from ..domain.errors import NotFound
 from ..domain.tokens import TokenStatus
-from ..domain.workspaces import DEFAULT_WORKSPACE, SEPARATOR, device_key, key_prefix
+from ..domain.workspaces import DEFAULT_WORKSPACE, SEPARATOR, device_key, key_prefix, named_device
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import connection_events, devices
 from .registration import RegistrationService, RegistrationToken
@@ -102,7 +102,7 @@ class DeviceService:
         def find(conn: Connection) -> tuple[RowMapping, RegistrationToken | None]:
             row = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
             if row is None:
-                raise NotFound(f"no device {device_id!r}", field="deviceId")
+                raise NotFound(f"no device {named_device(device_id)}", field="deviceId")
             return row._mapping, self._registration.current_token(conn, device_id)
 
         return self._device(*(await self._db.read(find)))

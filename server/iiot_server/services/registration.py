@@ -29,7 +29,7 @@ from ..domain.tokens import (
     registration_token_status,
     usable_until,
 )
-from ..domain.workspaces import device_key, split_device_key
+from ..domain.workspaces import device_key, named_device, split_device_key
 from ..events import PlatformEvents, RegistrationEnded
 from ..security import SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..settings import Settings
@@ -529,7 +529,7 @@ def _close_operations(conn: Connection, device_id: str, t: float, reason: Cancel
 def _require_device(conn: Connection, device_id: str) -> None:
     row = conn.execute(select(devices.c.device_id).where(devices.c.device_id == device_id)).first()
     if row is None:
-        raise NotFound(f"no device {device_id!r}", field="deviceId")
+        raise NotFound(f"no device {named_device(device_id)}", field="deviceId")
 
 
 def _rt(m: RowMapping) -> RegistrationToken:

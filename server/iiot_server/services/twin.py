@@ -19,6 +19,7 @@ from ..domain.documents import decode_json_document
 from ..domain.errors import DomainError, NotFound, ValidationError
 from ..domain.fleet import layer_change
 from ..domain.twin import JSON, changes_since, merge_patch, validate_patch, with_version
+from ..domain.workspaces import named_device
 from ..events import PlatformEvents
 from ..store.database import Database, from_epoch, to_epoch
 from ..store.schema import desired_patches, devices, twins
@@ -278,7 +279,7 @@ def _row(conn: Connection, device_id: str, *, create: bool) -> dict[str, Any]:
         return dict(row._mapping)
     device = select(devices.c.device_id).where(devices.c.device_id == device_id)
     if conn.execute(device).first() is None:
-        raise NotFound(f"no device {device_id!r}", field="deviceId")
+        raise NotFound(f"no device {named_device(device_id)}", field="deviceId")
     if not create:
         return {"device_id": device_id, **_EMPTY}
     # A concurrent first patch may insert it too: keep whichever came first, then lock it.
