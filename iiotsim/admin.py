@@ -64,6 +64,16 @@ from .errors import PlatformError
 T = TypeVar("T")
 
 
+class ClassSeat(msgspec.Struct):
+    """One trainee's share of a class (:meth:`AdminClient.create_class`): a workspace of
+    their own, a Provisioning Token for their devices and a technician key that acts in
+    that workspace only. The secrets are shown here once."""
+
+    workspace_id: str
+    provisioning_token: str
+    technician_key: str
+
+
 def to_frame(items: Sequence[msgspec.Struct]) -> pd.DataFrame:
     """A DataFrame with one row per Struct and one column per field."""
     return pd.DataFrame([msgspec.structs.asdict(item) for item in items])
@@ -451,3 +461,31 @@ class AdminClient:
     def delete_workspace(self, workspace_id: str) -> None:
         """Delete an empty workspace (refused while it has devices, and for ``default``)."""
         self._decode(self._http.delete(f"/api/v1/workspaces/{workspace_id}"), None)
+
+    def create_class(
+        self, trainees: int | Sequence[str], *, prefix: str = "trainee-"
+    ) -> list[ClassSeat]:
+        """For a trainer: a workspace per trainee (``trainees`` names them, or counts them:
+        ``trainee-01``, ``trainee-02``, …), each with a Provisioning Token and a technician
+        key of its own, so no trainee sees or approves another's devices. Needs a
+        platform-wide admin key.
+
+        >>> from iiotsim import Platform
+        >>> with Platform() as platform:
+        ...     seats = platform.admin.create_class(2)
+        >>> to_frame(seats)["workspace_id"].tolist()
+        ['trainee-01', 'trainee-02']
+        """
+        names = (
+            [f"{prefix}{i:02d}" for i in range(1, trainees + 1)]
+            if isinstance(trainees, int)
+            else list(trainees)
+        )
+        seats = []
+        for name in names:
+            self.create_workspace(name)
+            with self.in_workspace(name) as workspace:
+                token = workspace.create_provisioning_token(f"{name} devices")
+                key = workspace.create_api_key(f"{name} technician", "technician")
+            seats.append(ClassSeat(name, token.provisioning_token, key.api_key))
+        return seats

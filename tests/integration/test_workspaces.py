@@ -541,3 +541,27 @@ def test_one_device_id_in_two_workspaces_lives_apart_on_mosquitto(
     time.sleep(0.3)  # what a leak would need to land (real network time, not clock time)
     assert [m["messageId"] for m in admin.get(w2_messages).json()] == ["v"]
     assert [m["messageId"] for m in admin.get(w1_messages).json()] == ["own"]
+
+
+def test_a_class_gives_each_trainee_a_workspace_token_and_key_of_their_own(
+    platform: Platform, http: httpx.Client
+) -> None:
+    seats = platform.admin.create_class(["alice", "bobby"])
+    assert [s.workspace_id for s in seats] == ["alice", "bobby"]
+    alice, bobby = seats
+    code = init(http, alice.provisioning_token, "bench-0001")["verificationCode"]
+    with (
+        AdminClient(platform.http_url, alice.technician_key, workspace="alice") as mine,
+        AdminClient(platform.http_url, bobby.technician_key, workspace="bobby") as theirs,
+    ):
+        assert [o.verification_code for o in theirs.list_operations()] == []
+        with pytest.raises(PlatformError) as refused:
+            theirs.approve_operation(code)
+        assert refused.value.status == 404
+        with theirs.in_workspace("alice") as elsewhere, pytest.raises(PlatformError) as hidden:
+            elsewhere.list_operations()
+        assert hidden.value.status == 404
+        assert mine.approve_operation(code).state == "approved"
+        with pytest.raises(PlatformError) as technician:  # an admin route
+            mine.create_provisioning_token("more")
+        assert technician.value.status == 403
