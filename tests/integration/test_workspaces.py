@@ -565,3 +565,49 @@ def test_a_class_gives_each_trainee_a_workspace_token_and_key_of_their_own(
         with pytest.raises(PlatformError) as technician:  # an admin route
             mine.create_provisioning_token("more")
         assert technician.value.status == 403
+
+
+def hub_session(platform: Platform, device: Provisioned, client_id: str | None = None) -> Device:
+    """An IoT Hub dialect (Spotflow SDK) session from the register answer's connection string,
+    optionally claiming another client id with it."""
+    parts = dict(p.split("=", 1) for p in device.register["connectionString"].split(";"))
+    claimed = client_id or parts["DeviceId"]
+    username = f"{device.register['iotHubHostName']}/{claimed}/?api-version=2018-06-30"
+    return Device(platform, claimed, parts["SharedAccessSignature"], username)
+
+
+def test_the_iot_hub_dialect_keeps_workspaces_apart(
+    platform: Platform, admin: httpx.Client, http: httpx.Client, devices: list[Device]
+) -> None:
+    make_workspaces(admin, "ws-1", "ws-2")
+    mine = provision_in(admin, http, "ws-1", "pump-0001")
+    provision_in(admin, http, "ws-2", "pump-0001")
+    provision_in(admin, http, None, "pump-0001")
+    assert "DeviceId=ws-1:pump-0001;" in mine.register["connectionString"]
+
+    # ws-1's SAS proves ws-1's device only
+    for claimed in ("ws-2:pump-0001", "default:pump-0001"):
+        impostor = hub_session(platform, mine, claimed)
+        devices.append(impostor)
+        assert impostor.connect() != 0, claimed
+    session = hub_session(platform, mine)
+    devices.append(session)
+    assert session.connect() == 0
+    assert session.subscribe("$iothub/twin/PATCH/properties/desired/#") == [1]
+    session.publish("devices/ws-2:pump-0001/messages/events/message-id=forged", b"x")
+    session.publish("devices/pump-0001/messages/events/message-id=forged", b"x")
+    session.publish("devices/ws-1:pump-0001/messages/events/message-id=own", b"ok")
+    mine_stored = f"{api('ws-1')}/devices/pump-0001/messages"
+    assert wait_for(lambda: len(admin.get(mine_stored).json()) == 1)
+    assert admin.get(mine_stored).json()[0]["messageId"] == "own"
+    for workspace in ("ws-2", None):
+        assert admin.get(f"{api(workspace)}/devices/pump-0001/messages").json() == []
+
+    # desired patches reach the session of their own workspace's device only
+    for workspace, rate in (("ws-2", 2), (None, 3), ("ws-1", 1)):
+        patched = admin.patch(
+            f"{api(workspace)}/devices/pump-0001/twin/desired", json={"rate": rate}
+        )
+        assert patched.status_code == 200
+    first = session.messages.get(timeout=WAIT)
+    assert json.loads(first.payload)["rate"] == 1
