@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import queue
 import secrets
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -53,7 +54,15 @@ class _Link:
 
     def __init__(self, hub: ProxyHub, target: int) -> None:
         self.hub, self.target = hub, target
-        self.port = 0
+        # The device knows this port for the whole run, so it stays reserved while the
+        # link is down: a socket bound to it (SO_REUSEPORT, never listening) keeps the
+        # kernel from handing it to an outgoing connection as its local port (a 1,000-
+        # device run lost a port that way: "address already in use" at the next up),
+        # and a connection attempt meanwhile is refused, as with no listener at all.
+        self.reservation = socket.socket()
+        self.reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.reservation.bind(("127.0.0.1", 0))
+        self.port = int(self.reservation.getsockname()[1])
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
 
@@ -61,9 +70,8 @@ class _Link:
         if self.server is not None:
             return
         self.server = await asyncio.start_server(
-            self._serve, "127.0.0.1", self.port, reuse_address=True
+            self._serve, "127.0.0.1", self.port, reuse_port=True
         )
-        self.port = self.server.sockets[0].getsockname()[1]
 
     async def down(self) -> None:
         server, self.server = self.server, None
@@ -122,6 +130,7 @@ class ProxyHub:
     async def _shutdown(self) -> None:
         for link in self.links:
             await link.down()
+            link.reservation.close()
         # connections still being opened or forwarded end here, not with a closed loop
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in pending:

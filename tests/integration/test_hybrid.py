@@ -38,6 +38,10 @@ def test_a_link_going_down_closes_connections_and_refuses_new_ones() -> None:
                 assert client.recv(1) == b""  # closed, not silent
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", link.port), timeout=2)
+            # the device keeps this port for the run: no one else may take it meanwhile
+            # (a 1,000-device run lost one to an outgoing connection's local port)
+            with socket.socket() as other, pytest.raises(OSError, match="in use"):
+                other.bind(("127.0.0.1", link.port))
             hub.call(link.up())
             again = socket.create_connection(("127.0.0.1", link.port), timeout=5)
             again.close()
