@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +160,11 @@ class ApprovalPanel:
     ``refresh_every`` seconds (real time) the list reloads itself while the panel is
     shown; ``auto_refresh=False`` leaves refreshing to :meth:`refresh` (headless use).
     Platform errors appear in the panel's status line, not as tracebacks.
+
+    ``workspaces``: a workspace picker (a trainer's view of a class): the given workspace
+    ids, or ``True`` for every workspace (``admin`` must then hold a platform-wide key).
+    The panel acts in the picked one (:meth:`select_workspace`); without a picker, in the
+    admin client's own workspace.
     """
 
     def __init__(
@@ -169,18 +174,38 @@ class ApprovalPanel:
         refresh_every: float = 2.0,
         auto_refresh: bool = True,
         now: Callable[[], datetime] | None = None,
+        workspaces: Sequence[str] | bool = False,
     ) -> None:
         from .clock import wall_clock_now
 
         self.admin = admin
         self.now = now or wall_clock_now
         self.rows: dict[str, _Row] = {}
+        self._clients: dict[str, AdminClient] = {}
+        own = admin.workspace or "default"
+        self.workspace = own
         self.title = w.HTML("<b>Pending provisioning operations</b>")
         self.status = w.HTML()
         self.list = w.VBox()
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.refresh_button.on_click(lambda _b: self._click(self.refresh))
-        self.widget = w.VBox([w.HBox([self.title, self.refresh_button]), self.list, self.status])
+        header: list[w.Widget] = [self.title, self.refresh_button]
+        self.picker: w.Dropdown | None = None
+        if workspaces:
+            names = (
+                [ws.id for ws in admin.list_workspaces()]
+                if workspaces is True
+                else list(workspaces)
+            )
+            self.picker = w.Dropdown(
+                options=names, value=own if own in names else names[0], description="Workspace"
+            )
+            self.workspace = self.picker.value
+            self.picker.observe(
+                lambda change: self._click(self.select_workspace, change["new"]), names="value"
+            )
+            header.insert(1, self.picker)
+        self.widget = w.VBox([w.HBox(header), self.list, self.status])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
@@ -200,6 +225,28 @@ class ApprovalPanel:
         if self._thread is not None:
             self._thread.join(5)
         self.widget.close()
+        for client in self._clients.values():
+            client.close()
+
+    @property
+    def client(self) -> AdminClient:
+        """The admin client acting in the panel's workspace."""
+        if self.workspace == (self.admin.workspace or "default"):
+            return self.admin
+        client = self._clients.get(self.workspace)
+        if client is None:
+            client = self._clients[self.workspace] = self.admin.in_workspace(self.workspace)
+        return client
+
+    def select_workspace(self, workspace: str) -> list[OperationOut]:
+        """Act in ``workspace`` from now on (what the picker does); returns its pending
+        operations."""
+        if self.picker is not None and self.picker.value != workspace:
+            self.picker.value = workspace  # observed: comes back here once
+            return list(op.op for op in self.rows.values())
+        self.workspace = workspace
+        self.rows = {}
+        return self.refresh()
 
     def _auto(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -212,7 +259,7 @@ class ApprovalPanel:
 
     def refresh(self) -> list[OperationOut]:
         """Reload pending operations; returns them (newest first)."""
-        pending = self.admin.list_operations(state="pending")
+        pending = self.client.list_operations(state="pending")
         now = self.now()
         rows = {}
         for op in pending:
@@ -240,7 +287,7 @@ class ApprovalPanel:
         try:
             if device_id is not None and not _DEVICE_ID.match(device_id):
                 raise PanelError("Device ID: 4-90 characters of 0-9 a-z A-Z - _ .")
-            op = self.admin.approve_operation(
+            op = self.client.approve_operation(
                 code_or_id,
                 device_id=device_id,
                 registration_token_lifetime=registration_token_lifetime,
@@ -257,7 +304,7 @@ class ApprovalPanel:
 
     def cancel(self, code_or_id: str) -> OperationOut:
         try:
-            op = self.admin.cancel_operation(code_or_id)
+            op = self.client.cancel_operation(code_or_id)
         except PlatformError as exc:
             self._show_error(exc)
             raise

@@ -24,6 +24,7 @@ from iiotsim.cli import main
 from iiotsim.clock import ManualClock
 from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
+from iiotsim.widgets import ApprovalPanel
 from tests.integration.brokers import needs_mosquitto
 from tests.integration.mqtt import WAIT, Device, wait_for
 from tests.security.raw_mqtt import abort, connect_packet, open_socket, read_connack
@@ -611,3 +612,26 @@ def test_the_iot_hub_dialect_keeps_workspaces_apart(
         assert patched.status_code == 200
     first = session.messages.get(timeout=WAIT)
     assert json.loads(first.payload)["rate"] == 1
+
+
+def test_the_approval_panel_picks_a_workspace(
+    platform: Platform, clock: ManualClock, admin: httpx.Client, http: httpx.Client
+) -> None:
+    make_workspaces(admin, "ws-1")
+    in_default = init(http, create_token(admin, None)["provisioningToken"], "dflt-0001")
+    in_ws1 = init(http, create_token(admin, "ws-1")["provisioningToken"], "ws1d-0001")
+    panel = ApprovalPanel(platform.admin, auto_refresh=False, now=clock.now, workspaces=True)
+    try:
+        assert panel.picker is not None
+        assert list(panel.picker.options) == ["default", "ws-1"]
+        assert list(panel.rows) == [in_default["provisioningOperationId"]]
+        shown = panel.select_workspace("ws-1")
+        assert [op.id for op in shown] == [in_ws1["provisioningOperationId"]]
+        assert panel.picker.value == "ws-1"
+        with pytest.raises(PlatformError):  # default's operation is not ws-1's
+            panel.approve(in_default["verificationCode"])
+        assert panel.approve(in_ws1["verificationCode"]).state == "approved"
+        panel.picker.value = "default"  # what a click on the picker does
+        assert list(panel.rows) == [in_default["provisioningOperationId"]]
+    finally:
+        panel.close()
