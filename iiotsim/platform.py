@@ -71,6 +71,9 @@ class Platform:
     embedded amqtt broker: a child process with its files in ``data_dir/mosquitto/``, managed
     through its dynamic-security plugin (``iiot_server.broker.mosquitto_broker``; the IoT
     Hub dialect is not served there).
+    ``workspace="class-01"``: :attr:`admin` acts in that workspace (made at start if it
+    does not exist), so a notebook's tokens, operations and devices live there;
+    ``admin.in_workspace(...)`` reaches the others (the key is the platform-wide admin's).
     """
 
     def __init__(
@@ -86,8 +89,10 @@ class Platform:
         settings: Settings | None = None,
         tls: bool = False,
         broker: str | None = None,
+        workspace: str | None = None,
     ) -> None:
         self._temp_dir: str | None = None
+        self.workspace = workspace
         if data_dir is None:
             self._temp_dir = tempfile.mkdtemp(prefix="iiotsim-")
             self._remove_temp_dir = weakref.finalize(self, shutil.rmtree, self._temp_dir, True)
@@ -129,7 +134,19 @@ class Platform:
         if self.tls and not self._mqtt_port_given:
             self.settings.mqtt_port = self._spotflow_mqtt_port()
         self._runner = ServerRunner(self.settings, self.clock).start()
-        self._admin = AdminClient(self._runner.http_url, self.admin_key, ca_cert=self.ca_cert_path)
+        self._admin = AdminClient(
+            self._runner.http_url,
+            self.admin_key,
+            ca_cert=self.ca_cert_path,
+            workspace=self.workspace,
+        )
+        if self.workspace is not None:
+            try:
+                if self.workspace not in {w.id for w in self._admin.list_workspaces()}:
+                    self._admin.create_workspace(self.workspace)
+            except BaseException:  # e.g. an invalid id: nothing left running
+                self.stop()
+                raise
         return self
 
     def _spotflow_mqtt_port(self) -> int:

@@ -635,3 +635,19 @@ def test_the_approval_panel_picks_a_workspace(
         assert list(panel.rows) == [in_default["provisioningOperationId"]]
     finally:
         panel.close()
+
+
+def test_a_platform_in_a_workspace_keeps_its_notebook_there(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    with Platform(data_dir=tmp_path / "data", clock=clock, workspace="class-01") as platform:
+        assert platform.admin.workspace == "class-01"
+        platform.admin.create_provisioning_token("line 1")
+        with platform.admin.in_workspace("default") as default:
+            assert default.list_provisioning_tokens() == []
+    # started again on the same data: the workspace exists and is used as it is
+    with Platform(data_dir=tmp_path / "data", clock=clock, workspace="class-01") as platform:
+        assert [t.name for t in platform.admin.list_provisioning_tokens()] == ["line 1"]
+    with pytest.raises(PlatformError) as refused:
+        Platform(data_dir=tmp_path / "data", clock=clock, workspace="a:b").start()
+    assert (refused.value.status, refused.value.field) == (400, "id")
