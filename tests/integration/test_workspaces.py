@@ -29,6 +29,9 @@ from tests.integration.brokers import needs_mosquitto
 from tests.integration.mqtt import WAIT, Device, wait_for
 from tests.security.raw_mqtt import abort, connect_packet, open_socket, read_connack
 
+# the isolation is SQL filters on device keys and workspace columns: held on both databases
+pytestmark = pytest.mark.both_databases
+
 CONDITION = {"eq": {"path": "tags.site", "value": "north"}}
 
 
