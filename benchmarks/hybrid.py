@@ -113,6 +113,19 @@ def measure(devices: int, days: float, processes: int | None, quantum: float) ->
         f"metrics outside tolerance: {', '.join(outside.index) or 'none'}",
         flush=True,
     )
+    causes = ", ".join(f"{why} {n:,}" for why, n in run.step_causes.most_common())
+    print(f"      steps for: {causes}", flush=True)
+    for name, row in outside.iterrows():
+        print(
+            f"      {name}: hybrid {row['hybrid']:.4g}, simulator {row['simulator']:.4g}, "
+            f"tolerance {row['tolerance']:.4g} ({row['why']})",
+            flush=True,
+        )
+    if run.settle_timeouts:
+        print(
+            f"      worker answers given with devices still busy: {run.settle_timeouts}",
+            flush=True,
+        )
 
 
 def main() -> int:

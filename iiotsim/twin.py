@@ -16,6 +16,7 @@ notebook's loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import json
@@ -131,11 +132,15 @@ class ProxyHub:
         for link in self.links:
             await link.down()
             link.reservation.close()
-        # connections still being opened or forwarded end here, not with a closed loop
+        # connections still being opened or forwarded end here, not with a closed loop:
+        # their sockets are aborted, so most end by themselves (a cancelled one is logged
+        # by asyncio's server callback as an error: noise at the end of every large run)
         pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=1.0)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
 
     def close(self) -> None:
         self.call(self._shutdown())
@@ -303,6 +308,12 @@ class HybridRun:
         """Seconds from each approved operation's creation to its approval."""
         self.steps = 0
         """Times the clock moved."""
+        self.step_causes: collections.Counter[str] = collections.Counter()
+        """What each clock step was for: connectivity, devices (a deadline a device or the
+        message producer waits for), platform, technicians, end."""
+        self.settle_timeouts = 0
+        """Worker answers given with devices still busy after the worker's settle timeout
+        (a device stuck on the network; the step went on without it)."""
 
     def __enter__(self) -> HybridRun:
         return self
@@ -501,16 +512,19 @@ class HybridRun:
         end = t0 + s.duration
         while True:
             now = self.clock.now().timestamp()
-            candidates = [end, technicians.next_approval()]
+            candidates = [(end, "end"), (technicians.next_approval(), "technicians")]
             if c < len(changes):
-                candidates.append(t0 + changes[c][0])
-            candidates += [w.reply["next"] for w in self.workers if w.reply.get("next")]
+                candidates.append((t0 + changes[c][0], "connectivity"))
+            candidates += [
+                (w.reply["next"], "devices") for w in self.workers if w.reply.get("next")
+            ]
             platform_next = self.clock.next_deadline()
             if platform_next is not None:
-                candidates.append(platform_next.timestamp())
-            target = min(x for x in candidates if x is not None)
+                candidates.append((platform_next.timestamp(), "platform"))
+            target, cause = min((x, why) for x, why in candidates if x is not None)
             if target <= now:
-                target = min(end, now + 1.0)
+                target, cause = min(end, now + 1.0), "no progress"
+            self.step_causes[cause] += 1
             self.clock.set(datetime.fromtimestamp(target, UTC))
             self.steps += 1
             messages: dict[int, dict[str, Any]] = {
@@ -531,6 +545,7 @@ class HybridRun:
                 c += 1
             self._send_all(messages)
             self._gather("idle")
+            self.settle_timeouts += sum(1 for w in self.workers if w.reply.get("busy"))
             for w in self.workers:
                 for operation_id, device, shown_at in w.reply["operations"]:
                     technicians.arrive(operation_id, device, shown_at)
@@ -816,8 +831,16 @@ class _Records:
         return int(self._query(sql, self.start, self.end)[0][0])
 
     def refreshes(self) -> int:
-        """Registration Tokens issued by refresh (each has a parent)."""
-        return self._count("registration_tokens", "issued_at", "parent_id IS NOT NULL")
+        """Registration Tokens replaced by a refresh: distinct parents, as the simulator
+        counts refresh events. A device that retries a refresh whose answer it did not get
+        (a real-time HTTP timeout while a 1,000-device step keeps the platform busy) gets a
+        second child of the same parent: the same refresh, not another one (a 1,000-device
+        run counted 1,521 children for 1,000 refreshes)."""
+        sql = (
+            "SELECT count(DISTINCT parent_id) FROM registration_tokens"
+            " WHERE parent_id IS NOT NULL AND issued_at > ? AND issued_at < ?"
+        )
+        return int(self._query(sql, self.start, self.end)[0][0])
 
     def connects(self) -> int:
         return self._count("connection_events", "at", "connected")

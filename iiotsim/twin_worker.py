@@ -56,6 +56,10 @@ SETTLE_POLL = 0.001
 """Real seconds between idleness checks."""
 SETTLE_STABLE = 2
 """Consecutive idle checks before the worker answers."""
+HTTP_TIMEOUT = 60.0
+"""Real seconds a device's HTTP call may take. Not the SDK's 10 s: a step where 1,000
+devices refresh at once keeps the platform busy longer, and a device that gives up
+retries a refresh the platform already made (a second token for one refresh)."""
 SETTLE_TIMEOUT = 60.0
 """Real seconds a step may wait for its devices; past it the worker answers anyway and
 says which threads were still busy (a device stuck on the network must not hang a run)."""
@@ -221,6 +225,7 @@ def _start_devices(state: WorkerState, init: dict[str, Any], hub: Any, admin: ht
             device_id=device.device_id,
             clock=state.clock,
             on_provisioning_operation=shown(device),
+            http_timeout=HTTP_TIMEOUT,
             backoff=Backoff(
                 base=backoff["base"], cap=backoff["cap"], rng=random.Random(device.index)
             ),
