@@ -15,7 +15,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.routes import HTTPRoute
 
 from ..domain import errors
-from .auth import SCHEMES, Access, access_of
+from .auth import PLATFORM, SCHEMES, Access, access_of
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,8 @@ def problem_statuses(handler: HTTPRouteHandler) -> list[int]:
     statuses = {400, 401, *handler.opt.get(PROBLEMS, ())}
     if access in (Access.TECHNICIAN, Access.ADMIN):
         statuses.add(403)  # a technician on an admin route
+        if not handler.opt.get(PLATFORM):
+            statuses.add(404)  # the workspace: unknown, or another than the key's
     if access in (Access.PROVISIONING_TOKEN, Access.REGISTRATION_TOKEN):
         statuses.add(429)  # the device API's rate and open-operation limits
     if handler.parsed_fn_signature.parameters.keys() & {"data"} or "{" in "".join(handler.paths):
