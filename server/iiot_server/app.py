@@ -19,6 +19,7 @@ from .api.problems import (
     EXCEPTION_HANDLERS,
     document_alternative_media,
     document_closed_bodies,
+    document_optional_bodies,
     document_problems,
 )
 from .api.requests import PlatformRequest
@@ -80,6 +81,7 @@ def create_app(
         app.state.services = services  # for the guard, which runs before dependencies
         document_alternative_media(app)  # the OpenAPI document, complete before serving
         document_closed_bodies(app)
+        document_optional_bodies(app)
         try:
             created = await services.api_keys.ensure_bootstrap_admin(settings.admin_key)
             if created is not None and on_admin_key is not None:

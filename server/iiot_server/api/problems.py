@@ -303,3 +303,22 @@ def document_closed_bodies(app: Litestar) -> None:
         schema = schemas.get(kind.__name__)
         if isinstance(schema, Schema):
             schema.additional_properties = False
+
+
+def document_optional_bodies(app: Litestar) -> None:
+    """Mark a request body optional in the app's OpenAPI document where the handler's
+    ``data`` has a default (an approval without overrides sends none): Litestar documents
+    every body as required, and a fuzzer then reads the 200 for a body-less approval as a
+    schema-violating request accepted. Called at start-up, once the document is built."""
+    openapi = app.openapi_schema
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            data = handler.parsed_fn_signature.parameters.get("data")
+            if data is None or not data.has_default:
+                continue
+            for method in handler.http_methods:
+                operation = getattr((openapi.paths or {})[route.path_format or "/"], method.lower())
+                if operation is not None and operation.request_body is not None:
+                    operation.request_body.required = False  # type: ignore[union-attr]
