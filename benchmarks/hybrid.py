@@ -15,17 +15,25 @@ Events on a 60 s grid by default (``HybridRun(time_quantum=60)``; ``--quantum 0`
 The scenario: connectivity on ~exp(6 h) / off ~exp(20 min), Registration Tokens of 1 day
 (refreshed at 12 h), 2 technicians approving in ~exp(10 min), 1 message per device-hour.
 
-Measured 2026-11-26 on the shared 2-core machine:
+Measured 2026-11-27 on the shared 2-core machine (another session's tests ran meanwhile:
+load 3-10), quantum 60 s, every compared metric within its tolerance (in the 1,000-device
+run "messages lost" read -1: one message stored and still in its outbox, its PUBACK on the
+way, counted twice; the count is per device now, and stops at 0):
 
-- ``--devices 100 --days 1`` (load ~4-5): 63.6 s wall, 1,856 steps, 1,357 simulated s per
-  wall s, peak RSS 637 MiB (coordinator and worker included: 6.4 MiB a device with their
-  fixed ~300 MiB); every compared metric within its tolerance. Exact times (``--quantum
-  0``): 92 s, 2,888 steps.
-- ``--devices 300 --days 1`` on 2 workers (machine idle, load 1.3): ended at its start,
-  ``HybridWorkerFailed``: hybrid-0085 and hybrid-0235 got no CONNACK within 60 s, each
-  worker connecting its devices one at a time. The embedded platform stops answering new
-  CONNECTs at about 170 connected devices (not the descriptor limit: 20,000): the wall
-  issue 18 met at ~70 in one process, to be found next; 1,000 x 7 d not measured yet.
+| devices x days | workers | wall | steps | simulated s / wall s | peak RSS |
+|---|---|---|---|---|---|
+| 100 x 1 | 1 | 37.3 s | 1,384 | 2,317 | 632 MiB |
+| 300 x 1 | 2 | 100.9 s | 1,439 | 856 | 1,110 MiB |
+| 1,000 x 1 | 4 | 349.1 s | 1,440 | 247 | 2,410 MiB |
+
+- 1,000 x 7 d: not run; at 247 simulated s per wall s it would take ~41 minutes, four times
+  the 10-minute target. Steps are no longer the cost (one per quantum at most); the
+  devices' own work is: 1,000 SDK clients, their proxies and the platform on two cores.
+- 8 GiB: RSS grows 1.86 MiB a device from 300 to 1,000 devices (the coordinator with the
+  platform, and the workers), so ~4,100 devices would fit: an extrapolation, not run.
+- The wall of the previous figures (no CONNACK past ~170 devices on 2 workers) was paho's
+  ``select()`` past descriptor 1,023 in the workers (docs/hybrid.md); before its fix 100 x 1
+  took 63.6 s and 1,856 steps.
 """
 
 from __future__ import annotations
