@@ -11,7 +11,7 @@ equals the topic's device id" keeps workspaces apart without a rule of its own.
 
 from __future__ import annotations
 
-from .device_id import DEVICE_ID_PATTERN
+from .device_id import validate_device_id
 from .errors import ValidationError
 
 DEFAULT_WORKSPACE = "default"
@@ -35,14 +35,7 @@ def validate_workspace_id(value: object, *, field: str = "id") -> str:
     ...
     iiot_server.domain.errors.ValidationError: workspace id 'a:b' must be ... (field: id)
     """
-    if not isinstance(value, str):
-        raise ValidationError("workspace id must be a string", field=field)
-    if not DEVICE_ID_PATTERN.fullmatch(value):
-        raise ValidationError(
-            f"workspace id {value[:100]!r} must be 4-90 characters of 0-9 a-z A-Z - _ .",
-            field=field,
-        )
-    return value
+    return validate_device_id(value, field=field, what="workspace id")
 
 
 def device_key(workspace_id: str, device_id: str, *, field: str = "deviceId") -> str:
