@@ -86,7 +86,7 @@ class MosquittoMode(ingest.Platform):
     def rss(self) -> tuple[int, int]:
         """Bytes resident: the platform process, its mosquitto child."""
         mosquitto = int((self.directory / "mosquitto" / "mosquitto.pid").read_text())
-        return _rss(self.proc.pid), _rss(mosquitto)
+        return ingest.rss(self.proc.pid), ingest.rss(mosquitto)
 
 
 def established(port: int) -> int:
@@ -97,13 +97,6 @@ def established(port: int) -> int:
         if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
             count += 1
     return count
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def throughput(args: argparse.Namespace) -> None:
