@@ -24,14 +24,13 @@ def sqlite_url(directory: Path) -> str:
 class Settings(msgspec.Struct, kw_only=True):
     """Everything the platform needs to know to run.
 
-    >>> Settings(database_url="sqlite:///:memory:").workspace_id
-    'default'
+    >>> Settings(database_url="sqlite:///:memory:").port
+    8000
     """
 
     database_url: str = sqlite_url(DEFAULT_DATA_DIR)
     host: str = "127.0.0.1"
     port: int = 8000
-    workspace_id: str = "default"
     admin_key: str | None = None
     """Bootstrap admin API key; None: generate one at first start (printed once)."""
     mqtt_enabled: bool = True
