@@ -129,3 +129,44 @@ def test_a_refused_connection_is_an_error_naming_the_code(mosquitto: int) -> Non
             await subscriber.start("127.0.0.1", mosquitto)
 
     asyncio.run(main())
+
+
+def test_a_message_that_comes_before_the_suback_is_acknowledged() -> None:
+    """Mosquitto sends a session's queued messages right after CONNACK, ahead of SUBACK.
+    A broker scripted to do so (SUBACK held back until the PUBACK or 5 s) must receive
+    the PUBACK the platform sends once the message is stored."""
+
+    async def main() -> None:
+        sent = bytearray()  # what the platform sent after CONNECT
+
+        async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1024)  # CONNECT
+            topic = b"devices/d1/messages/s"
+            body = len(topic).to_bytes(2, "big") + topic + (7).to_bytes(2, "big") + b"m"
+            writer.write(b"\x20\x02\x01\x00" + bytes([0x32, len(body)]) + body)
+            await writer.drain()
+            while True:  # SUBSCRIBE, then (if it comes) the PUBACK
+                try:
+                    data = await asyncio.wait_for(reader.read(1024), 5.0)
+                except TimeoutError:
+                    break
+                sent.extend(data)
+                if b"\x40\x02\x00\x07" in sent or not data:
+                    break
+            writer.write(b"\x90\x03\x00\x01\x01")  # SUBACK
+            await writer.drain()
+
+        server = await asyncio.start_server(broker, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def store(topic: str, payload: bytes, qos: int, packet_id: int, generation: int) -> None:
+            subscriber.queue_puback(packet_id, generation)  # stored at once
+            asyncio.get_running_loop().call_soon(subscriber.flush_pubacks)
+
+        subscriber = PersistentSubscriber("t", ("u", "p"), ["devices/+/messages/#"], store)
+        await subscriber.start("127.0.0.1", port)
+        await subscriber.stop()
+        server.close()
+        assert b"\x40\x02\x00\x07" in sent, f"no PUBACK for packet 7 in {bytes(sent)!r}"
+
+    asyncio.run(main())

@@ -179,6 +179,9 @@ class PersistentSubscriber:
         )
         assert connection.transport is not None
         self._pubacks = []
+        # current from the start: mosquitto sends the session's queued messages right
+        # after CONNACK, before SUBACK, and their PUBACKs must reach this connection
+        self._connection = connection
         transport = connection.transport
         username, password = self.credentials
         transport.write(connect_packet(self.client_id, username, password, self.keepalive))
@@ -191,9 +194,9 @@ class PersistentSubscriber:
             if any(q > 1 for q in granted):
                 raise BrokerUnavailable(f"mosquitto refused the ingest subscriptions: {granted!r}")
         except BaseException:
+            self._connection = None
             transport.close()
             raise
-        self._connection = connection
         for callback in self.on_connected:
             callback()
 
