@@ -431,65 +431,88 @@ class ProvisioningService:
         infinite_lifetime: bool = False,
     ) -> OperationView:
         """Approve; any other open operation for the same Device ID is cancelled."""
-        now = self._clock.now()
-
-        def approve(conn: Connection) -> OperationView:
-            first = _get_op(conn, operation_id)
-            _require_in(first, _get_token(conn, first.provisioning_token_id), workspace_id)
-            device = device_id or first.device_id
-            if device is not None:
-                conn.execute(
-                    sql.LOCK_OPERATIONS_OF_DEVICE_ID,
-                    {"b_device_id": device_key(workspace_id, device), "b_id": operation_id},
-                )
-            op = _get_op(conn, operation_id, lock=True)
-            token = _get_token(conn, op.provisioning_token_id)
-            if token.revoked_at is not None:
-                raise Conflict(
-                    "the Provisioning Token of this operation was revoked",
-                    field="provisioningOperationId",
-                )
-            approved = ops.approve(
-                op,
-                token.options,
-                now,
-                device_id=device_id,
-                registration_token_lifetime=registration_token_lifetime,
-                infinite_lifetime=infinite_lifetime,
-            )
-            _update_op(conn, approved, workspace_id)
-            assert approved.device_id is not None  # settled at approval
-            others = [
-                _op(r._mapping)
-                for r in conn.execute(
-                    sql.OPEN_OPERATIONS_FOR_DEVICE,
-                    {
-                        "b_device_id": device_key(workspace_id, approved.device_id),
-                        "b_id": approved.id,
-                        "b_now": to_epoch(now),
-                    },
-                )
-            ]
-            for cancelled in ops.superseded_by(approved, others, now):
-                _update_op(conn, cancelled, workspace_id)
-            return OperationView(approved, token)
-
-        return await self._db.write(approve)
+        return await self._db.write(
+            approve_operation_in,
+            operation_id,
+            workspace_id,
+            self._clock.now(),
+            device_id=device_id,
+            registration_token_lifetime=registration_token_lifetime,
+            infinite_lifetime=infinite_lifetime,
+        )
 
     async def cancel_operation(
         self, operation_id: str, workspace_id: str = DEFAULT_WORKSPACE
     ) -> OperationView:
-        now = self._clock.now()
+        return await self._db.write(
+            cancel_operation_in, operation_id, workspace_id, self._clock.now()
+        )
 
-        def cancel(conn: Connection) -> OperationView:
-            op = _get_op(conn, operation_id, lock=True)
-            token = _get_token(conn, op.provisioning_token_id)
-            _require_in(op, token, workspace_id)
-            cancelled = ops.cancel(op, now)
-            _update_op(conn, cancelled, workspace_id)
-            return OperationView(cancelled, token)
 
-        return await self._db.write(cancel)
+def approve_operation_in(
+    conn: Connection,
+    operation_id: str,
+    workspace_id: str,
+    now: datetime,
+    *,
+    device_id: str | None = None,
+    registration_token_lifetime: float | None = None,
+    infinite_lifetime: bool = False,
+) -> OperationView:
+    """Approve one operation within the caller's transaction; any other open operation for
+    the same Device ID is cancelled (superseded). The single route and the batch route
+    (``services/batch_operations.py``) both go through here, so they follow one rule set."""
+    first = _get_op(conn, operation_id)
+    _require_in(first, _get_token(conn, first.provisioning_token_id), workspace_id)
+    device = device_id or first.device_id
+    if device is not None:
+        conn.execute(
+            sql.LOCK_OPERATIONS_OF_DEVICE_ID,
+            {"b_device_id": device_key(workspace_id, device), "b_id": operation_id},
+        )
+    op = _get_op(conn, operation_id, lock=True)
+    token = _get_token(conn, op.provisioning_token_id)
+    if token.revoked_at is not None:
+        raise Conflict(
+            "the Provisioning Token of this operation was revoked",
+            field="provisioningOperationId",
+        )
+    approved = ops.approve(
+        op,
+        token.options,
+        now,
+        device_id=device_id,
+        registration_token_lifetime=registration_token_lifetime,
+        infinite_lifetime=infinite_lifetime,
+    )
+    _update_op(conn, approved, workspace_id)
+    assert approved.device_id is not None  # settled at approval
+    others = [
+        _op(r._mapping)
+        for r in conn.execute(
+            sql.OPEN_OPERATIONS_FOR_DEVICE,
+            {
+                "b_device_id": device_key(workspace_id, approved.device_id),
+                "b_id": approved.id,
+                "b_now": to_epoch(now),
+            },
+        )
+    ]
+    for cancelled in ops.superseded_by(approved, others, now):
+        _update_op(conn, cancelled, workspace_id)
+    return OperationView(approved, token)
+
+
+def cancel_operation_in(
+    conn: Connection, operation_id: str, workspace_id: str, now: datetime
+) -> OperationView:
+    """Cancel one operation within the caller's transaction (single and batch routes)."""
+    op = _get_op(conn, operation_id, lock=True)
+    token = _get_token(conn, op.provisioning_token_id)
+    _require_in(op, token, workspace_id)
+    cancelled = ops.cancel(op, now)
+    _update_op(conn, cancelled, workspace_id)
+    return OperationView(cancelled, token)
 
 
 def _require_in(op: ProvisioningOperation, token: ProvisioningToken, workspace_id: str) -> None:
