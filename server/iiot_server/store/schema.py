@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -118,6 +119,33 @@ connection_events = Table(
     Index("ix_connection_events_device_seq", "device_id", "seq"),
 )
 
+# The audit trail (issue 15, ``services/audit.py``): who changed what, when, why, in which
+# request. Append-only in the database itself: revision 0005 adds triggers refusing UPDATE
+# and DELETE (SQLite ``RAISE(ABORT)``, PostgreSQL a trigger function), so no code path, API
+# or not, can rewrite history. ``id`` orders the rows (newest first = highest id).
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("workspace_id", String(90), nullable=False),
+    Column("actor", String(200), nullable=False),  # system | api_key:<id> | device:<key> | …
+    Column("actor_role", String(20)),  # an API key's role
+    Column("action", String(64), nullable=False),  # <noun>.<past-tense verb>
+    Column("target_kind", String(40), nullable=False),
+    Column("target_id", String(200), nullable=False),
+    Column("reason", String(500)),
+    Column("request_id", String(64)),
+    Column("before", String),  # JSON text
+    Column("after", String),  # JSON text
+    Column("detail", String),  # JSON text
+    Index("ix_audit_events_workspace_id", "workspace_id", "id"),
+    Index("ix_audit_events_action", "workspace_id", "action", "id"),
+    Index("ix_audit_events_target", "workspace_id", "target_id", "id"),
+    Index("ix_audit_events_actor", "workspace_id", "actor", "id"),
+    Index("ix_audit_events_request", "request_id"),
+)
+
 registration_tokens = Table(
     "registration_tokens",
     metadata,
@@ -186,6 +214,44 @@ fleet_configurations = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("workspace_id", String(90), nullable=False, server_default="default"),
+    # a staged rollout (revision 0007): its plan, and where it stands; NULL: none
+    Column("rollout", JSON),
+    Column("rollout_state", String(12)),
+    Column("rollout_stage", Integer),
+    Column("rollout_reason", String(500)),
+    Column("rollout_updated_at", Float),
+)
+
+# Per device and top-level desired property (revision 0007): who set it (provenance) and
+# whether the device reported it back (convergence). Written with the twin, in its
+# transaction; a removed desired property loses its row.
+twin_property_states = Table(
+    "twin_property_states",
+    metadata,
+    Column("device_id", String(DEVICE_KEY_LENGTH), primary_key=True),
+    Column("property", Text, primary_key=True),
+    Column("desired_version", Integer, nullable=False),
+    Column("changed_at", Float, nullable=False),
+    Column("source", String(20), nullable=False),  # manual | configuration
+    Column("configuration_id", String(90)),  # bare: the device key has the workspace
+    Column("priority", Integer),
+    Column("state", String(12), nullable=False),  # pending | converged | drifted
+    Column("state_since", Float, nullable=False),
+    Column("converged_at", Float),
+    Column("drifted_at", Float),
+    Index("ix_twin_property_states_state", "state", "property"),
+    Index("ix_twin_property_states_configuration", "configuration_id", "state"),
+)
+
+# The devices a staged rollout has given its configuration so far, and in which stage.
+rollout_members = Table(
+    "rollout_members",
+    metadata,
+    Column("configuration_id", String(DEVICE_KEY_LENGTH), primary_key=True),  # its key
+    Column("device_id", String(DEVICE_KEY_LENGTH), primary_key=True),
+    Column("stage", Integer, nullable=False),
+    Column("admitted_at", Float, nullable=False),
+    Index("ix_rollout_members_device", "device_id"),
 )
 
 desired_patches = Table(
@@ -211,4 +277,27 @@ cloud_to_device_messages = Table(
     Column("expires_at", Float, nullable=False),
     Column("delivered_at", Float),
     Index("ix_c2d_device_pending", "device_id", "delivered_at", "seq"),
+)
+
+
+# Leak detection (issue 15, ``services/alerts.py``): what the platform flagged, with its
+# evidence and the automatic response taken; one open alert per kind and subject (a Device
+# ID or a Provisioning Token) counts its repeats instead of piling up rows (revision 0006).
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("workspace_id", String(90), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("severity", String(10), nullable=False),
+    Column("device_id", String(DEVICE_KEY_LENGTH)),
+    Column("provisioning_token_id", String(36)),
+    Column("evidence", String, nullable=False),  # JSON text
+    Column("response", String(40)),
+    Column("occurrences", Integer, nullable=False, default=1),
+    Column("last_seen_at", Float, nullable=False),
+    Column("acknowledged_at", Float),
+    Index("ix_alerts_workspace_at", "workspace_id", "at"),
+    Index("ix_alerts_subject", "kind", "device_id", "provisioning_token_id"),
 )
