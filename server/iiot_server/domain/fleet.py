@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .convergence import RolloutPlan, RolloutState
 from .device_id import DEVICE_ID_PATTERN
 from .documents import check_json_depth
 from .errors import ValidationError
@@ -117,6 +118,18 @@ def matches(condition: Condition, tags: JSON, reported: JSON) -> bool:
 
 
 @dataclass(frozen=True)
+class RolloutStatus:
+    """Where a staged rollout stands: its ``state``, the current ``stage`` (0-based), and
+    why it halted (``reason``)."""
+
+    plan: RolloutPlan
+    state: RolloutState
+    stage: int
+    reason: str | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
 class FleetConfiguration:
     id: str
     target_condition: Condition
@@ -125,6 +138,13 @@ class FleetConfiguration:
     priority: int
     created_at: datetime
     updated_at: datetime
+    rollout: RolloutStatus | None = None
+
+    @property
+    def reaches_every_target(self) -> bool:
+        """Without a rollout, or once it completed, every targeted device gets it; else
+        only the devices its stages admitted."""
+        return self.rollout is None or self.rollout.state is RolloutState.COMPLETED
 
 
 def validate_configuration_id(value: object) -> str:
@@ -161,10 +181,40 @@ def _reverse_id(value: str) -> tuple[int, ...]:
 
 def configured_layer(configs: Iterable[FleetConfiguration], tags: JSON, reported: JSON) -> JSON:
     """The desired properties all matching configurations give a device."""
+    return configured_layer_with_sources(configs, tags, reported).layer
+
+
+@dataclass(frozen=True)
+class ConfiguredLayer:
+    """A device's configured layer and, per top-level key, the configuration that won it
+    (``(id, priority)``: the highest-priority matching configuration setting that key)."""
+
+    layer: JSON
+    sources: dict[str, tuple[str, int]]
+
+
+def configured_layer_with_sources(
+    configs: Iterable[FleetConfiguration], tags: JSON, reported: JSON
+) -> ConfiguredLayer:
+    """:func:`configured_layer` with the winner of each top-level key.
+
+    >>> from datetime import UTC, datetime
+    >>> def config(cid, desired, priority):
+    ...     t = datetime(2026, 1, 1, tzinfo=UTC)
+    ...     return FleetConfiguration(cid, parse_condition({"and": []}), {"and": []},
+    ...                               desired, priority, t, t)
+    >>> configured_layer_with_sources(
+    ...     [config("base", {"a": 1, "b": 1}, 0), config("fast", {"a": 2}, 5)], {}, {}
+    ... ).sources
+    {'a': ('fast', 5), 'b': ('base', 0)}
+    """
     layer: JSON = {}
+    sources: dict[str, tuple[str, int]] = {}
     for config in by_priority(c for c in configs if matches(c.target_condition, tags, reported)):
         layer = merge_patch(layer, config.desired_properties)
-    return layer
+        for key in config.desired_properties:
+            sources[key] = (config.id, config.priority)
+    return ConfiguredLayer(layer, dict(sorted(sources.items())))
 
 
 def layer_change(previous: JSON, layer: JSON, desired: JSON) -> JSON:

@@ -13,7 +13,7 @@ from ..domain.errors import NotFound
 from ..domain.tokens import TokenStatus
 from ..domain.workspaces import DEFAULT_WORKSPACE, SEPARATOR, device_key, key_prefix, named_device
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
-from ..store.schema import connection_events, devices
+from ..store.schema import connection_events, devices, twin_property_states
 from .registration import RegistrationService, RegistrationToken
 
 
@@ -70,15 +70,26 @@ class DeviceService:
         *,
         limit: int = 1000,
         after: str | None = None,
+        convergence: str | None = None,
+        desired_property: str | None = None,
     ) -> list[Device]:
         """The workspace's devices ordered by Device ID; page with ``after`` (the last
-        Device ID seen)."""
+        Device ID seen). ``convergence`` (pending, converged, drifted): only devices with a
+        desired property in that state (``desired_property``: that one)."""
         query = (
             select(devices)
             .where(in_workspace(devices.c.device_id, workspace_id))
             .order_by(devices.c.device_id)
             .limit(limit)
         )
+        if convergence is not None or desired_property is not None:
+            tps = twin_property_states.c
+            having = select(tps.device_id)
+            if convergence is not None:
+                having = having.where(tps.state == convergence)
+            if desired_property is not None:
+                having = having.where(tps.property == desired_property)
+            query = query.where(devices.c.device_id.in_(having))
         if after is not None:
             query = query.where(
                 devices.c.device_id > device_key(workspace_id, after, field="after")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -15,14 +15,19 @@ from sqlalchemy import ColumnElement, Connection, RowMapping, delete, insert, se
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..clock import Clock
+from ..domain.convergence import (
+    ConvergenceState,
+    state_after_desired_change,
+    state_after_report,
+)
 from ..domain.documents import decode_json_document
 from ..domain.errors import DomainError, NotFound, ValidationError
-from ..domain.fleet import layer_change
+from ..domain.fleet import ConfiguredLayer, layer_change
 from ..domain.twin import JSON, changes_since, merge_patch, validate_patch, with_version
 from ..domain.workspaces import named_device
 from ..events import PlatformEvents
-from ..store.database import Database, from_epoch, to_epoch
-from ..store.schema import desired_patches, devices, twins
+from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
+from ..store.schema import desired_patches, devices, twin_property_states, twins
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +49,41 @@ class TwinSection:
 
 
 @dataclass(frozen=True)
+class PropertySource:
+    """Who set a desired property: ``manual`` (a desired patch over the admin API) or
+    ``configuration`` (the fleet configuration ``configuration_id`` at ``priority``)."""
+
+    kind: str
+    configuration_id: str | None = None
+    priority: int | None = None
+
+
+MANUAL = PropertySource("manual")
+
+
+@dataclass(frozen=True)
+class PropertyConvergence:
+    """One top-level desired property: its state, since when, the desired change it is
+    about (version and time) and who made that change."""
+
+    state: ConvergenceState
+    since: datetime
+    changed_at: datetime
+    desired_version: int
+    source: PropertySource
+    converged_at: datetime | None
+    drifted_at: datetime | None
+    seconds_since_change: float
+    seconds_in_state: float
+
+
+@dataclass(frozen=True)
 class Twin:
     device_id: str
     desired: TwinSection
     reported: TwinSection
     tags: TwinSection
+    convergence: dict[str, PropertyConvergence] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,9 +115,19 @@ class TwinService:
 
     async def get(self, device_id: str) -> Twin:
         def read(conn: Connection) -> Twin:
-            return _twin(device_id, _row(conn, device_id, create=False))
+            return self._twin(conn, device_id, _row(conn, device_id, create=False))
 
         return await self._db.read(read)
+
+    def _twin(self, conn: Connection, device_id: str, m: dict[str, Any]) -> Twin:
+        now = to_epoch(self._clock.now())
+        return Twin(
+            device_id,
+            _section(m, "desired"),
+            _section(m, "reported"),
+            _section(m, "tags"),
+            property_states(conn, device_id, now) if m["desired_version"] else {},
+        )
 
     async def patch(self, device_id: str, section: Section, patch: object) -> Twin:
         """Merge ``patch`` into one section; its version grows by one."""
@@ -105,6 +150,16 @@ class TwinService:
                 )
             )
             if section is Section.DESIRED:
+                record_desired_change(
+                    conn,
+                    device_id,
+                    document,
+                    row["reported"],
+                    touched=validated.keys(),
+                    version=version,
+                    at=t,
+                    source_of=lambda _: MANUAL,
+                )
                 conn.execute(
                     insert(desired_patches).values(
                         device_id=device_id, version=version, patch=validated, created_at=t
@@ -116,7 +171,9 @@ class TwinService:
                         desired_patches.c.version <= version - DESIRED_HISTORY,
                     )
                 )
-            return _twin(device_id, _row(conn, device_id, create=False))
+            elif section is Section.REPORTED:
+                record_report(conn, device_id, row["desired"], document, at=t)
+            return self._twin(conn, device_id, _row(conn, device_id, create=False))
 
         order = self._in_call_order.get(device_id)
         if order is None:
@@ -133,12 +190,15 @@ class TwinService:
         return twin
 
     async def apply_layers(
-        self, layer_for: Callable[[str, JSON, JSON], JSON], device_id: str | None = None
+        self,
+        layer_for: Callable[[str, JSON, JSON], ConfiguredLayer],
+        device_id: str | None = None,
     ) -> int:
         """Re-evaluate the configured layer of one device (or all) in one transaction:
-        ``layer_for(device_key, tags, reported)`` gives the new layer, the difference to the
-        previous one becomes an ordinary desired patch (versioned, pushed to the device).
-        Returns how many devices changed."""
+        ``layer_for(device_key, tags, reported)`` gives the new layer and which
+        configuration set each key, the difference to the previous one becomes an ordinary
+        desired patch (versioned, pushed to the device, its properties' sources and
+        convergence recorded). Returns how many devices changed."""
         t = to_epoch(self._clock.now())
 
         def write(conn: Connection) -> list[tuple[str, JSON]]:
@@ -149,15 +209,32 @@ class TwinService:
             changed = []
             for (did,) in conn.execute(query).all():
                 row = _row(conn, did, create=True)
-                layer = layer_for(did, row["tags"], row["reported"])
+                configured = layer_for(did, row["tags"], row["reported"])
+                layer = configured.layer
                 patch = layer_change(row["configured"] or {}, layer, row["desired"])
                 values: dict[str, Any] = {"configured": layer}
                 if patch:
                     version = row["desired_version"] + 1
-                    values.update(
-                        desired=merge_patch(row["desired"], patch),
-                        desired_version=version,
-                        desired_updated_at=t,
+                    desired = merge_patch(row["desired"], patch)
+                    values.update(desired=desired, desired_version=version, desired_updated_at=t)
+
+                    def source_of(
+                        key: str, sources: ConfiguredLayer = configured
+                    ) -> PropertySource:
+                        winner = sources.sources.get(key)
+                        if winner is None:  # removed: no row is kept for it
+                            return MANUAL
+                        return PropertySource("configuration", winner[0], winner[1])
+
+                    record_desired_change(
+                        conn,
+                        did,
+                        desired,
+                        row["reported"],
+                        touched=patch.keys(),
+                        version=version,
+                        at=t,
+                        source_of=source_of,
                     )
                     conn.execute(
                         insert(desired_patches).values(
@@ -167,6 +244,7 @@ class TwinService:
                     changed.append((did, with_version(patch, version)))
                 if patch or layer != row["configured"]:
                     conn.execute(update(twins).where(twins.c.device_id == did).values(values))
+                record_sources(conn, did, values.get("desired", row["desired"]), configured)
             return changed
 
         changed = await self._db.write(write)
@@ -190,6 +268,32 @@ class TwinService:
             return [(r.device_id, dict(r.tags or {}), dict(r.reported or {})) for r in rows]
 
         return await self._db.read(read)
+
+    async def desired_documents(
+        self, where: ColumnElement[bool] | None = None
+    ) -> list[tuple[str, JSON, JSON, JSON, JSON]]:
+        """``(device_id, tags, reported, desired, configured)`` of every device (``where``
+        it holds), for a fleet configuration's dry run."""
+        query = select(
+            devices.c.device_id, twins.c.tags, twins.c.reported, twins.c.desired, twins.c.configured
+        ).outerjoin(twins, twins.c.device_id == devices.c.device_id)
+        if where is not None:
+            query = query.where(where)
+        query = query.order_by(devices.c.device_id)
+
+        def read(conn: Connection) -> list[tuple[str, JSON, JSON, JSON, JSON]]:
+            return [
+                (
+                    r.device_id,
+                    dict(r.tags or {}),
+                    dict(r.reported or {}),
+                    dict(r.desired or {}),
+                    dict(r.configured or {}),
+                )
+                for r in conn.execute(query)
+            ]
+
+        return await self._db.scan(read)
 
     async def device_request(
         self, device_id: str, reported: bool, payload: bytes
@@ -287,6 +391,10 @@ def _row(conn: Connection, device_id: str, *, create: bool) -> dict[str, Any]:
     conn.execute(
         dialect.insert(twins).values(device_id=device_id, **_EMPTY).on_conflict_do_nothing()
     )
+    # a deleted device's rows (deletion leaves them: readers join ``devices``) must not
+    # come back with a new device of the same Device ID
+    tps = twin_property_states.c
+    conn.execute(delete(twin_property_states).where(tps.device_id == device_id))
     return dict(conn.execute(query).one()._mapping)
 
 
@@ -296,5 +404,118 @@ def _section(m: dict[str, Any] | RowMapping, name: str) -> TwinSection:
     )
 
 
-def _twin(device_id: str, m: dict[str, Any]) -> Twin:
-    return Twin(device_id, _section(m, "desired"), _section(m, "reported"), _section(m, "tags"))
+# Convergence and provenance rows ---------------------------------------------------
+
+
+def record_desired_change(
+    conn: Connection,
+    device_id: str,
+    desired: JSON,
+    reported: JSON,
+    *,
+    touched: Iterable[str],
+    version: int,
+    at: float,
+    source_of: Callable[[str], PropertySource],
+) -> None:
+    """Top-level desired properties a patch touched start over: pending, or converged at
+    once when the device already reports the value; a removed one loses its row."""
+    tps = twin_property_states.c
+    for key in touched:
+        conn.execute(
+            delete(twin_property_states).where(tps.device_id == device_id, tps.property == key)
+        )
+        if key not in desired:
+            continue
+        source = source_of(key)
+        state = state_after_desired_change(desired[key], reported.get(key))
+        converged = state is ConvergenceState.CONVERGED
+        conn.execute(
+            insert(twin_property_states).values(
+                device_id=device_id,
+                property=key,
+                desired_version=version,
+                changed_at=at,
+                source=source.kind,
+                configuration_id=source.configuration_id,
+                priority=source.priority,
+                state=state.value,
+                state_since=at,
+                converged_at=at if converged else None,
+                drifted_at=None,
+            )
+        )
+
+
+def record_report(
+    conn: Connection, device_id: str, desired: JSON, reported: JSON, *, at: float
+) -> None:
+    """After a reported patch: each desired property's state moves (pending or drifted to
+    converged when reported right, converged to drifted when reported otherwise)."""
+    tps = twin_property_states.c
+    rows = conn.execute(select(tps.property, tps.state).where(tps.device_id == device_id)).all()
+    for prop, raw_state in rows:
+        if prop not in desired:
+            continue
+        current = ConvergenceState(raw_state)
+        state = state_after_report(current, desired[prop], reported.get(prop))
+        if state is current:
+            continue
+        values: dict[str, Any] = {"state": state.value, "state_since": at}
+        if state is ConvergenceState.CONVERGED:
+            values["converged_at"] = at
+        elif state is ConvergenceState.DRIFTED:
+            values["drifted_at"] = at
+        conn.execute(
+            update(twin_property_states)
+            .where(tps.device_id == device_id, tps.property == prop)
+            .values(values)
+        )
+
+
+def record_sources(
+    conn: Connection, device_id: str, desired: JSON, configured: ConfiguredLayer
+) -> None:
+    """A configured key whose value did not change but whose winner did (a higher
+    configuration setting the same value, a manual value the layer now also sets) names
+    its new source; its convergence is untouched."""
+    tps = twin_property_states.c
+    rows = conn.execute(
+        select(tps.property, tps.source, tps.configuration_id, tps.priority).where(
+            tps.device_id == device_id
+        )
+    ).all()
+    for prop, kind, configuration_id, priority in rows:
+        winner = configured.sources.get(prop)
+        if winner is None or configured.layer.get(prop) != desired.get(prop):
+            continue
+        if (kind, configuration_id, priority) != ("configuration", winner[0], winner[1]):
+            conn.execute(
+                update(twin_property_states)
+                .where(tps.device_id == device_id, tps.property == prop)
+                .values(source="configuration", configuration_id=winner[0], priority=winner[1])
+            )
+
+
+def property_states(conn: Connection, device_id: str, now: float) -> dict[str, PropertyConvergence]:
+    """The device's desired properties' convergence (``now``: for the seconds since)."""
+    tps = twin_property_states.c
+    rows = conn.execute(
+        select(twin_property_states).where(tps.device_id == device_id).order_by(tps.property)
+    )
+    return {m[tps.property]: _convergence(m, now) for m in (r._mapping for r in rows)}
+
+
+def _convergence(m: RowMapping, now: float) -> PropertyConvergence:
+    tps = twin_property_states.c
+    return PropertyConvergence(
+        state=ConvergenceState(m[tps.state]),
+        since=from_epoch_required(m[tps.state_since]),
+        changed_at=from_epoch_required(m[tps.changed_at]),
+        desired_version=int(m[tps.desired_version]),
+        source=PropertySource(m[tps.source], m[tps.configuration_id], m[tps.priority]),
+        converged_at=from_epoch(m[tps.converged_at]),
+        drifted_at=from_epoch(m[tps.drifted_at]),
+        seconds_since_change=max(0.0, now - m[tps.changed_at]),
+        seconds_in_state=max(0.0, now - m[tps.state_since]),
+    )
