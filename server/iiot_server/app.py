@@ -12,7 +12,14 @@ from litestar.openapi.spec import Components, Reference, SecurityScheme
 from litestar.routes import HTTPRoute
 
 from .api.admin import CONTROLLERS as ADMIN_CONTROLLERS
-from .api.auth import ACCESS, DEPENDENCIES, WORKSPACE_PARAMETER, Access, authorize
+from .api.auth import (
+    ACCESS,
+    DEPENDENCIES,
+    WORKSPACE_PARAMETER,
+    Access,
+    authorize,
+    takes_reason,
+)
 from .api.device_api import DeviceProvisioningController, DeviceRegistrationController
 from .api.models import Health
 from .api.problems import (
@@ -22,6 +29,7 @@ from .api.problems import (
     document_optional_bodies,
     document_problems,
 )
+from .api.request_context import document_reason, echo_request_id
 from .api.requests import PlatformRequest
 from .api.schema_ui import SCHEMA_PATH, asset_routes, render_plugins
 from .api.workspaces import WorkspacesController
@@ -82,6 +90,7 @@ def create_app(
         document_alternative_media(app)  # the OpenAPI document, complete before serving
         document_closed_bodies(app)
         document_optional_bodies(app)
+        document_reason(app, takes_reason)
         try:
             created = await services.api_keys.ensure_bootstrap_admin(settings.admin_key)
             if created is not None and on_admin_key is not None:
@@ -123,6 +132,7 @@ def create_app(
         guards=[authorize],
         dependencies={"services": Provide(provide_services, sync_to_thread=False), **DEPENDENCIES},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        before_send=[echo_request_id],  # X-Request-Id on every response
         request_class=PlatformRequest,  # JSON bodies bounded (depth, UTF-8): 400, never 500
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(

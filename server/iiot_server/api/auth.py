@@ -36,6 +36,7 @@ from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.provisioning import ProvisioningToken
 from ..services.registration import RegistrationToken
+from .request_context import enter_audit_context, request_id_of
 
 ACCESS = "access"
 """The ``opt`` key naming a route's :class:`Access`."""
@@ -81,6 +82,12 @@ def access_of(handler: BaseRouteHandler) -> Access:
     return Access(handler.opt.get(ACCESS, Access.ADMIN))
 
 
+def takes_reason(handler: BaseRouteHandler) -> bool:
+    """Whether a route takes ``?reason=`` (``api/request_context.py``): every technician /
+    admin mutation."""
+    return access_of(handler) in (Access.TECHNICIAN, Access.ADMIN)
+
+
 def _credential(connection: ASGIConnection[Any, Any, Any, Any], scheme: str) -> str:
     header = connection.headers.get("authorization")
     if not header:
@@ -98,13 +105,16 @@ async def authorize(
     access = access_of(handler)
     if access is Access.PUBLIC:
         return
+    request_id_of(connection.scope)  # decided before a 401, so it names the request too
     secret = _credential(connection, SCHEMES[access])
     services: Services = connection.app.state.services
     principal: ApiKey | ProvisioningToken | RegistrationToken
     if access is Access.PROVISIONING_TOKEN:
         principal = await services.provisioning.authenticate(secret)
+        enter_audit_context(connection, f"provisioning_token:{principal.id}")
     elif access is Access.REGISTRATION_TOKEN:
         principal = await services.registration.authenticate(secret)
+        enter_audit_context(connection, f"device:{principal.device_id}")
     else:
         required = Role.ADMIN if access is Access.ADMIN else None
         key = await services.api_keys.authenticate(secret, required=required)
@@ -118,6 +128,7 @@ async def authorize(
             await services.workspaces.require(workspace)
             connection.scope[_WORKSPACE_SCOPE_KEY] = workspace  # type: ignore[literal-required]
         principal = key
+        enter_audit_context(connection, f"api_key:{key.id}", key.role.value)
     connection.scope[_SCOPE_KEY] = principal  # type: ignore[literal-required]
 
 

@@ -15,6 +15,7 @@ from ..events import PlatformEvents
 from ..settings import Settings
 from ..store.database import Database
 from .api_keys import ApiKeyService
+from .audit import use_clock
 from .cloud_to_device import CloudToDeviceService
 from .devices import DeviceService
 from .fleet import FleetService
@@ -53,6 +54,7 @@ class Services:
         """Open the database (creating the schema) and build every service."""
         loop = asyncio.get_running_loop()
         db = await loop.run_in_executor(None, Database.open, settings.database_url)
+        use_clock(db.engine, clock)  # audit rows on the platform's clock
         events = events or PlatformEvents()
         limits = DeviceApiLimits(settings, clock)
         registration = RegistrationService(db, clock, settings, events, limits)

@@ -28,6 +28,7 @@ from ..settings import Settings
 from ..store import statements as sql
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import provisioning_operations, provisioning_tokens
+from .audit import record_audit
 from .limits import DeviceApiLimits
 from .registration import IssuedToken, RegistrationService
 
@@ -154,6 +155,15 @@ class ProvisioningService:
 
         def insert_rows(conn: Connection) -> None:
             conn.execute(insert(provisioning_tokens), rows)
+            for item in created:
+                record_audit(
+                    conn,
+                    action="token.created",
+                    target_kind="provisioning_token",
+                    target_id=item.token.id,
+                    workspace_id=workspace_id,
+                    after=_token_audit(item.token),
+                )
 
         await self._db.write(insert_rows)
         return created
@@ -187,12 +197,23 @@ class ProvisioningService:
         def revoke(conn: Connection) -> ProvisioningToken:
             _get_token(conn, token_id, workspace_id)  # another workspace's: 404
             c = provisioning_tokens.c
-            conn.execute(
+            revoked = conn.execute(
                 update(provisioning_tokens)
                 .where(c.id == token_id, c.revoked_at.is_(None))
                 .values(revoked_at=t)
             )
-            return _get_token(conn, token_id)
+            token = _get_token(conn, token_id)
+            if revoked.rowcount:  # not again for a token revoked before
+                record_audit(
+                    conn,
+                    action="token.revoked",
+                    target_kind="provisioning_token",
+                    target_id=token_id,
+                    workspace_id=workspace_id,
+                    before={"revokedAt": None},
+                    after={"revokedAt": token.revoked_at},
+                )
+            return token
 
         token = await self._db.write(revoke)
         self._by_hash = {h: t for h, t in self._by_hash.items() if t.id != token_id}
@@ -259,6 +280,16 @@ class ProvisioningService:
             else:  # pragma: no cover - 20 collisions in 2.6e10 codes
                 raise Conflict("could not allocate a unique verification code; retry")
             conn.execute(sql.INSERT_OPERATION, _op_row(op, token.workspace_id))
+            record_audit(
+                conn,
+                action="operation.initiated",
+                target_kind="provisioning_operation",
+                target_id=op.id,
+                workspace_id=token.workspace_id,
+                after=_operation_audit(op),
+                detail={"provisioningTokenId": token.id},
+                at=now,
+            )
             return op
 
         return await self._db.write(insert_operation)
@@ -322,6 +353,17 @@ class ProvisioningService:
                 {"b_id": op.id, "b_state": completed.state.value, "b_now": to_epoch(now)},
             )
             assert completed.device_id is not None  # settled at approval
+            record_audit(
+                conn,
+                action="operation.completed",
+                target_kind="provisioning_operation",
+                target_id=op.id,
+                workspace_id=token.workspace_id,
+                before={"state": op.state},
+                after={"state": completed.state},
+                detail={"deviceId": completed.device_id},
+                at=now,
+            )
             return self._registration.issue_for_operation(
                 conn,
                 device_id=device_key(token.workspace_id, completed.device_id),
@@ -487,6 +529,22 @@ def approve_operation_in(
     )
     _update_op(conn, approved, workspace_id)
     assert approved.device_id is not None  # settled at approval
+    overrides = {
+        "deviceId": device_id,
+        "registrationTokenLifetime": registration_token_lifetime,
+        "infiniteLifetime": infinite_lifetime or None,
+    }
+    record_audit(
+        conn,
+        action="operation.approved",
+        target_kind="provisioning_operation",
+        target_id=approved.id,
+        workspace_id=workspace_id,
+        before=_operation_audit(op),
+        after=_operation_audit(approved),
+        detail={"overrides": {k: v for k, v in overrides.items() if v is not None}},
+        at=now,
+    )
     others = [
         _op(r._mapping)
         for r in conn.execute(
@@ -498,8 +556,21 @@ def approve_operation_in(
             },
         )
     ]
+    previous = {other.id: other for other in others}
     for cancelled in ops.superseded_by(approved, others, now):
         _update_op(conn, cancelled, workspace_id)
+        # in the approver's name and request: their approval superseded it
+        record_audit(
+            conn,
+            action="operation.cancelled",
+            target_kind="provisioning_operation",
+            target_id=cancelled.id,
+            workspace_id=workspace_id,
+            before={"state": previous[cancelled.id].state},
+            after={"state": cancelled.state, "cancelReason": cancelled.cancel_reason},
+            detail={"supersededBy": approved.id},
+            at=now,
+        )
     return OperationView(approved, token)
 
 
@@ -512,7 +583,43 @@ def cancel_operation_in(
     _require_in(op, token, workspace_id)
     cancelled = ops.cancel(op, now)
     _update_op(conn, cancelled, workspace_id)
+    record_audit(
+        conn,
+        action="operation.cancelled",
+        target_kind="provisioning_operation",
+        target_id=cancelled.id,
+        workspace_id=workspace_id,
+        before={"state": op.state},
+        after={"state": cancelled.state, "cancelReason": cancelled.cancel_reason},
+        at=now,
+    )
     return OperationView(cancelled, token)
+
+
+def _token_audit(token: ProvisioningToken) -> dict[str, object]:
+    """A Provisioning Token as its audit events show it (never its secret)."""
+    o = token.options
+    return {
+        "name": token.name,
+        "batchId": token.batch_id,
+        "deviceId": o.device_id,
+        "deviceIdOverride": o.device_id_override,
+        "maxRegistrationTokenLifetime": o.max_registration_token_lifetime,
+        "registrationTokenLifetimeOverride": o.registration_token_lifetime_override,
+        "allowInfiniteLifetime": o.allow_infinite_lifetime,
+    }
+
+
+def _operation_audit(op: ProvisioningOperation) -> dict[str, object]:
+    """A Provisioning Operation as its audit events show it."""
+    return {
+        "state": op.state,
+        "deviceId": op.device_id,
+        "verificationCode": op.verification_code,
+        "provisioningTokenId": op.provisioning_token_id,
+        "attributes": op.attributes,
+        "registrationTokenLifetime": op.registration_token_lifetime,
+    }
 
 
 def _require_in(op: ProvisioningOperation, token: ProvisioningToken, workspace_id: str) -> None:

@@ -27,6 +27,7 @@ change is a new revision beside the ``schema.py`` edit (see ``store.migrations``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -149,8 +150,11 @@ class Database:
 
     async def _offload(self, runner: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
+        # in the caller's context, so the work sees its context variables (the request's
+        # audit actor, ``services/audit.py``), as ``asyncio.to_thread`` would
+        context = contextvars.copy_context()
         return await loop.run_in_executor(
-            self._executor, functools.partial(runner, *args, **kwargs)
+            self._executor, functools.partial(context.run, runner, *args, **kwargs)
         )
 
     def _connection(self) -> Connection:
