@@ -16,7 +16,8 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from ..domain.errors import ValidationError
+from ..domain.errors import DomainError, ValidationError
+from ..domain.operation_filters import OperationFilter
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, ProvisioningTokenOptions
 from ..domain.topics import STREAM_PATTERN
@@ -24,12 +25,17 @@ from ..domain.verification import CODE_PATTERN
 from ..domain.workspaces import PLATFORM_WIDE, device_key
 from ..services import Services
 from ..services.api_keys import ApiKey
+from ..services.operation_batches import BatchOutcome, OperationBatchService
 from ..services.twin import Section
 from .auth import ACCESS, WORKSPACE_PARAMETER, Access
 from .models import (
     MAX_WIRE_INT,
     ApiKeyOut,
     ApproveRequest,
+    BatchApproveRequest,
+    BatchItemOut,
+    BatchOut,
+    BatchRequest,
     BulkProvisioningTokensRequest,
     CloudToDeviceOut,
     CloudToDeviceRequest,
@@ -42,13 +48,14 @@ from .models import (
     FleetConfigurationIn,
     FleetConfigurationOut,
     MessageOut,
+    OperationFilterIn,
     OperationOut,
     ProvisioningTokenOut,
     RevokeDeviceOut,
     TokenOptionsFields,
     TwinOut,
 )
-from .problems import ALSO_ANSWERS, PROBLEMS
+from .problems import ALSO_ANSWERS, PROBLEMS, status_of
 
 # Access is the guard's (api/auth.py): admin unless a controller or route says otherwise.
 TECHNICIAN = {ACCESS: Access.TECHNICIAN}
@@ -158,10 +165,121 @@ class ProvisioningTokensController(ApiController):
         )
 
 
+def _selection(data: OperationFilterIn, *, states: tuple[OperationState, ...]) -> OperationFilter:
+    return OperationFilter.validated(
+        provisioning_token_id=data.provisioning_token_id,
+        device_id_prefix=data.device_id_prefix,
+        device_id_pattern=data.device_id_pattern,
+        attributes=data.attributes,
+        created_after=data.created_after,
+        created_before=data.created_before,
+        ids=data.ids,
+        verification_codes=data.verification_codes,
+        state=data.state,
+        states_allowed=states,
+    )
+
+
+def _problem(exc: DomainError) -> dict[str, Any]:
+    """The problem body the single route answers for ``exc`` (``api/problems.py``)."""
+    body: dict[str, Any] = {
+        "type": exc.problem_type,
+        "title": exc.title,
+        "status": status_of(exc),
+        "detail": exc.detail,
+    }
+    if exc.field:
+        body["field"] = exc.field
+    return body
+
+
+def _batch_out(outcome: BatchOutcome) -> BatchOut:
+    counts: dict[str, int] = {}
+    results = []
+    for item in outcome.items:
+        counts[item.result.value] = counts.get(item.result.value, 0) + 1
+        results.append(
+            BatchItemOut(
+                provisioning_operation_id=item.operation_id,
+                verification_code=item.verification_code,
+                device_id=item.device_id,
+                result=item.result.value,
+                reason=item.reason,
+                problem=None if item.error is None else _problem(item.error),
+            )
+        )
+    return BatchOut(
+        dry_run=outcome.dry_run,
+        matched=outcome.matched,
+        truncated=outcome.truncated,
+        counts=counts,
+        results=results,
+    )
+
+
+def _batches(services: Services) -> OperationBatchService:
+    return OperationBatchService(services.db, services.clock, services.provisioning.code_lookups)
+
+
 class ProvisioningOperationsController(ApiController):
     path = "/provisioning-operations"
     tags = ["provisioning operations"]
     opt = TECHNICIAN
+
+    # The batch routes (POST /approve, /cancel) and the single ones
+    # (POST /{operationId}/approve) differ in length, so neither shadows the other.
+    @post("/approve", status_code=200, opt={PROBLEMS: (429,)})
+    async def approve_matching(
+        self,
+        data: JSONBody[BatchApproveRequest],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+        workspace: NamedDependency[str],
+    ) -> BatchOut:
+        """Approve every pending operation ``filter`` selects, oldest first, at most
+        ``limit`` (1000) per call; each is approved by the single approval's rules (and
+        supersedes other open operations of its Device ID). ``deviceIdPattern`` is a glob
+        (fnmatch-style). Operations of the batch that share a Device ID are all skipped.
+        ``dryRun``: what would happen, nothing changed. Past ``limit``: ``truncated`` is
+        true and only the first ``limit`` were acted on. See docs/tokens.md."""
+        if data.device_id is not None:
+            raise ValidationError(
+                "a batch cannot give one Device ID to many operations: approve that one "
+                "by its id or code (POST /provisioning-operations/{id}/approve)",
+                field="deviceId",
+            )
+        selection = _selection(data.filter, states=(OperationState.PENDING,))
+        # audit: the body's reason goes into audit_context (A's set_reason)
+        outcome = await _batches(services).approve(
+            workspace,
+            selection,
+            dry_run=data.dry_run,
+            limit=data.limit,
+            requester=principal.id,
+            registration_token_lifetime=data.registration_token_lifetime,
+            infinite_lifetime=data.infinite_lifetime,
+        )
+        return _batch_out(outcome)
+
+    @post("/cancel", status_code=200, opt={PROBLEMS: (429,)})
+    async def cancel_matching(
+        self,
+        data: JSONBody[BatchRequest],
+        principal: NamedDependency[ApiKey],
+        services: NamedDependency[Services],
+        workspace: NamedDependency[str],
+    ) -> BatchOut:
+        """Cancel every pending or approved operation ``filter`` selects (``state`` narrows
+        to one), oldest first, at most ``limit`` (1000) per call; ``dryRun`` changes
+        nothing; past ``limit``, ``truncated`` is true."""
+        selection = _selection(
+            data.filter, states=(OperationState.PENDING, OperationState.APPROVED)
+        )
+        # audit: the body's reason goes into audit_context (A's set_reason)
+        outcome = await _batches(services).cancel(
+            workspace, selection, dry_run=data.dry_run, limit=data.limit, requester=principal.id
+        )
+        return _batch_out(outcome)
 
     @get("/", opt={PROBLEMS: (429,)})  # code look-ups are rate-limited per API key
     async def list_operations(

@@ -11,6 +11,7 @@ import msgspec
 from ..domain import sas
 from ..domain.device_id import DEVICE_ID_PATTERN
 from ..domain.fleet import FleetConfiguration
+from ..domain.operation_filters import MAX_BATCH
 from ..domain.operations import OperationState
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from ..domain.workspaces import bare_device_id, split_device_key
@@ -267,6 +268,80 @@ class OperationOut(Wire):
             max_registration_token_lifetime=o.max_registration_token_lifetime,
             allow_infinite_lifetime=o.allow_infinite_lifetime,
         )
+
+
+# Batch approval and cancellation (issue 15) -----------------------------------------
+
+OperationIds = Annotated[
+    list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]],
+    msgspec.Meta(max_length=MAX_BATCH),
+]
+
+
+class OperationFilterIn(WireRequest):
+    """Which operations a batch acts on: every field given must hold (AND); at least one
+    besides ``state`` is required. ``deviceIdPattern`` is a glob (fnmatch-style: ``*`` any
+    run of characters, ``?`` one; case-sensitive). ``createdAfter`` is inclusive,
+    ``createdBefore`` exclusive. ``ids`` / ``verificationCodes``: each one named is
+    reported, also when skipped (not found, expired, already approved, ...)."""
+
+    provisioning_token_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    device_id_prefix: str | None = None
+    device_id_pattern: str | None = None
+    attributes: dict[str, str] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    ids: OperationIds | None = None
+    verification_codes: OperationIds | None = None
+    state: OperationState | None = None
+    """Approve: ``pending`` (the default). Cancel: ``pending`` or ``approved`` (default:
+    both)."""
+
+
+class BatchRequest(WireRequest):
+    """A batch over the operations ``filter`` selects; ``dryRun`` reports what would
+    happen and changes nothing; ``limit`` (at most 1000) caps the operations acted on."""
+
+    filter: OperationFilterIn
+    dry_run: bool = False
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    """Why (recorded in the audit trail with every operation acted on)."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_BATCH)] = MAX_BATCH
+
+
+class BatchApproveRequest(BatchRequest, kw_only=True):
+    """The single approval's overrides, applied to each operation; ``deviceId`` is
+    refused (one Device ID cannot go to many operations)."""
+
+    registration_token_lifetime: Seconds | None = None
+    infinite_lifetime: bool = False
+    device_id: str | None = None
+
+
+class BatchItemOut(Wire, omit_defaults=True):
+    """One selected operation's result: ``approved`` / ``cancelled`` (``would_…`` in a dry
+    run), ``skipped`` with a ``reason``, or ``failed`` with the ``problem`` the single route
+    would answer."""
+
+    provisioning_operation_id: str | None
+    """None only for a verification code that no open operation shows."""
+    verification_code: str | None
+    device_id: str | None
+    result: str
+    reason: str | None = None
+    problem: dict[str, Any] | None = None
+
+
+class BatchOut(Wire):
+    dry_run: bool
+    matched: int
+    """Operations the filter selected (with ``ids``/``verificationCodes``: each one named)."""
+    truncated: bool
+    """``matched`` exceeds the call's ``limit``: only the first ``limit`` (oldest first) are
+    in ``results`` and were acted on; call again for the rest."""
+    counts: dict[str, int]
+    """Results per kind (``approved``, ``skipped``, ...)."""
+    results: list[BatchItemOut]
 
 
 class DeviceOut(Wire):
