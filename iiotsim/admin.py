@@ -49,13 +49,16 @@ from iiot_server.api.models import (
     CreatedApiKeyOut,
     CreatedProvisioningTokenOut,
     DeviceOut,
+    FleetConfigurationDryRunOut,
     FleetConfigurationOut,
     Health,
     MessageOut,
     OperationOut,
     ProvisioningTokenOut,
     RevokeDeviceOut,
+    TwinConvergenceOut,
     TwinOut,
+    TwinProvenanceOut,
     WorkspaceOut,
 )
 
@@ -289,10 +292,43 @@ class AdminClient:
 
     # Devices ---------------------------------------------------------------------------
 
-    def list_devices(self, *, after: str | None = None, limit: int = 1000) -> list[DeviceOut]:
+    def list_devices(
+        self,
+        *,
+        after: str | None = None,
+        limit: int = 1000,
+        convergence: str | None = None,
+        desired_property: str | None = None,
+    ) -> list[DeviceOut]:
+        """Devices by Device ID; ``convergence`` (``"pending"``, ``"converged"``,
+        ``"drifted"``): only those with a desired property in that state
+        (``desired_property``: that one)."""
         return self._call(
-            "GET", "/api/v1/devices", list[DeviceOut], params={"after": after, "limit": limit}
+            "GET",
+            "/api/v1/devices",
+            list[DeviceOut],
+            params={
+                "after": after,
+                "limit": limit,
+                "convergence": convergence,
+                "property": desired_property,
+            },
         )
+
+    def devices(
+        self, *, convergence: str | None = None, desired_property: str | None = None
+    ) -> list[DeviceOut]:
+        """Every device (all pages), e.g. ``devices(convergence="pending")``."""
+        found: list[DeviceOut] = []
+        while True:
+            page = self.list_devices(
+                after=found[-1].device_id if found else None,
+                convergence=convergence,
+                desired_property=desired_property,
+            )
+            found += page
+            if len(page) < 1000:
+                return found
 
     def get_device(self, device_id: str) -> DeviceOut:
         return self._call("GET", f"/api/v1/devices/{device_id}", DeviceOut)
@@ -367,6 +403,16 @@ class AdminClient:
         """The device's twin: ``.desired``, ``.reported``, ``.tags`` with versions."""
         return self._call("GET", f"/api/v1/devices/{device_id}/twin", TwinOut)
 
+    def twin_provenance(self, device_id: str) -> TwinProvenanceOut:
+        """Who set each desired property of the device (a configuration at its priority,
+        or a manual patch), when, and which configurations targeting it set it too."""
+        return self._call("GET", f"/api/v1/devices/{device_id}/twin/provenance", TwinProvenanceOut)
+
+    def twin_convergence(self) -> TwinConvergenceOut:
+        """Fleet-wide: devices pending / converged / drifted per desired property and per
+        fleet configuration."""
+        return self._call("GET", "/api/v1/twin-convergence", TwinConvergenceOut)
+
     def update_desired_properties(self, device_id: str, patch: dict[str, Any]) -> TwinOut:
         """Merge-patch the desired properties (None removes a key); pushed to the device."""
         return self._http_json("PATCH", f"/api/v1/devices/{device_id}/twin/desired", patch)
@@ -389,9 +435,12 @@ class AdminClient:
         *,
         priority: int = 0,
         configuration_id: str | None = None,
+        rollout: dict[str, Any] | None = None,
     ) -> FleetConfigurationOut:
         """Set ``desired_properties`` on every device ``target_condition`` matches, e.g.
-        ``{"eq": {"path": "tags.site", "value": "plant-7"}}``; higher ``priority`` wins."""
+        ``{"eq": {"path": "tags.site", "value": "plant-7"}}``; higher ``priority`` wins.
+        ``rollout``: in stages, e.g. ``{"stages": [{"count": 1}, {"percent": 100}],
+        "advanceWhenConverged": 0.9, "haltWhenDrifted": 0.1}``."""
         return self._call(
             "POST",
             "/api/v1/fleet-configurations",
@@ -401,7 +450,40 @@ class AdminClient:
                 "targetCondition": target_condition,
                 "desiredProperties": desired_properties,
                 "priority": priority,
+                "rollout": rollout,
             },
+        )
+
+    def preview_fleet_configuration(
+        self,
+        target_condition: dict[str, Any],
+        desired_properties: dict[str, Any],
+        *,
+        priority: int = 0,
+        configuration_id: str | None = None,
+        rollout: dict[str, Any] | None = None,
+        replace: bool = False,
+    ) -> FleetConfigurationDryRunOut:
+        """A dry run of creating (``replace``: changing ``configuration_id``) a
+        configuration: the devices it would target, their desired properties before and
+        after; nothing is written."""
+        body = {
+            "id": configuration_id,
+            "targetCondition": target_condition,
+            "desiredProperties": desired_properties,
+            "priority": priority,
+            "rollout": rollout,
+        }
+        if replace:
+            body.pop("id")
+        return self._call(
+            "PUT" if replace else "POST",
+            f"/api/v1/fleet-configurations/{configuration_id}"
+            if replace
+            else "/api/v1/fleet-configurations",
+            FleetConfigurationDryRunOut,
+            json=body,
+            params={"dryRun": "true"},
         )
 
     def replace_fleet_configuration(
@@ -411,6 +493,7 @@ class AdminClient:
         desired_properties: dict[str, Any],
         *,
         priority: int = 0,
+        rollout: dict[str, Any] | None = None,
     ) -> FleetConfigurationOut:
         return self._call(
             "PUT",
@@ -420,11 +503,29 @@ class AdminClient:
                 "targetCondition": target_condition,
                 "desiredProperties": desired_properties,
                 "priority": priority,
+                "rollout": rollout,
             },
         )
 
+    def resume_rollout(self, configuration_id: str) -> FleetConfigurationOut:
+        """Resume a halted staged rollout (its stage is judged again at once)."""
+        return self._call(
+            "POST",
+            f"/api/v1/fleet-configurations/{configuration_id}/rollout/resume",
+            FleetConfigurationOut,
+        )
+
+    def abort_rollout(self, configuration_id: str) -> FleetConfigurationOut:
+        """Stop a staged rollout; devices it reached keep the configuration."""
+        return self._call(
+            "POST",
+            f"/api/v1/fleet-configurations/{configuration_id}/rollout/abort",
+            FleetConfigurationOut,
+        )
+
     def list_fleet_configurations(self) -> list[FleetConfigurationOut]:
-        """Configurations with their ``metrics`` (targeted, applied)."""
+        """Configurations with their ``metrics`` (targeted, applied, pending, converged,
+        drifted, a staged rollout's stages) and ``rollout`` state."""
         return self._call("GET", "/api/v1/fleet-configurations", list[FleetConfigurationOut])
 
     def get_fleet_configuration(self, configuration_id: str) -> FleetConfigurationOut:

@@ -14,8 +14,10 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from ..domain.convergence import ConvergenceState, RolloutState
 from ..domain.errors import DomainError, ValidationError
 from ..domain.operation_filters import OperationFilter
 from ..domain.operations import OperationState
@@ -40,20 +42,25 @@ from .models import (
     CloudToDeviceOut,
     CloudToDeviceRequest,
     ConnectionEventOut,
+    ConvergenceCountsOut,
     CreateApiKeyRequest,
     CreatedApiKeyOut,
     CreatedProvisioningTokenOut,
     CreateProvisioningTokenRequest,
     DeviceOut,
+    FleetConfigurationDryRunOut,
     FleetConfigurationIn,
     FleetConfigurationOut,
     MessageOut,
     OperationFilterIn,
     OperationOut,
+    PropertyProvenanceOut,
     ProvisioningTokenOut,
     RevokeDeviceOut,
     TokenOptionsFields,
+    TwinConvergenceOut,
     TwinOut,
+    TwinProvenanceOut,
 )
 from .problems import ALSO_ANSWERS, PROBLEMS, status_of
 
@@ -364,9 +371,21 @@ class DevicesController(ApiController):
         workspace: NamedDependency[str],
         after: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+        convergence: FromQuery[ConvergenceState | None] = None,
+        desired_property: Annotated[
+            str | None, QueryParameter(name="property", min_length=1, max_length=1000)
+        ] = None,
     ) -> list[DeviceOut]:
-        """Devices by Device ID; page with ``after`` (the last Device ID seen)."""
-        listed = await services.devices.list(workspace, limit=limit, after=after)
+        """Devices by Device ID; page with ``after`` (the last Device ID seen).
+        ``convergence`` (pending, converged, drifted): only devices with a desired property
+        in that state; ``property``: that property."""
+        listed = await services.devices.list(
+            workspace,
+            limit=limit,
+            after=after,
+            convergence=convergence.value if convergence else None,
+            desired_property=desired_property,
+        )
         return [DeviceOut.of(d) for d in listed]
 
     @get("/{device_id:str}")
@@ -417,8 +436,25 @@ class DevicesController(ApiController):
         services: NamedDependency[Services],
         workspace: NamedDependency[str],
     ) -> TwinOut:
-        """Desired and reported properties and tags, each with version and last update."""
+        """Desired and reported properties and tags, each with version and last update,
+        and each desired property's ``convergence`` (pending, converged, drifted)."""
         return TwinOut.of(await services.twins.get(device_key(workspace, device_id)))
+
+    @get("/{device_id:str}/twin/provenance")
+    async def get_twin_provenance(
+        self,
+        device_id: FromPath[str],
+        services: NamedDependency[Services],
+        workspace: NamedDependency[str],
+    ) -> TwinProvenanceOut:
+        """For each desired property: who set it (a fleet configuration at its priority,
+        or a manual patch), when, and every configuration targeting the device that sets
+        it, highest priority first."""
+        found = await services.fleet.provenance(device_key(workspace, device_id))
+        return TwinProvenanceOut(
+            device_id=device_id,
+            properties={k: PropertyProvenanceOut.of(v) for k, v in found.items()},
+        )
 
     @patch("/{device_id:str}/twin/desired", opt=ADMIN)
     async def patch_desired(
@@ -559,27 +595,49 @@ class ApiKeysController(ApiController):
         )
 
 
+DRY_RUN_ANSWER = "With `?dryRun=true`: what it would do (nothing written)."
+
+
 class FleetConfigurationsController(ApiController):
     path = "/fleet-configurations"
     tags = ["fleet configurations"]
 
-    @post("/", status_code=201, opt={PROBLEMS: (409,)})
+    @post(
+        "/",
+        status_code=201,
+        opt={PROBLEMS: (409,)},
+        responses={200: ResponseSpec(FleetConfigurationDryRunOut, description=DRY_RUN_ANSWER)},
+    )
     async def create(
         self,
         data: JSONBody[FleetConfigurationIn],
         services: NamedDependency[Services],
         workspace: NamedDependency[str],
-    ) -> FleetConfigurationOut:
-        """Create a configuration; the fleet is re-evaluated at once."""
+        dry_run: Annotated[bool, QueryParameter(name="dryRun")] = False,
+    ) -> Response[Any]:
+        """Create a configuration; the fleet is re-evaluated at once. With a ``rollout``,
+        in stages. ``?dryRun=true``: the devices it would target and their desired
+        properties before and after, writing nothing (200)."""
+        if dry_run:
+            preview = await services.fleet.dry_run(
+                target_condition=data.target_condition,
+                desired_properties=data.desired_properties,
+                priority=data.priority,
+                configuration_id=data.id,
+                workspace_id=workspace,
+                rollout=data.rollout,
+            )
+            return Response(FleetConfigurationDryRunOut.of(preview), status_code=200)
         config = await services.fleet.create(
             target_condition=data.target_condition,
             desired_properties=data.desired_properties,
             priority=data.priority,
             configuration_id=data.id,
             workspace_id=workspace,
+            rollout=data.rollout,
         )
         metrics = await services.fleet.metrics(workspace)
-        return FleetConfigurationOut.of(config, metrics.get(config.id))
+        return Response(FleetConfigurationOut.of(config, metrics.get(config.id)), status_code=201)
 
     @get("/")
     async def list_configurations(
@@ -607,16 +665,60 @@ class FleetConfigurationsController(ApiController):
         data: JSONBody[FleetConfigurationIn],
         services: NamedDependency[Services],
         workspace: NamedDependency[str],
-    ) -> FleetConfigurationOut:
-        """Change a configuration; the fleet is re-evaluated at once."""
+        dry_run: Annotated[bool, QueryParameter(name="dryRun")] = False,
+    ) -> FleetConfigurationOut | FleetConfigurationDryRunOut:
+        """Change a configuration; the fleet is re-evaluated at once (with a ``rollout``,
+        the change rolls out in stages afresh). ``?dryRun=true``: what it would do, writing
+        nothing."""
         if data.id is not None and data.id != configuration_id:
             raise ValidationError("id in the body differs from the path", field="id")
+        if dry_run:
+            preview = await services.fleet.dry_run(
+                target_condition=data.target_condition,
+                desired_properties=data.desired_properties,
+                priority=data.priority,
+                configuration_id=configuration_id,
+                workspace_id=workspace,
+                rollout=data.rollout,
+                replacing=True,
+            )
+            return FleetConfigurationDryRunOut.of(preview)
         config = await services.fleet.replace(
             configuration_id,
             target_condition=data.target_condition,
             desired_properties=data.desired_properties,
             priority=data.priority,
             workspace_id=workspace,
+            rollout=data.rollout,
+        )
+        metrics = await services.fleet.metrics(workspace)
+        return FleetConfigurationOut.of(config, metrics.get(config.id))
+
+    @post("/{configuration_id:str}/rollout/resume", status_code=200, opt={PROBLEMS: (409,)})
+    async def resume_rollout(
+        self,
+        configuration_id: FromPath[str],
+        services: NamedDependency[Services],
+        workspace: NamedDependency[str],
+    ) -> FleetConfigurationOut:
+        """Resume a halted staged rollout; its current stage is judged again at once."""
+        config = await services.fleet.set_rollout_state(
+            configuration_id, RolloutState.ROLLING, workspace
+        )
+        metrics = await services.fleet.metrics(workspace)
+        return FleetConfigurationOut.of(config, metrics.get(config.id))
+
+    @post("/{configuration_id:str}/rollout/abort", status_code=200, opt={PROBLEMS: (409,)})
+    async def abort_rollout(
+        self,
+        configuration_id: FromPath[str],
+        services: NamedDependency[Services],
+        workspace: NamedDependency[str],
+    ) -> FleetConfigurationOut:
+        """Stop a staged rollout: devices it reached keep the configuration, no others get
+        it (delete the configuration to take it back)."""
+        config = await services.fleet.set_rollout_state(
+            configuration_id, RolloutState.ABORTED, workspace
         )
         metrics = await services.fleet.metrics(workspace)
         return FleetConfigurationOut.of(config, metrics.get(config.id))
@@ -632,10 +734,35 @@ class FleetConfigurationsController(ApiController):
         await services.fleet.delete(configuration_id, workspace)
 
 
+class TwinConvergenceController(ApiController):
+    path = "/twin-convergence"
+    tags = ["devices"]
+    opt = TECHNICIAN
+
+    @get("/")
+    async def fleet_convergence(
+        self, services: NamedDependency[Services], workspace: NamedDependency[str]
+    ) -> TwinConvergenceOut:
+        """Fleet-wide: devices by convergence state per desired property and per fleet
+        configuration (its devices by the worst state of the properties it set)."""
+        per_property = await services.fleet.convergence_counts(workspace)
+        metrics = await services.fleet.metrics(workspace)
+        return TwinConvergenceOut(
+            properties={k: ConvergenceCountsOut(**v) for k, v in per_property.items()},
+            configurations={
+                cid: ConvergenceCountsOut(
+                    pending=m.pending, converged=m.converged, drifted=m.drifted
+                )
+                for cid, m in metrics.items()
+            },
+        )
+
+
 CONTROLLERS = [
     ProvisioningTokensController,
     ProvisioningOperationsController,
     DevicesController,
     ApiKeysController,
     FleetConfigurationsController,
+    TwinConvergenceController,
 ]

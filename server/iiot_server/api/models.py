@@ -19,11 +19,17 @@ from ..security import Role
 from ..services.api_keys import ApiKey, CreatedApiKey
 from ..services.cloud_to_device import CloudToDeviceMessage
 from ..services.devices import ConnectionEvent, Device
-from ..services.fleet import ConfigurationMetrics
+from ..services.fleet import (
+    ConfigurationMetrics,
+    DryRun,
+    DryRunDevice,
+    PropertyProvenance,
+    StageMetrics,
+)
 from ..services.messages import StoredMessage
 from ..services.provisioning import CreatedProvisioningToken, OperationView, ProvisioningToken
 from ..services.registration import IssuedToken, Registration
-from ..services.twin import Twin, TwinSection
+from ..services.twin import PropertyConvergence, Twin, TwinSection
 from ..services.workspaces import Workspace
 
 Seconds = Annotated[float, msgspec.Meta(ge=1, le=100 * 365 * 86400, description="seconds")]
@@ -545,11 +551,45 @@ class TwinSectionOut(Wire):
         )
 
 
+class PropertyConvergenceOut(Wire):
+    """One top-level desired property: ``pending`` (changed, not reported back yet),
+    ``converged`` (reported as desired) or ``drifted`` (reported otherwise after
+    converging); ``since``: when it entered that state; ``changedAt`` and
+    ``desiredVersion``: the desired change it is about; ``source``: ``manual`` or
+    ``configuration`` (``configurationId`` at ``priority``)."""
+
+    state: Literal["pending", "converged", "drifted"]
+    since: datetime
+    seconds_in_state: float
+    changed_at: datetime
+    seconds_since_change: float
+    desired_version: int
+    source: Literal["manual", "configuration"]
+    configuration_id: str | None = None
+    priority: int | None = None
+
+    @classmethod
+    def of(cls, p: PropertyConvergence) -> PropertyConvergenceOut:
+        return cls(
+            state=p.state.value,  # type: ignore[arg-type]  # the enum's values are the Literal
+            since=p.since,
+            seconds_in_state=p.seconds_in_state,
+            changed_at=p.changed_at,
+            seconds_since_change=p.seconds_since_change,
+            desired_version=p.desired_version,
+            source=p.source.kind,  # type: ignore[arg-type]
+            configuration_id=p.source.configuration_id,
+            priority=p.source.priority,
+        )
+
+
 class TwinOut(Wire):
     device_id: str
     desired: TwinSectionOut
     reported: TwinSectionOut
     tags: TwinSectionOut
+    convergence: dict[str, PropertyConvergenceOut] = {}
+    """Per top-level desired property (see :class:`PropertyConvergenceOut`)."""
 
     @classmethod
     def of(cls, twin: Twin) -> TwinOut:
@@ -558,7 +598,71 @@ class TwinOut(Wire):
             desired=TwinSectionOut.of(twin.desired),
             reported=TwinSectionOut.of(twin.reported),
             tags=TwinSectionOut.of(twin.tags),
+            convergence={k: PropertyConvergenceOut.of(v) for k, v in twin.convergence.items()},
         )
+
+
+class ProvenanceCandidateOut(Wire):
+    configuration_id: str
+    priority: int
+    value: Any
+    applies: bool
+    """False: the configuration's staged rollout has not reached this device yet."""
+
+
+class PropertyProvenanceOut(Wire):
+    """Who set a desired property (``source``: ``manual``, ``configuration``, or
+    ``unknown`` for a value older than the record), when, and every configuration
+    targeting the device that sets it, highest priority first (the first that applies
+    wins at the next re-evaluation)."""
+
+    value: Any
+    source: Literal["manual", "configuration", "unknown"]
+    configuration_id: str | None
+    priority: int | None
+    set_at: datetime | None
+    desired_version: int | None
+    configurations: list[ProvenanceCandidateOut]
+
+    @classmethod
+    def of(cls, p: PropertyProvenance) -> PropertyProvenanceOut:
+        return cls(
+            value=p.value,
+            source=p.source.kind if p.source else "unknown",  # type: ignore[arg-type]
+            configuration_id=p.source.configuration_id if p.source else None,
+            priority=p.source.priority if p.source else None,
+            set_at=p.set_at,
+            desired_version=p.desired_version,
+            configurations=[
+                ProvenanceCandidateOut(
+                    configuration_id=c.configuration_id,
+                    priority=c.priority,
+                    value=c.value,
+                    applies=c.applies,
+                )
+                for c in p.configurations
+            ],
+        )
+
+
+class TwinProvenanceOut(Wire):
+    device_id: str
+    properties: dict[str, PropertyProvenanceOut]
+
+
+class ConvergenceCountsOut(Wire):
+    """Devices by the state of one desired property (or of one configuration's)."""
+
+    pending: int = 0
+    converged: int = 0
+    drifted: int = 0
+
+
+class TwinConvergenceOut(Wire):
+    """Fleet-wide convergence: per top-level desired property, and per configuration."""
+
+    properties: dict[str, ConvergenceCountsOut]
+    configurations: dict[str, ConvergenceCountsOut]
 
 
 class FleetConfigurationIn(WireRequest):
@@ -569,11 +673,54 @@ class FleetConfigurationIn(WireRequest):
     desired_properties: dict[str, Any]
     priority: Priority = 0
     id: str | None = None
+    rollout: dict[str, Any] | None = None
+    """A staged rollout: ``{"stages": [{"percent": 10} | {"count": 5}, ...],
+    "advanceWhenConverged": 0.9, "haltWhenDrifted": 0.1}`` (docs/fleet-configurations.md)."""
+
+
+class StageMetricsOut(Wire):
+    stage: int
+    plan: dict[str, Any]
+    admitted: int
+    pending: int
+    converged: int
+    drifted: int
+
+    @classmethod
+    def of(cls, s: StageMetrics) -> StageMetricsOut:
+        return cls(
+            stage=s.stage,
+            plan=s.plan,
+            admitted=s.admitted,
+            pending=s.pending,
+            converged=s.converged,
+            drifted=s.drifted,
+        )
 
 
 class ConfigurationMetricsOut(Wire):
+    """``targeted``: devices the condition matches; ``applied``: of them, those that
+    reported back every value this configuration wins on; ``pending``/``converged``/
+    ``drifted``: devices by the worst state of the properties this configuration set on
+    them; ``stages``: a staged rollout's stages with their devices."""
+
     targeted: int
     applied: int
+    pending: int = 0
+    converged: int = 0
+    drifted: int = 0
+    stages: list[StageMetricsOut] = []
+
+
+class RolloutOut(Wire):
+    """A staged rollout: its plan, ``state`` (rolling, halted, aborted, completed), the
+    current ``stage`` (0-based) and why it halted."""
+
+    plan: dict[str, Any]
+    state: str
+    stage: int
+    reason: str | None
+    updated_at: datetime | None
 
 
 class FleetConfigurationOut(Wire):
@@ -584,12 +731,14 @@ class FleetConfigurationOut(Wire):
     created_at: datetime
     updated_at: datetime
     metrics: ConfigurationMetricsOut
+    rollout: RolloutOut | None = None
 
     @classmethod
     def of(
         cls, c: FleetConfiguration, metrics: ConfigurationMetrics | None
     ) -> FleetConfigurationOut:
         m = metrics or ConfigurationMetrics(0, 0)
+        r = c.rollout
         return cls(
             id=c.id,
             target_condition=c.raw_condition,
@@ -597,7 +746,65 @@ class FleetConfigurationOut(Wire):
             priority=c.priority,
             created_at=c.created_at,
             updated_at=c.updated_at,
-            metrics=ConfigurationMetricsOut(targeted=m.targeted, applied=m.applied),
+            metrics=ConfigurationMetricsOut(
+                targeted=m.targeted,
+                applied=m.applied,
+                pending=m.pending,
+                converged=m.converged,
+                drifted=m.drifted,
+                stages=[StageMetricsOut.of(s) for s in m.stages],
+            ),
+            rollout=None
+            if r is None
+            else RolloutOut(
+                plan=r.plan.wire(),
+                state=r.state.value,
+                stage=r.stage,
+                reason=r.reason,
+                updated_at=r.updated_at,
+            ),
+        )
+
+
+class DryRunDeviceOut(Wire):
+    """One device a configuration change would touch: desired properties ``before`` and
+    ``after``; ``stage``: the rollout stage that would give it the configuration."""
+
+    device_id: str
+    targeted: bool
+    stage: int | None
+    changed: bool
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+    @classmethod
+    def of(cls, d: DryRunDevice) -> DryRunDeviceOut:
+        return cls(
+            device_id=bare_device_id(d.device_id),
+            targeted=d.targeted,
+            stage=d.stage,
+            changed=d.changed,
+            before=d.before,
+            after=d.after,
+        )
+
+
+class FleetConfigurationDryRunOut(Wire):
+    """``?dryRun=true``: what the configuration would do; nothing was written."""
+
+    id: str
+    targeted: int
+    changed: int
+    devices: list[DryRunDeviceOut]
+    dry_run: Literal[True] = True
+
+    @classmethod
+    def of(cls, d: DryRun) -> FleetConfigurationDryRunOut:
+        return cls(
+            id=d.configuration.id,
+            targeted=d.targeted,
+            changed=sum(1 for x in d.devices if x.changed),
+            devices=[DryRunDeviceOut.of(x) for x in d.devices],
         )
 
 
