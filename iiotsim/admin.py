@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 import pandas as pd
+from iiot_server.api.alerts import AlertOut
 from iiot_server.api.models import (
     ApiKeyOut,
     CloudToDeviceOut,
@@ -364,6 +365,41 @@ class AdminClient:
             list[ConnectionEventOut],
             params={"after": after, "limit": limit},
         )
+
+    # Alerts (leak detection) -----------------------------------------------------------
+
+    def alerts(
+        self,
+        *,
+        kind: str | None = None,
+        severity: str | None = None,
+        device_id: str | None = None,
+        since: datetime | None = None,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[AlertOut]:
+        """Leak-detection alerts, newest first (``docs/leak_detection.md``): filter by
+        ``kind`` (e.g. ``"shared_credential"``), ``severity``, ``device_id``, ``since`` and
+        ``state`` (``"open"`` / ``"acknowledged"``); page with ``after`` (the last id)."""
+        return self._call(
+            "GET",
+            "/api/v1/alerts",
+            list[AlertOut],
+            params={
+                "kind": kind,
+                "severity": severity,
+                "deviceId": device_id,
+                "since": None if since is None else since.isoformat(),
+                "state": state,
+                "after": after,
+                "limit": limit,
+            },
+        )
+
+    def acknowledge_alert(self, alert_id: str) -> AlertOut:
+        """Mark an alert seen; a later repeat raises a new one."""
+        return self._call("POST", f"/api/v1/alerts/{alert_id}/acknowledge", AlertOut)
 
     def send_to_device(
         self,

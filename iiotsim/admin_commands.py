@@ -6,6 +6,7 @@
     iiotsim cancel CODE-or-ID
     iiotsim devices
     iiotsim messages DEVICE [--stream S] [--limit N] [--after SEQ]
+    iiotsim alerts [--state open|acknowledged|all] [--kind K] [--device-id ID] [--acknowledge ID]
     iiotsim admin-key create [--data-dir DIR | --database-url URL]
 
 All but ``admin-key create`` call the platform's HTTP API through
@@ -297,6 +298,40 @@ def _messages(admin: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts(admin: AdminClient, args: argparse.Namespace) -> int:
+    if args.acknowledge:
+        alert = admin.acknowledge_alert(args.acknowledge)
+        print(f"Alert {alert.id} acknowledged at {_time(alert.acknowledged_at)}.")
+        return 0
+    alerts = admin.alerts(
+        kind=args.kind,
+        severity=args.severity,
+        device_id=args.device_id,
+        state=None if args.state == "all" else args.state,
+        limit=args.limit,
+    )
+    if not alerts:
+        print("No alerts.")
+        return 0
+    rows = [
+        [
+            a.id,
+            _time(a.at),
+            a.severity,
+            a.kind,
+            a.device_id or f"PT {a.provisioning_token_id}",
+            str(a.occurrences),
+            a.response or "-",
+            a.state,
+        ]
+        for a in alerts
+    ]
+    print(_table(
+        ("id", "raised", "severity", "kind", "subject", "seen", "response", "state"), rows
+    ))  # fmt: skip
+    return 0
+
+
 def _admin_key_create(args: argparse.Namespace) -> int:
     """A new admin key in the platform's database: the server's own
     :class:`~iiot_server.services.api_keys.ApiKeyService`, so it is stored as the platform
@@ -428,6 +463,28 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     messages.add_argument("--limit", type=int, default=20, help="at most this many (20)")
     messages.add_argument("--after", type=int, default=0, help="after this seq (paging)")
     messages.set_defaults(run=_run_against_platform(_messages))
+
+    alerts = commands.add_parser(
+        "alerts", parents=[connection], help="leak-detection alerts, newest first"
+    )
+    alerts.add_argument(
+        "--state", choices=["open", "acknowledged", "all"], default="open", help="(open)"
+    )
+    alerts.add_argument(
+        "--kind",
+        choices=[
+            "shared_credential",
+            "token_replay",
+            "provisioning_rate",
+            "provisioning_device_ids",
+            "connection_flapping",
+        ],
+    )
+    alerts.add_argument("--severity", choices=["low", "medium", "high"])
+    alerts.add_argument("--device-id", help="only this device's alerts")
+    alerts.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    alerts.add_argument("--acknowledge", metavar="ALERT-ID", help="acknowledge this alert")
+    alerts.set_defaults(run=_run_against_platform(_alerts))
 
     admin_key = commands.add_parser("admin-key", help="admin API keys")
     admin_key_commands = admin_key.add_subparsers(dest="admin_key_command", required=True)

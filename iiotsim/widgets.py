@@ -27,7 +27,7 @@ from .errors import PanelError, PlatformError
 if TYPE_CHECKING:  # the simulator (pandas, simpy) loads when a PolicyExplorer is built,
     # the HTTP models and client with the platform (a PolicyExplorer needs neither)
     import pandas as pd
-    from iiot_server.api.models import OperationOut
+    from iiot_server.api.models import OperationOut, TwinOut
 
     from .admin import AdminClient
     from .sim import Distribution, Scenario, SimulationResult
@@ -335,6 +335,27 @@ class ApprovalPanel:
         self.status.value = f"<span style='color:#b00'>{detail}{where}</span>"
 
 
+def convergence_html(twin: TwinOut) -> str:
+    """Each desired property's convergence as a line: state, for how long, and who set it
+    (``pending 30 s since v3, by base-all (priority 1)``)."""
+    import html
+
+    colours = {"pending": "#b58900", "converged": "#2e7d32", "drifted": "#c62828"}
+    lines = []
+    for name, p in twin.convergence.items():
+        source = (
+            f"{html.escape(p.configuration_id or '')} (priority {p.priority})"
+            if p.source == "configuration"
+            else "manual patch"
+        )
+        lines.append(
+            f"<li>{html.escape(name)}: <b style='color:{colours[p.state]}'>{p.state}</b> "
+            f"{p.seconds_in_state:.0f} s (desired v{p.desired_version} "
+            f"{p.seconds_since_change:.0f} s ago, by {source})</li>"
+        )
+    return "<b>convergence</b><ul>" + "".join(lines) + "</ul>" if lines else ""
+
+
 class DeviceView:
     """A device's twin (desired / reported / tags with versions), connection state and
     recent messages; desired properties and tags are edited as JSON merge patches."""
@@ -345,6 +366,7 @@ class DeviceView:
         self.messages = messages
         self.header = w.HTML()
         self.sections = {name: w.HTML() for name in ("desired", "reported", "tags")}
+        self.convergence = w.HTML()
         self.desired_patch = w.Textarea(placeholder='{"interval": 10}', description="desired")
         self.tags_patch = w.Textarea(placeholder='{"site": "hall-3"}', description="tags")
         self.apply_desired = w.Button(description="Patch desired")
@@ -357,6 +379,7 @@ class DeviceView:
             [
                 self.header,
                 w.HBox(list(self.sections.values())),
+                self.convergence,
                 w.HBox([self.desired_patch, self.apply_desired]),
                 w.HBox([self.tags_patch, self.apply_tags]),
                 self.recent,
@@ -384,6 +407,7 @@ class DeviceView:
             section = getattr(twin, name)
             body = html.escape(json.dumps(section.properties, indent=1, sort_keys=True))
             box.value = f"<b>{name}</b> v{section.version}<pre>{body}</pre>"
+        self.convergence.value = convergence_html(twin)
         rows = self.admin.list_device_messages(self.device_id, limit=10_000)[-self.messages :]
         items = "".join(
             f"<li>{m.received_at:%H:%M:%S} {html.escape(m.stream)}: "

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 
 from .domain.errors import SettingsError
+from .domain.leaks import AlertKind, LeakResponse, allowed_responses
 from .domain.operations import DEFAULT_OPERATION_LIFETIME
 from .domain.tokens import DEFAULT_REFRESH_GRACE_PERIOD
 from .signing_key import decode_signing_key
@@ -115,6 +116,34 @@ class Settings(msgspec.Struct, kw_only=True):
     """Token bucket per Provisioning Token, all its calls together: sized for a PT shared
     by 10,000 devices booting at once (one request each, then a poll every 2 s: 5,000/s);
     per-device PTs are held by the per-device bucket long before this one."""
+    leak_response_shared_credential: LeakResponse = LeakResponse.NONE
+    """Automatic response to a ``shared_credential`` alert (``domain/leaks.py``): ``none``
+    or ``revoke_device``; env ``IIOT_LEAK_RESPONSE_SHARED_CREDENTIAL``, and so for each kind."""
+    leak_response_token_replay: LeakResponse = LeakResponse.NONE
+    """``none`` or ``revoke_device``."""
+    leak_response_connection_flapping: LeakResponse = LeakResponse.NONE
+    """``none`` or ``revoke_device``."""
+    leak_response_provisioning_rate: LeakResponse = LeakResponse.NONE
+    """``none`` or ``revoke_token`` (the Provisioning Token; PTs have no paused state)."""
+    leak_response_provisioning_device_ids: LeakResponse = LeakResponse.NONE
+    """``none`` or ``revoke_token``."""
+    leak_alert_repeat_window: float = 3600.0
+    """Seconds an open alert absorbs repeats of its kind and subject (counted on it, not new
+    rows); a repeat later than this after the last one raises a new alert."""
+    leak_flapping_takeovers: int = 3
+    """Takeovers of one Device ID within ``leak_flapping_window`` that raise
+    ``connection_flapping``: a device reconnecting over its own half-open connection makes
+    one now and then; two holders with automatic reconnect make one every back-off."""
+    leak_flapping_window: float = 60.0
+    leak_provisioning_window: float = 600.0
+    """Rule (c): inits of one Provisioning Token within this many seconds are compared with
+    ``max(leak_provisioning_floor, leak_provisioning_factor x its average per window over
+    the last leak_provisioning_history seconds)``."""
+    leak_provisioning_history: float = 7 * 86400.0
+    leak_provisioning_floor: int = 100
+    """A new PT may always open this many per window: a factory line booting 500 devices an
+    hour opens ~83 per 10 minutes."""
+    leak_provisioning_factor: float = 5.0
 
     @property
     def tls(self) -> bool:
@@ -130,6 +159,11 @@ class Settings(msgspec.Struct, kw_only=True):
             raise SettingsError(f"mqtt_broker (--broker) must be one of {', '.join(MQTT_BROKERS)}")
         if self.sas_signing_key is not None:
             decode_signing_key(self.sas_signing_key)  # refused here, not at first register
+        for kind in AlertKind:
+            response = getattr(self, f"leak_response_{kind.value}")
+            if response not in allowed_responses(kind):
+                choices = ", ".join(r.value for r in allowed_responses(kind))
+                raise SettingsError(f"leak_response_{kind.value} must be one of {choices}")
         # A key without the prefix would be stored, then refused on every request
         # ("expected an API key (ak_…)"): refuse it here, where the operator sees why.
         if self.admin_key is not None and not self.admin_key.startswith("ak_"):
@@ -148,6 +182,9 @@ class Settings(msgspec.Struct, kw_only=True):
             values["database_url"] = url
         if key := os.environ.get("IIOT_SAS_SIGNING_KEY"):
             values["sas_signing_key"] = key
+        for kind in AlertKind:
+            if response := os.environ.get(f"IIOT_LEAK_RESPONSE_{kind.value.upper()}"):
+                values[f"leak_response_{kind.value}"] = response
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return msgspec.convert(values, cls)

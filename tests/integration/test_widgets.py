@@ -118,7 +118,7 @@ def test_cancel_from_code(platform: Platform, panel: ApprovalPanel) -> None:
 def test_device_view_shows_and_edits_the_twin(platform: Platform) -> None:
     from iiotsim.widgets import DeviceView
 
-    from .mqtt import Device, provision
+    from .mqtt import Device, provision, wait_for
 
     reg = provision(platform, "view-0001")
     mqtt = Device(platform, reg.device_id, reg.password)
@@ -134,6 +134,13 @@ def test_device_view_shows_and_edits_the_twin(platform: Platform) -> None:
         assert (
             "v1" in view.sections["desired"].value and "interval" in view.sections["desired"].value
         )
+        assert "interval: <b style='color:#b58900'>pending</b>" in view.convergence.value
+        mqtt.publish("devices/view-0001/twin/reported", b'{"interval": 10}')
+        twin = platform.admin.get_twin
+        assert wait_for(lambda: twin("view-0001").convergence["interval"].state == "converged")
+        view.refresh()
+        assert "interval: <b style='color:#2e7d32'>converged</b>" in view.convergence.value
+        assert "by manual patch" in view.convergence.value
         view.tags_patch.value = "[1, 2]"  # not an object: said in the panel
         view.apply_tags.click()
         assert "JSON object" in view.status.value

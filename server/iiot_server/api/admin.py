@@ -29,6 +29,7 @@ from ..services import Services
 from ..services.api_keys import ApiKey
 from ..services.operation_batches import BatchOutcome, OperationBatchService
 from ..services.twin import Section
+from .alerts import AlertsController
 from .auth import ACCESS, WORKSPACE_PARAMETER, Access
 from .models import (
     MAX_WIRE_INT,
@@ -765,4 +766,5 @@ CONTROLLERS = [
     ApiKeysController,
     FleetConfigurationsController,
     TwinConvergenceController,
+    AlertsController,  # api/alerts.py
 ]

@@ -29,6 +29,7 @@ from amqtt.session import IncomingApplicationMessage, Session
 from amqtt.utils import gen_client_id
 
 from ..domain.errors import DomainError
+from ..domain.leaks import SessionSighting
 from ..domain.topics import (
     TopicAction,
     TopicKind,
@@ -190,6 +191,8 @@ class PlatformBroker(Broker):
             reader, writer, self.plugins_manager
         )
         handler.__class__ = IngestingHandler  # amqtt names its handler class inline
+        # amqtt's broker never fills these in; leak detection compares them at a takeover
+        session.remote_address, session.remote_port = remote_address, remote_port
         handler.iiot_broker = self  # type: ignore[attr-defined]
         session.iiot_clean_start = session.clean_session and bool(session.client_id)  # type: ignore[attr-defined]
         if session.clean_session and not session.client_id:
@@ -227,6 +230,17 @@ class PlatformBroker(Broker):
         session.iiot_ended = False  # type: ignore[attr-defined]
         session.parent = 1
         return session
+
+    async def _check_takeover(self, device_id: str, previous: Session, newcomer: Session) -> None:
+        """Leak detection's rules (a) and (d) on a takeover (``services/alerts.py``); an
+        automatic revocation it triggers ends the newcomer's session too (its CONNECT's
+        registration epoch is stale: :meth:`session_connected`)."""
+        try:
+            await self.services.alerts.connection_taken_over(
+                device_id, _sighting(previous), _sighting(newcomer)
+            )
+        except Exception:  # detection never stops a CONNECT
+            log.exception("leak detection on the takeover of %s failed", device_id)
 
     @staticmethod
     def _will_refusal(session: Session) -> str | None:
@@ -298,6 +312,7 @@ class PlatformBroker(Broker):
                 )
                 await old_handler.handle_connection_closed()
                 await old_handler.stop()
+                await self._check_takeover(client_id, old_session, client_session)
         if getattr(client_session, "iiot_clean_start", False):
             await self._delete_session(client_id)
         await super()._handle_client_session(
@@ -442,6 +457,7 @@ class PlatformBroker(Broker):
         if previous is not None and previous.expiry is not None:
             previous.expiry.cancel()
         live = _Live(session, identity)
+        session.iiot_connected_at = self.services.clock.now()  # type: ignore[attr-defined]
         self._live[session.client_id] = live
         self._arm_expiry(live, identity.expires_at)
         if getattr(session, "iiot_auth_epoch", None) != self.registration_epoch(session.client_id):
@@ -698,6 +714,17 @@ class PlatformBroker(Broker):
         answer = await self.services.twins.device_request(device_id, reported, payload)
         if answer is not None:
             await self._send(device_id, "res", answer)
+
+
+def _sighting(session: Session) -> SessionSighting:
+    """A session as leak detection sees it: its peer address and its credentials' token."""
+    identity: MqttIdentity | None = getattr(session, "iiot_identity", None)
+    return SessionSighting(
+        address=session.remote_address,
+        port=session.remote_port,
+        registration_token_id=None if identity is None else identity.registration_token_id,
+        at=getattr(session, "iiot_connected_at", None),
+    )
 
 
 def _topic_device_id(session: Session) -> str:

@@ -14,6 +14,7 @@ from ..clock import Clock
 from ..events import PlatformEvents
 from ..settings import Settings
 from ..store.database import Database
+from .alerts import AlertService
 from .api_keys import ApiKeyService
 from .audit import use_clock
 from .cloud_to_device import CloudToDeviceService
@@ -44,6 +45,8 @@ class Services:
     fleet: FleetService
     cloud_to_device: CloudToDeviceService
     workspaces: WorkspaceService
+    alerts: AlertService
+    """Leak detection: rules fed by the broker and the device API (``services/alerts.py``)."""
     broker: Any = None
     """The embedded MQTT broker (``iiot_server.broker.PlatformBroker``) once started."""
 
@@ -59,6 +62,10 @@ class Services:
         limits = DeviceApiLimits(settings, clock)
         registration = RegistrationService(db, clock, settings, events, limits)
         twins = TwinService(db, clock, events)
+        provisioning = ProvisioningService(db, clock, settings, registration, limits)
+        alerts = AlertService(db, clock, settings, registration, provisioning)
+        registration.on_token_refused = alerts.token_refused
+        provisioning.on_operation_initiated = alerts.operation_initiated
         return cls(
             settings=settings,
             clock=clock,
@@ -66,13 +73,14 @@ class Services:
             events=events,
             api_keys=ApiKeyService(db, clock),
             registration=registration,
-            provisioning=ProvisioningService(db, clock, settings, registration, limits),
+            provisioning=provisioning,
             devices=DeviceService(db, clock, registration),
             messages=MessageService(db, clock),
             twins=twins,
             fleet=FleetService(db, clock, twins),
             cloud_to_device=CloudToDeviceService(db, clock, events),
             workspaces=WorkspaceService(db, clock),
+            alerts=alerts,
         )
 
     async def delete_workspace(self, workspace_id: str) -> None:

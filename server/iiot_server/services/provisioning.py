@@ -4,7 +4,9 @@ sides of zero-touch provisioning."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +35,8 @@ from .limits import DeviceApiLimits
 from .registration import IssuedToken, RegistrationService
 
 MAX_BULK = 10_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class ProvisioningService:
         self._registration = registration
         self._limits = limits or DeviceApiLimits(settings, clock)
         self._by_hash: dict[str, ProvisioningToken] = {}
+        self.on_operation_initiated: (
+            Callable[[ProvisioningToken, str | None], Awaitable[object]] | None
+        ) = None
+        """Awaited after each operation a device opens, with its bare Device ID (None when
+        not given): leak detection's rule (c) (``services/alerts.py``)."""
         self.code_lookups = RateLimiter(
             capacity=settings.code_lookup_burst, rate=settings.code_lookups_per_second
         )
@@ -292,7 +301,13 @@ class ProvisioningService:
             )
             return op
 
-        return await self._db.write(insert_operation)
+        inserted = await self._db.write(insert_operation)
+        if self.on_operation_initiated is not None:
+            try:
+                await self.on_operation_initiated(token, inserted.device_id)
+            except Exception:  # leak detection never changes the device's answer
+                log.exception("leak detection on an initiated operation failed")
+        return inserted
 
     def _check_open_operations(
         self, conn: Connection, operation: ProvisioningOperation, workspace_id: str, now: datetime

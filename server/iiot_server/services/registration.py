@@ -4,6 +4,7 @@ connection credentials that registration hands out."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ..domain.errors import (
     RegistrationTokenRevoked,
     RegistrationTokenUnknown,
 )
+from ..domain.leaks import PresentedToken
 from ..domain.operations import CLOSED_BY_DEVICE_END, CancelReason
 from ..domain.tokens import (
     DEFAULT_REFRESH_FRACTION,
@@ -47,6 +49,8 @@ from ..store.schema import (
 from .limits import DeviceApiLimits
 
 FIELD = "registrationToken"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ class MqttIdentity:
 MqttPasswordHook = Callable[[str, str, str, datetime | None], Awaitable[None]]
 """``(device_id, registration_token_id, mqtt_password, usable_until)``"""
 
+RefusedTokenHook = Callable[[str, str], Awaitable[object]]
+"""``(secret, use)``: a Registration Token refused as superseded or revoked, for leak
+detection (``services/alerts.py``); ``use``: ``device_api`` (a Registration Token route: register,
+upload), ``register`` or ``refresh``."""
+
 
 class RegistrationService:
     """Issue, check, refresh and revoke Registration Tokens."""
@@ -146,6 +155,9 @@ class RegistrationService:
         self.on_mqtt_password: MqttPasswordHook | None = None
         """Awaited at register with each new MQTT password, before register answers: an
         external broker (Mosquitto) learns it there (``broker/mosquitto_broker.py``)."""
+        self.on_token_refused: RefusedTokenHook | None = None
+        """Awaited when a presented token is refused as superseded or revoked, before the
+        refusal is answered (leak detection's rule (b), ``services/alerts.py``)."""
         self._signing_key = (
             secrets.token_bytes(KEY_BYTES)
             if settings.sas_signing_key is None
@@ -282,7 +294,11 @@ class RegistrationService:
         """The usable token behind ``secret``, or an error saying why not; each call
         counts towards its Device ID's request rate (``services.limits``)."""
         token = await self._db.read(self._find, secret)
-        usable = self._require_usable(token, self._clock.now())
+        try:
+            usable = self._require_usable(token, self._clock.now())
+        except RegistrationTokenRevoked:
+            await self._report_refused(secret, "device_api")
+            raise
         self._limits.device_request(f"device:{usable.device_id}")
         return usable
 
@@ -314,7 +330,11 @@ class RegistrationService:
             )
             return token
 
-        token = await self._db.write(register_device)
+        try:
+            token = await self._db.write(register_device)
+        except RegistrationTokenRevoked:
+            await self._report_refused(secret, "register")
+            raise
         if self.on_mqtt_password is not None:
             until = token.usable_until(self.grace_period)
             await self.on_mqtt_password(token.device_id, token.id, password, until)
@@ -355,11 +375,61 @@ class RegistrationService:
         was lost, stop working at once."""
         now = self._clock.now()
         self._limits.device_request(f"refresh:{hash_secret(secret)}", field=FIELD)
-        issued, parent = await self._db.write(self._refresh, provisioning_token_id, secret, now)
+        try:
+            issued, parent = await self._db.write(self._refresh, provisioning_token_id, secret, now)
+        except RegistrationTokenRevoked:
+            await self._report_refused(secret, "refresh")
+            raise
         until = parent.usable_until(self.grace_period)
         if until is not None:  # sessions on the parent's MQTT password end with its grace
             self._events.publish("registration_superseded", parent.device_id, parent.id, until)
         return issued
+
+    async def _report_refused(self, secret: str, use: str) -> None:
+        if self.on_token_refused is None:
+            return
+        try:
+            await self.on_token_refused(secret, use)
+        except Exception:  # leak detection never changes the answer the device gets
+            log.exception("leak detection on a refused Registration Token failed")
+
+    async def describe_presented(self, secret: str) -> PresentedToken | None:
+        """What leak detection's rule (b) needs to know of a refused token: whether a
+        refresh replaced it (superseded, or revoked because its parent was refreshed
+        again) and whether its device still lives on another token. None: unknown."""
+
+        def describe(conn: Connection) -> PresentedToken | None:
+            token = self._find(conn, secret)
+            if token is None:
+                return None
+            c = registration_tokens.c
+            replaced_by_retry = False
+            if token.revoked_at is not None and token.parent_id is not None:
+                # REVOKE_CHILD_TOKENS: a sibling issued at the instant this one was revoked
+                sibling = conn.execute(
+                    select(c.id).where(
+                        c.parent_id == token.parent_id,
+                        c.id != token.id,
+                        c.issued_at == to_epoch(token.revoked_at),
+                    )
+                ).first()
+                replaced_by_retry = sibling is not None
+            other = conn.execute(  # a token of the device not revoked, besides this one
+                select(c.id).where(
+                    c.device_id == token.device_id, c.revoked_at.is_(None), c.id != token.id
+                )
+            ).first()
+            return PresentedToken(
+                registration_token_id=token.id,
+                device_id=token.device_id,
+                parent_id=token.parent_id,
+                superseded_at=token.superseded_at,
+                revoked_at=token.revoked_at,
+                replaced_by_retry=replaced_by_retry,
+                device_live=other is not None,
+            )
+
+        return await self._db.read(describe)
 
     def _refresh(
         self, conn: Connection, provisioning_token_id: str, secret: str, now: datetime

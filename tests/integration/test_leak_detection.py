@@ -1,0 +1,204 @@
+"""Leak detection (issue 15, ``docs/leak_detection.md``): each incident staged with real
+clients against the real platform (paho over MQTT from two loopback addresses, httpx for the
+device API), its alert read back over the admin API, and the automatic responses the
+settings ask for (the device revoked and its MQTT session closed; the Provisioning Token
+revoked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from iiot_server.settings import Settings
+
+from iiotsim.clock import ManualClock
+from iiotsim.platform import Platform
+
+from .mqtt import WAIT, Device, Registered, provision, wait_for
+
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
+GRACE = 300.0  # the refresh grace period (domain/tokens.py DEFAULT_REFRESH_GRACE_PERIOD)
+
+
+class BoundDevice(Device):
+    """A paho connection from a chosen loopback address (Linux routes all of 127/8 to lo),
+    that stays down once pushed out (no automatic reconnect to muddle the counts)."""
+
+    def __init__(self, platform: Platform, registered: Registered, address: str) -> None:
+        super().__init__(platform, registered.device_id, registered.password)
+        self.address = address
+
+    def connect(self) -> int:
+        self.client.connect(self.host, self.port, keepalive=30, bind_address=self.address)
+        self.client.loop_start()
+        assert self._answered.wait(WAIT), "no CONNACK"
+        return -1 if self.connack is None else self.connack
+
+    def _on_disconnect(self, *args: Any) -> None:
+        super()._on_disconnect(*args)
+        self.client.disconnect()  # paho's loop would reconnect by itself
+
+
+def connect_from(
+    platform: Platform, registered: Registered, address: str, devices: list[Device]
+) -> BoundDevice:
+    device = BoundDevice(platform, registered, address)
+    devices.append(device)
+    assert device.connect() == 0
+    return device
+
+
+def take_over(
+    platform: Platform, registered: Registered, address: str, devices: list[Device]
+) -> BoundDevice:
+    """Connect from ``address`` while the newest connection of ``devices`` is live: it is
+    pushed out."""
+    previous = devices[-1]
+    newcomer = connect_from(platform, registered, address, devices)
+    assert previous.disconnected.wait(WAIT), "the first connection was not taken over"
+    return newcomer
+
+
+def kinds(platform: Platform, **filters: Any) -> list[str]:
+    return [a.kind for a in platform.admin.alerts(**filters)]
+
+
+def test_one_password_from_two_addresses_then_flapping(
+    platform: Platform, clock: ManualClock, devices: list[Device]
+) -> None:
+    pump = provision(platform, "pump-0001")
+    connect_from(platform, pump, "127.0.0.1", devices)
+    # a reconnect over a half-open connection from the same address: no shared credential
+    take_over(platform, pump, "127.0.0.1", devices)
+    assert platform.admin.alerts(kind="shared_credential") == []
+
+    clock.advance(5)
+    take_over(platform, pump, "127.0.0.2", devices)  # the same password, another address
+    shared = platform.admin.alerts(kind="shared_credential")
+    assert len(shared) == 1
+    alert = shared[0]
+    assert (alert.severity, alert.device_id, alert.state) == ("high", "pump-0001", "open")
+    assert alert.evidence["sameRegistrationToken"] is True
+    assert alert.evidence["previous"]["address"] == "127.0.0.1"
+    assert alert.evidence["newcomer"]["address"] == "127.0.0.2"
+    assert alert.response is None  # no automatic response by default
+    assert "connection_flapping" not in kinds(platform)  # 2 takeovers, threshold 3 a minute
+
+    clock.advance(61)  # both earlier takeovers leave the flapping window
+    take_over(platform, pump, "127.0.0.2", devices)
+    take_over(platform, pump, "127.0.0.2", devices)
+    assert "connection_flapping" not in kinds(platform)
+    take_over(platform, pump, "127.0.0.2", devices)  # a third within the minute
+    flapping = platform.admin.alerts(kind="connection_flapping", device_id="pump-0001")
+    assert [(a.severity, a.evidence["takeoversInWindow"]) for a in flapping] == [("medium", 3)]
+
+    # repeats count on the open alert; once acknowledged, a repeat raises a new one
+    take_over(platform, pump, "127.0.0.1", devices)
+    [again] = platform.admin.alerts(kind="shared_credential")
+    assert again.id == alert.id and again.occurrences == 2
+    acknowledged = platform.admin.acknowledge_alert(alert.id)
+    assert acknowledged.state == "acknowledged"
+    assert platform.admin.alerts(kind="shared_credential", state="open") == []
+    take_over(platform, pump, "127.0.0.2", devices)
+    assert len(platform.admin.alerts(kind="shared_credential", state="open")) == 1
+
+
+def refresh(http: httpx.Client, pt: str, rt: str) -> httpx.Response:
+    return http.put(
+        "/devices/registration-tokens/refresh",
+        json={"registrationToken": rt},
+        headers={"Authorization": f"DeviceToken {pt}"},
+    )
+
+
+def register(http: httpx.Client, rt: str) -> httpx.Response:
+    return http.put("/devices/register", headers={"Authorization": f"DeviceToken {rt}"})
+
+
+def test_a_refreshed_token_presented_again_is_a_replay(
+    platform: Platform, clock: ManualClock, http: httpx.Client
+) -> None:
+    pump = provision(platform, "pump-0001")
+    # the thief refreshes the stolen token first: the device's own copy is replaced
+    stolen_child = refresh(http, pump.pt, pump.rt)
+    assert stolen_child.status_code == 201
+    clock.advance(60)
+    assert register(http, pump.rt).status_code == 200  # in its grace period: no alert
+    assert platform.admin.alerts() == []
+
+    clock.advance(GRACE)
+    # the device's next register with its own (now superseded) token: refused, and flagged
+    assert register(http, pump.rt).status_code == 401
+    [alert] = platform.admin.alerts(kind="token_replay")
+    assert (alert.severity, alert.device_id) == ("high", "pump-0001")
+    assert alert.evidence["use"] == "device_api"  # the route's guard checks it first
+    assert alert.evidence["supersededAt"] is not None
+
+    # an expired or admin-revoked token is no replay: revoke the device, present the child
+    platform.admin.revoke_device("pump-0001")
+    assert register(http, stolen_child.json()["registrationToken"]).status_code == 401
+    assert len(platform.admin.alerts()) == 1
+
+
+def init(http: httpx.Client, pt: str, device_id: str) -> httpx.Response:
+    return http.post(
+        "/provisioning-operations/init",
+        json={"deviceId": device_id},
+        headers={"Authorization": f"DeviceToken {pt}"},
+    )
+
+
+def test_a_provisioning_token_opening_foreign_device_ids(
+    platform: Platform, http: httpx.Client
+) -> None:
+    pt = platform.admin.create_provisioning_token("line 1").provisioning_token
+    for i in range(1, 7):
+        assert init(http, pt, f"pump-{i:04d}").status_code == 200
+    assert platform.admin.alerts() == []  # pump-0001 … pump-0006: one naming scheme
+    assert init(http, pt, "pump-0100").status_code == 200  # still inside 'pump-'
+    assert platform.admin.alerts() == []
+    assert init(http, pt, "camera-lobby").status_code == 200
+    [alert] = platform.admin.alerts(kind="provisioning_device_ids")
+    assert alert.severity == "medium"
+    assert alert.evidence["deviceId"] == "camera-lobby"
+    assert alert.evidence["expectedPrefix"] == "pump-"
+    assert alert.provisioning_token_id is not None
+
+
+def test_automatic_responses_revoke_the_device_and_the_token(
+    clock: ManualClock,
+    tmp_path: Path,
+    database_url: str | None,
+    devices: list[Device],
+) -> None:
+    settings = Settings(
+        leak_response_shared_credential="revoke_device",  # type: ignore[arg-type]
+        leak_response_provisioning_rate="revoke_token",  # type: ignore[arg-type]
+        leak_provisioning_floor=10,
+    )
+    with (
+        Platform(
+            data_dir=tmp_path / "data", clock=clock, settings=settings, database_url=database_url
+        ) as platform,
+        httpx.Client(base_url=platform.http_url, timeout=30) as http,
+    ):
+        pump = provision(platform, "pump-0001")
+        connect_from(platform, pump, "127.0.0.1", devices)
+        thief = take_over(platform, pump, "127.0.0.2", devices)
+        assert thief.disconnected.wait(WAIT), "the revoked device's session stayed open"
+        [alert] = platform.admin.alerts(kind="shared_credential")
+        assert alert.response is not None and alert.response.startswith("revoke_device")
+        assert register(http, pump.rt).status_code == 401  # it must provision again
+        assert wait_for(lambda: not platform.admin.get_device("pump-0001").connected)
+
+        # a burst: more than the floor of 10 inits in the window from a new token
+        pt = platform.admin.create_provisioning_token("line 2").provisioning_token
+        for i in range(1, 12):
+            assert init(http, pt, f"valve-{i:04d}").status_code == 200
+        [burst] = platform.admin.alerts(kind="provisioning_rate")
+        assert burst.evidence["initsInWindow"] == 11
+        assert burst.response == "revoke_token: provisioning token revoked"
+        assert init(http, pt, "valve-0012").status_code == 401  # the token is revoked
