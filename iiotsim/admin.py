@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ import pandas as pd
 from iiot_server.api.alerts import AlertOut
 from iiot_server.api.models import (
     ApiKeyOut,
+    BatchOut,
     CloudToDeviceOut,
     ConnectionEventOut,
     CreatedApiKeyOut,
@@ -289,6 +290,80 @@ class AdminClient:
         """Cancel by verification code or operation id (the platform resolves the code)."""
         return self._call(
             "POST", f"/api/v1/provisioning-operations/{code_or_id.strip()}/cancel", OperationOut
+        )
+
+    def approve_operations(
+        self,
+        filter: Mapping[str, Any],  # the wire's name
+        *,
+        dry_run: bool = False,
+        reason: str | None = None,
+        limit: int | None = None,
+        registration_token_lifetime: float | None = None,
+        infinite_lifetime: bool = False,
+    ) -> BatchOut:
+        """Approve every pending operation ``filter`` selects, in one call
+        (``POST /api/v1/provisioning-operations/approve``). ``filter`` takes the wire's
+        fields, camelCase or snake_case: ``provisioning_token_id``, ``device_id_prefix``,
+        ``device_id_pattern`` (a glob: ``*``, ``?``), ``attributes``, ``created_after``,
+        ``created_before`` (datetimes), ``ids``, ``verification_codes``, ``state``.
+        ``dry_run``: what would happen, nothing changed. Check ``.truncated``: past
+        ``limit`` (1000) only the first were done.
+
+        >>> from iiotsim import Platform
+        >>> with Platform() as platform:
+        ...     done = platform.admin.approve_operations({"device_id_prefix": "line3-"})
+        >>> done.matched, done.truncated, done.results
+        (0, False, [])
+        """
+        return self._batch(
+            "approve",
+            filter,
+            dry_run=dry_run,
+            reason=reason,
+            limit=limit,
+            registrationTokenLifetime=registration_token_lifetime,
+            infiniteLifetime=infinite_lifetime or None,
+        )
+
+    def cancel_operations(
+        self,
+        filter: Mapping[str, Any],  # the wire's name
+        *,
+        dry_run: bool = False,
+        reason: str | None = None,
+        limit: int | None = None,
+    ) -> BatchOut:
+        """Cancel every pending or approved operation ``filter`` selects (as
+        :meth:`approve_operations`; ``state`` narrows to one of the two)."""
+        return self._batch("cancel", filter, dry_run=dry_run, reason=reason, limit=limit)
+
+    def _batch(
+        self,
+        action: str,
+        selection: Mapping[str, Any],
+        *,
+        dry_run: bool,
+        reason: str | None,
+        limit: int | None,
+        **overrides: Any,
+    ) -> BatchOut:
+        wire = {}
+        for name, value in selection.items():
+            head, *rest = name.split("_")
+            key = head + "".join(part[:1].upper() + part[1:] for part in rest)
+            wire[key] = value.isoformat() if isinstance(value, datetime) else value
+        return self._call(
+            "POST",
+            f"/api/v1/provisioning-operations/{action}",
+            BatchOut,
+            json={
+                "filter": wire,
+                "dryRun": dry_run,
+                "reason": reason,
+                "limit": limit,
+                **overrides,
+            },
         )
 
     # Devices ---------------------------------------------------------------------------

@@ -4,6 +4,10 @@
     iiotsim operations [--state pending|approved|completed|cancelled|all]
     iiotsim approve CODE-or-ID [--device-id ID] [--lifetime 12h] [--infinite-lifetime]
     iiotsim cancel CODE-or-ID
+    iiotsim approve-batch [--token PT_ID] [--prefix P] [--pattern GLOB] [--attribute K=V]
+                          [--created-after T] [--created-before T] [--id ID] [--code CODE]
+                          [--limit N] [--dry-run] [--reason TEXT] [--lifetime 12h]
+    iiotsim cancel-batch  (the same filter) [--state pending|approved] [--dry-run]
     iiotsim devices
     iiotsim messages DEVICE [--stream S] [--limit N] [--after SEQ]
     iiotsim alerts [--state open|acknowledged|all] [--kind K] [--device-id ID] [--acknowledge ID]
@@ -28,9 +32,10 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
-from iiot_server.api.models import OperationOut
+from iiot_server.api.models import BatchOut, OperationOut
 from iiot_server.domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from iiot_server.settings import DEFAULT_DATA_DIR, sqlite_url
 
@@ -251,6 +256,72 @@ def _cancel(admin: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_filter(args: argparse.Namespace) -> dict[str, Any]:
+    attributes = {}
+    for pair in args.attribute or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _CommandError(f"--attribute {pair!r}: give KEY=VALUE, e.g. site=hall-3")
+        attributes[key] = value
+    selection = {
+        "provisioningTokenId": args.token,
+        "deviceIdPrefix": args.prefix,
+        "deviceIdPattern": args.pattern,
+        "attributes": attributes or None,
+        "createdAfter": args.created_after,
+        "createdBefore": args.created_before,
+        "ids": args.id,
+        "verificationCodes": args.code,
+        "state": getattr(args, "state", None),
+    }
+    return {k: v for k, v in selection.items() if v is not None}
+
+
+def _print_batch(answer: BatchOut, verb: str) -> int:
+    """The table of results, a summary line; exit 1 when some failed or were left out."""
+    if answer.results:
+        print(_table(
+            ("code", "device id", "result", "reason", "operation id"),
+            [[r.verification_code or "-", r.device_id or "-", r.result,
+              (r.problem or {}).get("detail") or r.reason or "", r.provisioning_operation_id or "-"]
+             for r in answer.results],
+        ))  # fmt: skip
+    counts = ", ".join(f"{n} {result}" for result, n in sorted(answer.counts.items()))
+    print(f"{'Dry run: ' if answer.dry_run else ''}{answer.matched} matched"
+          f"{': ' + counts if counts else ''}.")  # fmt: skip
+    status = 0
+    if answer.truncated:
+        print(
+            f"warning: only the first {len(answer.results)} of {answer.matched} were "
+            f"{'looked at' if answer.dry_run else verb}; run the command again for the rest",
+            file=sys.stderr,
+        )
+        status = 1
+    if answer.counts.get("failed"):
+        print(f"warning: {answer.counts['failed']} failed (see REASON)", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _approve_batch(admin: AdminClient, args: argparse.Namespace) -> int:
+    answer = admin.approve_operations(
+        _batch_filter(args),
+        dry_run=args.dry_run,
+        reason=args.reason,
+        limit=args.limit,
+        registration_token_lifetime=args.lifetime,
+        infinite_lifetime=args.infinite_lifetime,
+    )
+    return _print_batch(answer, "approved")
+
+
+def _cancel_batch(admin: AdminClient, args: argparse.Namespace) -> int:
+    answer = admin.cancel_operations(
+        _batch_filter(args), dry_run=args.dry_run, reason=args.reason, limit=args.limit
+    )
+    return _print_batch(answer, "cancelled")
+
+
 def _devices(admin: AdminClient, _: argparse.Namespace) -> int:
     devices = admin.list_devices()
     if not devices:
@@ -451,6 +522,56 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     cancel.add_argument("code_or_id", metavar="CODE-or-ID")
     cancel.set_defaults(run=_run_against_platform(_cancel))
+
+    selection = argparse.ArgumentParser(add_help=False)
+    matching = selection.add_argument_group(
+        "which operations (every option given must hold; at least one)"
+    )
+    matching.add_argument("--token", metavar="PT_ID", help="started with this Provisioning Token")
+    matching.add_argument("--prefix", help="Device ID starts with this (case-sensitive)")
+    matching.add_argument("--pattern", metavar="GLOB", help="Device ID glob: * any, ? one")
+    matching.add_argument(
+        "--attribute", action="append", metavar="KEY=VALUE", help="attribute equals (repeat)"
+    )
+    matching.add_argument("--created-after", metavar="ISO_TIME", help="e.g. 2026-11-27T08:00Z")
+    matching.add_argument("--created-before", metavar="ISO_TIME")
+    matching.add_argument("--id", action="append", help="this operation id (repeat)")
+    matching.add_argument("--code", action="append", help="this verification code (repeat)")
+    batch_options = selection.add_argument_group("batch")
+    batch_options.add_argument(
+        "--dry-run", action="store_true", help="show what would happen, change nothing"
+    )
+    batch_options.add_argument("--reason", help="why (kept in the audit trail)")
+    batch_options.add_argument(
+        "--limit", type=int, help="at most this many (default and most: 1000 per call)"
+    )
+
+    approve_batch = commands.add_parser(
+        "approve-batch",
+        parents=[connection, selection],
+        help="approve every pending operation that matches (e.g. --token PT_ID --prefix "
+        "line3-), one result per operation; --dry-run first",
+    )
+    approve_batch.add_argument(
+        "--lifetime",
+        type=parse_duration,
+        metavar="DURATION",
+        help="Registration Token lifetime, where the tokens let you choose (e.g. 12h)",
+    )
+    approve_batch.add_argument(
+        "--infinite-lifetime", action="store_true", help="tokens that never expire"
+    )
+    approve_batch.set_defaults(run=_run_against_platform(_approve_batch))
+
+    cancel_batch = commands.add_parser(
+        "cancel-batch",
+        parents=[connection, selection],
+        help="cancel every pending or approved operation that matches",
+    )
+    cancel_batch.add_argument(
+        "--state", choices=["pending", "approved"], help="only these (default: both)"
+    )
+    cancel_batch.set_defaults(run=_run_against_platform(_cancel_batch))
 
     devices = commands.add_parser("devices", parents=[connection], help="provisioned devices")
     devices.set_defaults(run=_run_against_platform(_devices))

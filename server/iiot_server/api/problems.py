@@ -103,11 +103,21 @@ def _wire_name(request: Request[Any, Any, Any], key: str) -> str:
     return key
 
 
-def _body_fields(request: Request[Any, Any, Any]) -> list[str]:
-    """The wire names of the fields the route's body Struct(s) take, in declared order."""
+def _body_fields(request: Request[Any, Any, Any], path: str = "") -> list[str]:
+    """The wire names of the fields the route's body Struct(s) take, in declared order;
+    ``path`` (``filter``): those of the Struct nested there."""
     parameter = request.route_handler.parsed_fn_signature.parameters.get("data")
     names: list[str] = []
     pending = [] if parameter is None else [parameter.annotation]
+    for segment in [p for p in path.split(".") if p]:
+        nested = []
+        while pending:
+            kind = pending.pop(0)
+            if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+                nested += [f.type for f in msgspec.structs.fields(kind) if f.encode_name == segment]
+            else:
+                pending += get_args(kind)
+        pending = nested
     while pending:
         kind = pending.pop(0)
         if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
@@ -124,11 +134,11 @@ def _camel(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def _unknown_field(request: Request[Any, Any, Any], name: str) -> str:
-    """What to tell a client that sent a field the body does not take: its name, the
-    field it probably meant (a snake_case or differently cased spelling of a known one)
-    and the fields the body takes."""
-    known = _body_fields(request)
+def _unknown_field(request: Request[Any, Any, Any], name: str, path: str = "") -> str:
+    """What to tell a client that sent a field the body (or its object at ``path``) does
+    not take: its name, the field it probably meant (a snake_case or differently cased
+    spelling of a known one) and the fields the body takes."""
+    known = _body_fields(request, path)
     detail = f"unknown field `{name}`: this request body has no such field"
     meant = [k for k in known if k.lower() in (name.lower(), _camel(name).lower())]
     if meant:
@@ -152,9 +162,12 @@ def validation_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
             message = "a JSON request body is required"
         at = _JSON_PATH.search(message)
         missing = _MISSING.search(message) or _UNKNOWN.search(message)
+        where = at.group(1) if at else ""
+        if not where and missing and key and key != "data" and item.get("source") == "body":
+            where = str(key)  # Litestar moved the object's path (``$.filter``) into the key
         if unknown := _UNKNOWN.search(message):
-            message = _unknown_field(request, unknown.group(1))
-        path = [p for p in (at.group(1) if at else "", missing.group(1) if missing else "") if p]
+            message = _unknown_field(request, unknown.group(1), where)
+        path = [p for p in (where, missing.group(1) if missing else "") if p]
         if path:
             fields.append(".".join(path))
         elif key == "data" and item.get("source") == "body":
