@@ -27,6 +27,7 @@ from .errors import PanelError, PlatformError
 if TYPE_CHECKING:  # the simulator (pandas, simpy) loads when a PolicyExplorer is built,
     # the HTTP models and client with the platform (a PolicyExplorer needs neither)
     import pandas as pd
+    from iiot_server.api.alerts import AlertOut
     from iiot_server.api.models import OperationOut, TwinOut
 
     from .admin import AdminClient
@@ -356,15 +357,36 @@ def convergence_html(twin: TwinOut) -> str:
     return "<b>convergence</b><ul>" + "".join(lines) + "</ul>" if lines else ""
 
 
+_SEVERITY_COLOURS = {"high": "#b00020", "medium": "#b26a00", "low": "#555555"}
+
+
+def alerts_html(alerts: list[AlertOut]) -> str:
+    """A device's open leak-detection alerts (``docs/leak_detection.md``), newest first;
+    empty when there are none."""
+    import html
+
+    if not alerts:
+        return ""
+    items = "".join(
+        f"<li><b style='color:{_SEVERITY_COLOURS.get(a.severity, '#555555')}'>"
+        f"{html.escape(a.severity)}</b> {html.escape(a.kind)} since {a.at:%Y-%m-%d %H:%M:%S}"
+        f" (seen {a.occurrences}x{', ' + html.escape(a.response) if a.response else ''})</li>"
+        for a in alerts
+    )
+    return f"<b>open alerts</b><ul>{items}</ul>"
+
+
 class DeviceView:
-    """A device's twin (desired / reported / tags with versions), connection state and
-    recent messages; desired properties and tags are edited as JSON merge patches."""
+    """A device's twin (desired / reported / tags with versions), connection state, open
+    leak-detection alerts and recent messages; desired properties and tags are edited as
+    JSON merge patches."""
 
     def __init__(self, admin: AdminClient, device_id: str, *, messages: int = 10) -> None:
         self.admin = admin
         self.device_id = device_id
         self.messages = messages
         self.header = w.HTML()
+        self.alerts = w.HTML()
         self.sections = {name: w.HTML() for name in ("desired", "reported", "tags")}
         self.convergence = w.HTML()
         self.desired_patch = w.Textarea(placeholder='{"interval": 10}', description="desired")
@@ -378,6 +400,7 @@ class DeviceView:
         self.widget = w.VBox(
             [
                 self.header,
+                self.alerts,
                 w.HBox(list(self.sections.values())),
                 self.convergence,
                 w.HBox([self.desired_patch, self.apply_desired]),
@@ -402,6 +425,9 @@ class DeviceView:
             f"<b>{self.device_id}</b> &nbsp;{state} &nbsp;token "
             f"{device.registration_token_status or '-'} &nbsp;takeovers "
             f"{device.connection_takeovers}"
+        )
+        self.alerts.value = alerts_html(
+            self.admin.alerts(device_id=self.device_id, state="open", limit=20)
         )
         for name, box in self.sections.items():
             section = getattr(twin, name)

@@ -15,6 +15,7 @@ from iiot_server.settings import Settings
 
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
+from iiotsim.widgets import DeviceView
 
 from .mqtt import WAIT, Device, Registered, provision, wait_for
 
@@ -104,6 +105,9 @@ def test_one_password_from_two_addresses_then_flapping(
     assert platform.admin.alerts(kind="shared_credential", state="open") == []
     take_over(platform, pump, "127.0.0.2", devices)
     assert len(platform.admin.alerts(kind="shared_credential", state="open")) == 1
+    view = DeviceView(platform.admin, "pump-0001")  # the device view lists its open alerts
+    assert "shared_credential" in view.alerts.value
+    assert "connection_flapping" in view.alerts.value
 
 
 def refresh(http: httpx.Client, pt: str, rt: str) -> httpx.Response:
