@@ -27,6 +27,7 @@ from ..domain.verification import CODE_PATTERN
 from ..domain.workspaces import PLATFORM_WIDE, device_key
 from ..services import Services
 from ..services.api_keys import ApiKey
+from ..services.audit import set_reason
 from ..services.operation_batches import BatchOutcome, OperationBatchService
 from ..services.twin import Section
 from .alerts import AlertsController
@@ -257,7 +258,7 @@ class ProvisioningOperationsController(ApiController):
                 field="deviceId",
             )
         selection = _selection(data.filter, states=(OperationState.PENDING,))
-        # audit: the body's reason goes into audit_context (A's set_reason)
+        set_reason(data.reason)  # each operation's audit event carries it
         outcome = await _batches(services).approve(
             workspace,
             selection,
@@ -283,7 +284,7 @@ class ProvisioningOperationsController(ApiController):
         selection = _selection(
             data.filter, states=(OperationState.PENDING, OperationState.APPROVED)
         )
-        # audit: the body's reason goes into audit_context (A's set_reason)
+        set_reason(data.reason)  # each operation's audit event carries it
         outcome = await _batches(services).cancel(
             workspace, selection, dry_run=data.dry_run, limit=data.limit, requester=principal.id
         )

@@ -518,7 +518,7 @@ def approve_operation_in(
 ) -> OperationView:
     """Approve one operation within the caller's transaction; any other open operation for
     the same Device ID is cancelled (superseded). The single route and the batch route
-    (``services/batch_operations.py``) both go through here, so they follow one rule set."""
+    (``services/operation_batches.py``) both go through here, so they follow one rule set."""
     first = _get_op(conn, operation_id)
     _require_in(first, _get_token(conn, first.provisioning_token_id), workspace_id)
     device = device_id or first.device_id
