@@ -40,6 +40,7 @@ from ..domain.workspaces import DEFAULT_WORKSPACE, device_key, split_device_key
 from ..security import new_id
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import devices, fleet_configurations, rollout_members, twin_property_states
+from . import audit
 from .devices import in_workspace
 from .twin import PropertySource, TwinService
 
@@ -437,7 +438,7 @@ class FleetService:
             )
 
             def halt(conn: Connection) -> None:
-                conn.execute(
+                halted = conn.execute(
                     update(fleet_configurations)
                     .where(c.id == key, c.rollout_state == RolloutState.ROLLING.value)
                     .where(c.rollout_stage == status.stage)
@@ -447,7 +448,16 @@ class FleetService:
                         rollout_updated_at=t,
                     )
                 )
-                # audit: configuration.rollout_halted (actor system)
+                if halted.rowcount:
+                    _audit_rollout(
+                        conn,
+                        "configuration.rollout_halted",
+                        workspace_id,
+                        config.id,
+                        {"state": "rolling", "stage": status.stage},
+                        {"state": "halted", "stage": status.stage, "reason": reason},
+                        counts,
+                    )
 
             await self._db.write(halt)
             return False
@@ -472,7 +482,16 @@ class FleetService:
                 return False  # another report advanced it first
             if not last:
                 _admit(conn, key, fresh, status.stage + 1, t)
-            # audit: configuration.rollout_advanced (actor system)
+            _audit_rollout(
+                conn,
+                "configuration.rollout_completed" if last else "configuration.rollout_advanced",
+                workspace_id,
+                config.id,
+                {"state": "rolling", "stage": status.stage},
+                {"state": "completed" if last else "rolling", "stage": status.stage + (not last)},
+                counts,
+                admitted=[split_device_key(d)[1] for d in fresh] if not last else [],
+            )
             return True
 
         return await self._db.write(advance)
@@ -500,12 +519,25 @@ class FleetService:
 
         def write(conn: Connection) -> None:
             c = fleet_configurations.c
-            conn.execute(
+            changed = conn.execute(
                 update(fleet_configurations)
-                .where(c.id == key)
+                .where(c.id == key, c.rollout_state.in_([s.value for s in allowed]))
                 .values(rollout_state=state.value, rollout_reason=None, rollout_updated_at=t)
             )
-            # audit: configuration.rollout_resumed / configuration.rollout_aborted
+            if changed.rowcount == 0:  # it moved meanwhile (completed, halted, deleted)
+                raise Conflict(f"the rollout of {configuration_id!r} changed", field="rollout")
+            verb = "resumed" if state is RolloutState.ROLLING else "aborted"
+            assert config.rollout is not None
+            _audit_rollout(
+                conn,
+                f"configuration.rollout_{verb}",
+                workspace_id,
+                configuration_id,
+                {"state": config.rollout.state.value, "stage": config.rollout.stage},
+                {"state": state.value, "stage": config.rollout.stage},
+                None,
+                actor=None,  # the caller's (an admin's API key)
+            )
 
         await self._db.write(write)
         if state is RolloutState.ROLLING:
@@ -662,6 +694,43 @@ def _admit(
                 configuration_id=configuration_key, device_id=did, stage=stage, admitted_at=at
             )
         )
+
+
+def _audit_rollout(
+    conn: Connection,
+    action: str,
+    workspace_id: str,
+    configuration_id: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    counts: StageCounts | None,
+    *,
+    admitted: builtins.list[str] | None = None,
+    actor: str | None = audit.SYSTEM,
+) -> None:
+    """A rollout's stage change in the audit trail: automatic ones as the platform
+    (``system``), even when an admin's call (create, resume) set them off."""
+    detail: dict[str, Any] = {}
+    if counts is not None:
+        detail["stage"] = {
+            "devices": counts.devices,
+            "pending": counts.pending,
+            "converged": counts.converged,
+            "drifted": counts.drifted,
+        }
+    if admitted:
+        detail["admitted"] = admitted
+    audit.record_audit(
+        conn,
+        action=action,
+        target_kind="fleet_configuration",
+        target_id=configuration_id,
+        workspace_id=workspace_id,
+        before=before,
+        after=after,
+        detail=detail or None,
+        actor=actor,
+    )
 
 
 def _count(states: Any) -> StageCounts:
