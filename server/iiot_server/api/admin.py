@@ -31,6 +31,7 @@ from ..services.audit import set_reason
 from ..services.operation_batches import BatchOutcome, OperationBatchService
 from ..services.twin import Section
 from .alerts import AlertsController
+from .audit import AuditController
 from .auth import ACCESS, WORKSPACE_PARAMETER, Access
 from .models import (
     MAX_WIRE_INT,
@@ -765,6 +766,7 @@ CONTROLLERS = [
     ProvisioningOperationsController,
     DevicesController,
     ApiKeysController,
+    AuditController,  # api/audit.py
     FleetConfigurationsController,
     TwinConvergenceController,
     AlertsController,  # api/alerts.py

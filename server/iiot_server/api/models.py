@@ -17,6 +17,7 @@ from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode
 from ..domain.workspaces import bare_device_id, split_device_key
 from ..security import Role
 from ..services.api_keys import ApiKey, CreatedApiKey
+from ..services.audit import AuditEvent
 from ..services.cloud_to_device import CloudToDeviceMessage
 from ..services.devices import ConnectionEvent, Device
 from ..services.fleet import (
@@ -410,6 +411,46 @@ class ConnectionEventOut(Wire):
 class RevokeDeviceOut(Wire):
     device_id: str
     revoked_tokens: int
+
+
+class AuditEventOut(Wire):
+    """One audit event (``GET /api/v1/audit``): ``actor`` (``api_key:<id>`` with its
+    ``actorRole``, ``device:<id>``, ``provisioning_token:<id>`` or ``system``) did ``action``
+    to ``targetKind``/``targetId`` at ``at``, saying ``reason``, in request ``requestId``;
+    ``before``/``after`` hold the changed state where it has one (twin sections,
+    configurations), ``detail`` the rest (approval overrides, token ids)."""
+
+    id: int
+    at: datetime
+    workspace_id: str
+    actor: str
+    actor_role: str | None
+    action: str
+    target_kind: str
+    target_id: str
+    reason: str | None
+    request_id: str | None
+    before: Any
+    after: Any
+    detail: Any
+
+    @classmethod
+    def of(cls, e: AuditEvent) -> AuditEventOut:
+        return cls(
+            id=e.id,
+            at=e.at,
+            workspace_id=e.workspace_id,
+            actor=e.actor,
+            actor_role=e.actor_role,
+            action=e.action,
+            target_kind=e.target_kind,
+            target_id=e.target_id,
+            reason=e.reason,
+            request_id=e.request_id,
+            before=e.before,
+            after=e.after,
+            detail=e.detail,
+        )
 
 
 class CreateApiKeyRequest(WireRequest):

@@ -13,6 +13,7 @@ from ..domain.workspaces import DEFAULT_WORKSPACE, PLATFORM_WIDE
 from ..security import Role, SecretKind, has_kind, hash_secret, new_id, new_secret
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import api_keys
+from .audit import record_audit
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,15 @@ class ApiKeyService:
                     created_at=to_epoch(key.created_at),
                     workspace_id=workspace_id,
                 )
+            )
+            record_audit(
+                conn,
+                action="api_key.created",
+                target_kind="api_key",
+                target_id=key.id,
+                workspace_id=_audited_in(workspace_id),
+                after={"name": name, "role": key.role, "workspaceId": workspace_id},
+                at=key.created_at,
             )
 
         await self._db.write(insert_key)
@@ -143,7 +153,7 @@ class ApiKeyService:
             ).first()
             if row is None:  # another workspace's key is as unknown as a missing one
                 raise NotFound(f"no API key {key_id}", field="id")
-            conn.execute(
+            revoked = conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=now)
@@ -151,7 +161,19 @@ class ApiKeyService:
             row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
             if row is None:
                 raise NotFound(f"no API key {key_id}", field="id")
-            return _key(row._mapping)
+            key = _key(row._mapping)
+            if revoked.rowcount:  # not again for a key revoked before
+                record_audit(
+                    conn,
+                    action="api_key.revoked",
+                    target_kind="api_key",
+                    target_id=key_id,
+                    workspace_id=_audited_in(key.workspace_id),
+                    before={"revokedAt": None},
+                    after={"revokedAt": key.revoked_at},
+                    detail={"name": key.name, "role": key.role},
+                )
+            return key
 
         key = await self._db.write(revoke_key)
         self._by_hash = {h: k for h, k in self._by_hash.items() if k.id != key_id}
@@ -188,6 +210,12 @@ def _in(workspace_id: str) -> ColumnElement[bool]:
             api_keys.c.workspace_id == workspace_id, api_keys.c.workspace_id == PLATFORM_WIDE
         )
     return api_keys.c.workspace_id == workspace_id
+
+
+def _audited_in(workspace_id: str) -> str:
+    """The workspace whose audit trail shows a key's events: its own, or ``default`` for a
+    platform-wide key (``default``'s key listing shows those too)."""
+    return DEFAULT_WORKSPACE if workspace_id == PLATFORM_WIDE else workspace_id
 
 
 def _key(m: RowMapping) -> ApiKey:

@@ -27,11 +27,11 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, insert, select
 
 from ..clock import Clock, SystemClock
 from ..domain.errors import ValidationError
-from ..store.database import to_epoch
+from ..store.database import from_epoch_required, to_epoch
 from ..store.schema import audit_events
 
 SYSTEM = "system"
@@ -108,11 +108,14 @@ def record_audit(
     after: Any = None,
     detail: Any = None,
     at: datetime | None = None,
+    actor: str | None = None,
 ) -> None:
     """Append one audit event in ``conn``'s transaction (it commits or rolls back with the
     change). ``action`` is ``<noun>.<past-tense verb>`` (``operation.approved``);
     ``before``/``after``/``detail`` are anything msgspec encodes as JSON (dicts, lists,
-    datetimes); ``at`` defaults to the platform clock's now."""
+    datetimes); ``at`` defaults to the platform clock's now, ``actor`` to the context's
+    (a device refreshing its token proves its Registration Token beside the Provisioning
+    Token it authenticated with: it acts as the device)."""
     context = audit_context.get()
     when = at if at is not None else _clocks.get(conn.engine, _SYSTEM_CLOCK).now()
     conn.execute(
@@ -120,8 +123,8 @@ def record_audit(
         {
             "at": to_epoch(when),
             "workspace_id": workspace_id,
-            "actor": context.actor,
-            "actor_role": context.actor_role,
+            "actor": context.actor if actor is None else actor,
+            "actor_role": context.actor_role if actor is None else None,
             "action": action,
             "target_kind": target_kind,
             "target_id": target_id,
@@ -134,11 +137,104 @@ def record_audit(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One stored audit event; ``before``/``after``/``detail`` decoded from their JSON."""
+
+    id: int
+    at: datetime
+    workspace_id: str
+    actor: str
+    actor_role: str | None
+    action: str
+    target_kind: str
+    target_id: str
+    reason: str | None
+    request_id: str | None
+    before: Any
+    after: Any
+    detail: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What :func:`list_audit_events` keeps; None: any. ``action`` ending in ``.`` or
+    ``*`` is a prefix (``operation.`` is every operation event), else exact."""
+
+    action: str | None = None
+    actor: str | None = None
+    target_kind: str | None = None
+    target_id: str | None = None
+    request_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def list_audit_events(
+    conn: Connection,
+    workspace_id: str,
+    matching: AuditFilter,
+    *,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[AuditEvent]:
+    """The workspace's events matching ``matching``, newest first (highest id), at most
+    ``limit``; page with ``before`` (the last id seen): every row comes exactly once, also
+    while new ones are appended (they get higher ids)."""
+    c = audit_events.c
+    query = select(audit_events).where(c.workspace_id == workspace_id)
+    if matching.action is not None:
+        if matching.action.endswith(("*", ".")):
+            query = query.where(c.action.startswith(matching.action.rstrip("*"), autoescape=True))
+        else:
+            query = query.where(c.action == matching.action)
+    for column, value in (
+        (c.actor, matching.actor),
+        (c.target_kind, matching.target_kind),
+        (c.target_id, matching.target_id),
+        (c.request_id, matching.request_id),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if matching.since is not None:
+        query = query.where(c.at >= to_epoch(matching.since))
+    if matching.until is not None:
+        query = query.where(c.at < to_epoch(matching.until))
+    if before is not None:
+        query = query.where(c.id < before)
+    rows = conn.execute(query.order_by(c.id.desc()).limit(limit))
+    return [_event(r._mapping) for r in rows]
+
+
+_decode = msgspec.json.decode
+
+
+def _event(m: Any) -> AuditEvent:
+    return AuditEvent(
+        id=int(m["id"]),
+        at=from_epoch_required(m["at"]),
+        workspace_id=m["workspace_id"],
+        actor=m["actor"],
+        actor_role=m["actor_role"],
+        action=m["action"],
+        target_kind=m["target_kind"],
+        target_id=m["target_id"],
+        reason=m["reason"],
+        request_id=m["request_id"],
+        before=None if m["before"] is None else _decode(m["before"]),
+        after=None if m["after"] is None else _decode(m["after"]),
+        detail=None if m["detail"] is None else _decode(m["detail"]),
+    )
+
+
 __all__ = [
     "MAX_REASON",
     "SYSTEM",
     "AuditContext",
+    "AuditEvent",
+    "AuditFilter",
     "audit_context",
+    "list_audit_events",
     "record_audit",
     "set_reason",
     "use_clock",

@@ -46,6 +46,7 @@ from ..store.schema import (
     registration_tokens,
     twins,
 )
+from .audit import record_audit
 from .limits import DeviceApiLimits
 
 FIELD = "registrationToken"
@@ -328,6 +329,9 @@ class RegistrationService:
             conn.execute(
                 sql.DEVICE_REGISTERED, {"b_device_id": token.device_id, "b_now": to_epoch(now)}
             )
+            _audit_device(
+                conn, "device.registered", token.device_id, {"registrationTokenId": token.id}, now
+            )
             return token
 
         try:
@@ -459,6 +463,14 @@ class RegistrationService:
             lifetime=token.lifetime,
             now=now,
         )
+        _audit_device(
+            conn,
+            "token.refreshed",
+            token.device_id,
+            {"registrationTokenId": issued.token.id, "parentId": token.id},
+            now,
+            actor=f"device:{token.device_id}",
+        )
         return issued, dataclasses.replace(token, superseded_at=token.superseded_at or now)
 
     async def revoke_device(self, device_id: str) -> int:
@@ -468,7 +480,9 @@ class RegistrationService:
         def revoke(conn: Connection) -> int:
             _require_device(conn, device_id)
             _close_operations(conn, device_id, t, CancelReason.DEVICE_REVOKED)
-            return _revoke_all(conn, device_id, t)
+            revoked = _revoke_all(conn, device_id, t)
+            _audit_device(conn, "device.revoked", device_id, {"revokedTokens": revoked})
+            return revoked
 
         count = await self._db.write(revoke)
         self._events.publish("registration_ended", device_id, RegistrationEnded.REVOKED)
@@ -488,6 +502,7 @@ class RegistrationService:
             conn.execute(delete(desired_patches).where(desired_patches.c.device_id == device_id))
             # as IoT Hub: a deleted device's undelivered messages go with it
             conn.execute(delete(c2d).where(c2d.c.device_id == device_id))
+            _audit_device(conn, "device.deleted", device_id)
 
         await self._db.write(forget)
         self._events.publish("registration_ended", device_id, RegistrationEnded.DELETED)
@@ -576,6 +591,29 @@ class RegistrationService:
                 expires = sas_expires_at if until is None else min(until, sas_expires_at)
                 return MqttIdentity(device_id, rt.id, expires)
         return None
+
+
+def _audit_device(
+    conn: Connection,
+    action: str,
+    key: str,
+    detail: dict[str, object] | None = None,
+    at: datetime | None = None,
+    *,
+    actor: str | None = None,
+) -> None:
+    """An audit event on the device with key ``key`` (in its workspace, by its bare id)."""
+    workspace_id, device_id = split_device_key(key)
+    record_audit(
+        conn,
+        action=action,
+        target_kind="device",
+        target_id=device_id,
+        workspace_id=workspace_id,
+        detail=detail,
+        at=at,
+        actor=actor,
+    )
 
 
 def _revoke_all(conn: Connection, device_id: str, t: float) -> int:

@@ -24,10 +24,11 @@ from ..domain.documents import decode_json_document
 from ..domain.errors import DomainError, NotFound, ValidationError
 from ..domain.fleet import ConfiguredLayer, layer_change
 from ..domain.twin import JSON, changes_since, merge_patch, validate_patch, with_version
-from ..domain.workspaces import named_device
+from ..domain.workspaces import named_device, split_device_key
 from ..events import PlatformEvents
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import desired_patches, devices, twin_property_states, twins
+from .audit import record_audit
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,18 @@ class TwinService:
                 )
             elif section is Section.REPORTED:
                 record_report(conn, device_id, row["desired"], document, at=t)
+            if section is not Section.REPORTED:  # the platform's changes, not the device's
+                workspace_id, bare = split_device_key(device_id)
+                record_audit(
+                    conn,
+                    action=f"twin.{section.value}_patched",
+                    target_kind="device",
+                    target_id=bare,
+                    workspace_id=workspace_id,
+                    before=row[section.value],
+                    after=document,
+                    detail={"patch": validated, "version": version},
+                )
             return self._twin(conn, device_id, _row(conn, device_id, create=False))
 
         order = self._in_call_order.get(device_id)

@@ -12,6 +12,7 @@ from ..domain.errors import Conflict, NotFound
 from ..domain.workspaces import DEFAULT_WORKSPACE, key_prefix, validate_workspace_id
 from ..store.database import Database, from_epoch_required, to_epoch
 from ..store.schema import api_keys, devices, fleet_configurations, provisioning_tokens, workspaces
+from .audit import record_audit
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ class WorkspaceService:
                 raise Conflict(f"workspace {checked!r} exists", field="id")
             conn.execute(
                 insert(workspaces).values(id=checked, created_at=to_epoch(workspace.created_at))
+            )
+            # in default's trail: platform-wide keys act on workspaces from there
+            record_audit(
+                conn,
+                action="workspace.created",
+                target_kind="workspace",
+                target_id=checked,
+                workspace_id=DEFAULT_WORKSPACE,
+                at=workspace.created_at,
             )
 
         await self._db.write(write)
@@ -114,6 +124,14 @@ class WorkspaceService:
                 .values(revoked_at=to_epoch(self._clock.now()))
             )
             conn.execute(delete(workspaces).where(workspaces.c.id == workspace_id))
+            # in default's trail: the deleted workspace's own can no longer be addressed
+            record_audit(
+                conn,
+                action="workspace.deleted",
+                target_kind="workspace",
+                target_id=workspace_id,
+                workspace_id=DEFAULT_WORKSPACE,
+            )
 
         await self._db.write(write)
         self._known.discard(workspace_id)
