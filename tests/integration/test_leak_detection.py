@@ -12,6 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from iiot_server.settings import Settings
+from iiot_server.store.database import sync_url
+from iiot_server.store.schema import audit_events
+from sqlalchemy import create_engine, select
 
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
@@ -206,3 +209,21 @@ def test_automatic_responses_revoke_the_device_and_the_token(
         assert burst.evidence["initsInWindow"] == 11
         assert burst.response == "revoke_token: provisioning token revoked"
         assert init(http, pt, "valve-0012").status_code == 401  # the token is revoked
+
+        # the audit trail has both alerts and both responses, by the platform itself
+        engine = create_engine(sync_url(platform.settings.database_url))
+        try:
+            with engine.connect() as conn:
+                c = audit_events.c
+                audited = conn.execute(
+                    select(c.action, c.actor, c.target_id).where(c.target_kind == "alert")
+                ).all()
+        finally:
+            engine.dispose()
+        assert sorted((action, actor) for action, actor, _ in audited) == [
+            ("alert.auto_response", "system"),
+            ("alert.auto_response", "system"),
+            ("alert.raised", "system"),
+            ("alert.raised", "system"),
+        ]
+        assert {target for _, _, target in audited} == {alert.id, burst.id}

@@ -43,6 +43,7 @@ from ..security import new_id
 from ..settings import Settings
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import alerts
+from .audit import AuditContext, audit_context, record_audit
 from .provisioning import ProvisioningService, ProvisioningToken
 from .registration import RegistrationService
 
@@ -159,17 +160,20 @@ class AlertService:
         """Store a finding: a new alert, or a repeat counted on the open one of its kind
         and subject seen within ``leak_alert_repeat_window``. A new alert gets its kind's
         automatic response, recorded on it."""
-        async with self._raising:
-            alert, new = await self._db.write(self._store, finding, workspace_id)
-            # audit: record_audit(conn, action="alert.raised", target_kind="alert", ...)
-            if not new:
-                return alert
-            response = self._response(finding.kind)
-            if response is LeakResponse.NONE:
-                return alert
-            done = await self._respond(alert, response)
-            # audit: record_audit(conn, action="alert.auto_response", ...) with actor system
-            return await self._db.write(self._record_response, alert.id, done)
+        # the platform acts here, whoever's request showed the incident: audit as system
+        context = audit_context.set(AuditContext())
+        try:
+            async with self._raising:
+                alert, new = await self._db.write(self._store, finding, workspace_id)
+                if not new:
+                    return alert
+                response = self._response(finding.kind)
+                if response is LeakResponse.NONE:
+                    return alert
+                done = await self._respond(alert, response)
+                return await self._db.write(self._record_response, alert.id, done)
+        finally:
+            audit_context.reset(context)
 
     def _store(self, conn: Connection, finding: Finding, workspace_id: str) -> tuple[Alert, bool]:
         now = to_epoch(self._clock.now())
@@ -211,6 +215,20 @@ class AlertService:
                 last_seen_at=now,
             )
         )
+        record_audit(
+            conn,
+            action="alert.raised",
+            target_kind="alert",
+            target_id=alert_id,
+            workspace_id=workspace_id,
+            after={
+                "kind": finding.kind.value,
+                "severity": finding.severity.value,
+                "deviceId": finding.device_id,
+                "provisioningTokenId": finding.provisioning_token_id,
+            },
+            detail=finding.evidence,
+        )
         log.warning(
             "leak alert %s (%s) on %s: %s",
             finding.kind.value,
@@ -241,7 +259,20 @@ class AlertService:
     @staticmethod
     def _record_response(conn: Connection, alert_id: str, response: str) -> Alert:
         conn.execute(update(alerts).where(alerts.c.id == alert_id).values(response=response))
-        return _get(conn, alert_id)
+        alert = _get(conn, alert_id)
+        record_audit(
+            conn,
+            action="alert.auto_response",
+            target_kind="alert",
+            target_id=alert_id,
+            workspace_id=alert.workspace_id,
+            after={"response": response},
+            detail={
+                "deviceId": alert.device_id,
+                "provisioningTokenId": alert.provisioning_token_id,
+            },
+        )
+        return alert
 
     async def list(
         self,
@@ -311,8 +342,18 @@ class AlertService:
                 .where(c.id == alert_id, c.acknowledged_at.is_(None))
                 .values(acknowledged_at=now)
             )
-            # audit: record_audit(conn, action="alert.acknowledged", ...)
-            return _get(conn, alert_id)
+            acknowledged = _get(conn, alert_id)
+            if alert.acknowledged_at is None:
+                record_audit(
+                    conn,
+                    action="alert.acknowledged",
+                    target_kind="alert",
+                    target_id=alert_id,
+                    workspace_id=workspace_id,
+                    before={"state": alert.state.value},
+                    after={"state": acknowledged.state.value},
+                )
+            return acknowledged
 
         return await self._db.write(ack)
 
