@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import html
 import io
 import math
 import re
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # the simulator (pandas, simpy) loads when a PolicyExplorer i
     # the HTTP models and client with the platform (a PolicyExplorer needs neither)
     import pandas as pd
     from iiot_server.api.alerts import AlertOut
-    from iiot_server.api.models import OperationOut, TwinOut
+    from iiot_server.api.models import BatchOut, OperationOut, TwinOut
 
     from .admin import AdminClient
     from .sim import Distribution, Scenario, SimulationResult
@@ -166,7 +167,15 @@ class ApprovalPanel:
     ids, or ``True`` for every workspace (``admin`` must then hold a platform-wide key).
     The panel acts in the picked one (:meth:`select_workspace`); without a picker, in the
     admin client's own workspace.
+
+    Select all matching (a factory line): type a Device ID prefix (``line3-``) or glob
+    (``line3-*-a?``) in ``match_text``, click *Preview* (:meth:`preview`, a dry run: how
+    many, and the first rows), then *Approve all N* (:meth:`approve_all`), which approves
+    exactly the previewed operations by id, so nothing that appeared since slips in.
     """
+
+    PREVIEW_ROWS = 10
+    """Rows of a preview shown (the count is of all)."""
 
     def __init__(
         self,
@@ -206,7 +215,25 @@ class ApprovalPanel:
                 lambda change: self._click(self.select_workspace, change["new"]), names="value"
             )
             header.insert(1, self.picker)
-        self.widget = w.VBox([w.HBox(header), self.list, self.status])
+        self.match_text = w.Text(
+            placeholder="line3- or line3-*-a?", description="Matching", continuous_update=True
+        )
+        self.preview_button = w.Button(description="Preview", icon="search")
+        self.approve_all_button = w.Button(
+            description="Approve all", button_style="success", disabled=True
+        )
+        self.preview_box = w.HTML()
+        self.previewed_ids: list[str] = []
+        self.preview_button.on_click(lambda _b: self._click(self.preview))
+        self.approve_all_button.on_click(lambda _b: self._click(self.approve_all))
+        self.match_text.observe(lambda _change: self._forget_preview(), names="value")
+        matching = w.VBox(
+            [
+                w.HBox([self.match_text, self.preview_button, self.approve_all_button]),
+                self.preview_box,
+            ]
+        )
+        self.widget = w.VBox([w.HBox(header), matching, self.list, self.status])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
@@ -247,6 +274,7 @@ class ApprovalPanel:
             return list(op.op for op in self.rows.values())
         self.workspace = workspace
         self.rows = {}
+        self._forget_preview()
         return self.refresh()
 
     def _auto(self, every: float) -> None:
@@ -299,6 +327,78 @@ class ApprovalPanel:
         self._show(f"approved {op.verification_code} as <b>{op.device_id}</b>")
         self.refresh()
         return op
+
+    def preview(self, text: str | None = None) -> BatchOut:
+        """Dry-run approving every pending operation whose Device ID matches ``text`` (or
+        the text box): a glob if it holds ``*`` or ``?``, else a prefix. Shows the count
+        and the first :data:`PREVIEW_ROWS` rows, and arms *Approve all N*."""
+        if text is not None:
+            self.match_text.value = text
+        typed = self.match_text.value.strip()
+        try:
+            if not typed:
+                raise PanelError("type a Device ID prefix (line3-) or glob (line3-*) first")
+            field = "device_id_pattern" if any(c in typed for c in "*?") else "device_id_prefix"
+            answer = self.client.approve_operations({field: typed}, dry_run=True)
+        except (PlatformError, PanelError) as exc:
+            self._forget_preview()
+            self._show_error(exc)
+            raise
+        ids = [
+            r.provisioning_operation_id
+            for r in answer.results
+            if r.result == "would_approve" and r.provisioning_operation_id
+        ]
+        self.previewed_ids = ids
+        self.approve_all_button.description = f"Approve all {len(ids)}"
+        self.approve_all_button.disabled = not ids
+        rows = "".join(
+            f"<tr><td>{html.escape(r.verification_code or '-')}</td>"
+            f"<td>{html.escape(r.device_id or '-')}</td><td>{html.escape(r.result)}</td>"
+            f"<td>{html.escape(r.reason or '')}</td></tr>"
+            for r in answer.results[: self.PREVIEW_ROWS]
+        )
+        more = len(answer.results) - self.PREVIEW_ROWS
+        summary = f"{answer.matched} match {html.escape(typed)!s}: {len(ids)} would be approved"
+        if answer.truncated:
+            summary += f" (only the first {len(answer.results)} per call)"
+        self.preview_box.value = f"<b>{summary}</b><table>{rows}</table>" + (
+            f"<i>… and {more} more</i>" if more > 0 else ""
+        )
+        return answer
+
+    def approve_all(self) -> BatchOut:
+        """Approve exactly the operations the last :meth:`preview` listed as would-approve
+        (by id: one that started since is not included; one approved or expired since is
+        reported skipped)."""
+        try:
+            if not self.previewed_ids:
+                raise PanelError("preview first: nothing is selected")
+            answer = self.client.approve_operations({"ids": self.previewed_ids})
+        except (PlatformError, PanelError) as exc:
+            self._show_error(exc)
+            raise
+        self._forget_preview()
+        counts = ", ".join(f"{n} {result}" for result, n in sorted(answer.counts.items()))
+        if answer.counts.get("failed") or answer.counts.get("skipped"):
+            self._show_error(PanelError(f"batch: {counts} (see the preview box)"))
+            self.preview_box.value = "".join(
+                f"<div>{html.escape(r.device_id or r.provisioning_operation_id or '-')}: "
+                f"{html.escape(r.result)} {html.escape(r.reason or '')}</div>"
+                for r in answer.results
+                if r.result in ("failed", "skipped")
+            )
+        else:
+            self._show(f"batch: {counts}")
+        self.refresh()
+        return answer
+
+    def _forget_preview(self) -> None:
+        """A preview holds only for the text and workspace it was made for."""
+        self.previewed_ids = []
+        self.approve_all_button.description = "Approve all"
+        self.approve_all_button.disabled = True
+        self.preview_box.value = ""
 
     def approve_row(self, row: _Row) -> OperationOut:
         return self.approve(row.op.id, **row.overrides())

@@ -343,3 +343,45 @@ def test_no_notebook_kills_what_a_person_still_uses_after_run_all(source: Path) 
     03 stopped its platform (the device view's "Patch desired" answered "the client has
     been closed"). A notebook ends with a note on how to stop instead."""
     assert closed_after_run_all(source.read_text()) == []
+
+
+def test_select_all_matching_approves_exactly_what_was_previewed(
+    platform: Platform, panel: ApprovalPanel, clock: ManualClock
+) -> None:
+    pt = platform.admin.create_provisioning_token("line 3").provisioning_token
+    ops = {d: open_operation(platform, pt, d) for d in ("line3-0001", "line3-0002", "line4-0001")}
+    panel.approve_all_button.click()  # nothing previewed: refused in the panel, no traceback
+    assert "preview first" in panel.status.value
+    panel.match_text.value = "line3-*"
+    panel.preview_button.click()
+    assert "2 match line3-*: 2 would be approved" in panel.preview_box.value
+    assert "line3-0001" in panel.preview_box.value and "line4-0001" not in panel.preview_box.value
+    assert panel.approve_all_button.description == "Approve all 2"
+    assert not panel.approve_all_button.disabled
+    assert {op.state for op in platform.admin.list_operations()} == {"pending"}  # a dry run
+
+    late = open_operation(platform, pt, "line3-0003")  # matches, but started after the preview
+    panel.approve_all_button.click()
+    states = {op.device_id: op.state for op in platform.admin.list_operations()}
+    assert states == {
+        "line3-0001": "approved",
+        "line3-0002": "approved",
+        "line3-0003": "pending",
+        "line4-0001": "pending",
+    }
+    assert "2 approved" in panel.status.value
+    assert panel.approve_all_button.disabled  # the preview was used up
+    assert set(panel.rows) == {
+        late["provisioningOperationId"],
+        ops["line4-0001"]["provisioningOperationId"],
+    }
+
+    # a prefix; editing the text forgets the preview; a bad one is the platform's 400
+    panel.preview("line")
+    assert panel.approve_all_button.description == "Approve all 2"
+    panel.match_text.value = "line4"
+    assert panel.approve_all_button.disabled and panel.previewed_ids == []
+    panel.match_text.value = "line[3]"
+    panel.preview_button.click()
+    assert "(field filter.deviceIdPrefix)" in panel.status.value
+    assert panel.approve_all_button.disabled
