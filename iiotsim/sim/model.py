@@ -1363,7 +1363,8 @@ def simulate(scenario: Scenario, *, chunk_devices: int | None = None) -> Simulat
         bins.rate["connect"] += dup_rate
     produced, lost = report.produced, report.lost
     delivered = np.maximum(0, produced - lost - report.waiting_at_end)
-    # leaks
+    # leaks: the platform's rules may revoke sooner than the external detection
+    rt_detect = _rule_detection(s, tracked, rt_dev, rt_time, rt_detect)
     exposures = _exposures(
         s, tracked, plan.deploy, rt_dev, rt_time, rt_detect, exposure_devices, streams.exposure
     )
@@ -1505,8 +1506,43 @@ def _exposures(
             sample(lk.detection_delay, rng, size),
             np.inf,
         )
-        values += measure(dev, t, det)
+        values += measure(dev, t, _rule_detection(s, tracked, dev, t, det))
     return np.asarray(values, dtype=np.float64)
+
+
+def _rule_detection(
+    s: Scenario,
+    tracked: _TrackedFleet,
+    dev: NDArray[np.int64],
+    leak: NDArray[np.float64],
+    detected: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """The revocation times of leaked RTs with the platform's leak rules
+    (``Leaks.detection_rules``): an ``"online"`` thief holds a session from the leak on, so
+    rule (a) (one credential, two addresses: ``iiot_server.domain.leaks.shared_credential``)
+    fires at the device's first online instant at or after the leak, and the response
+    follows ``response_delay`` later; the earlier of that and ``detected`` (the external
+    detection). A rule firing after the token died changes nothing (``usable_until``)."""
+    lk = s.leaks
+    if not lk.detection_rules or lk.thief != "online" or not len(dev):
+        return detected
+    caught = np.array(
+        [
+            _first_online(tracked.segments(int(d), float(t)), float(t))
+            for d, t in zip(dev, leak, strict=True)
+        ]
+    )
+    return np.minimum(detected, caught + lk.response_delay)
+
+
+def _first_online(segs: Iterable[_Segment], since: float) -> float:
+    """The first instant at or after ``since`` the device is online (inf: never again)."""
+    for t0, _age, dur, on in segs:
+        if t0 + dur <= since:
+            continue
+        if on:
+            return max(t0, since)
+    return math.inf
 
 
 def _rank(values: NDArray[np.float64], q: float) -> float:

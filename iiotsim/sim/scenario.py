@@ -156,7 +156,18 @@ class Leaks(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     across seeds; 1.9 % now). None: the leak events alone.
 
     A leaked PT that is revoked stops every later lockout of the devices holding it
-    (all of them if the PT is shared) from recovering."""
+    (all of them if the PT is shared) from recovering.
+
+    ``detection_rules``: the platform's own leak detection (``docs/leak_detection.md``)
+    also catches a leaked RT, ``response_delay`` seconds before its revocation (0: the
+    automatic response ``leak_response_shared_credential = "revoke_device"``). What it
+    catches depends on the ``thief``: ``"online"`` registers with the RT and keeps an MQTT
+    session from the leak on, so rule (a) fires at the first instant the device is online
+    too (a takeover from another address), drawn from the device's own connectivity;
+    ``"stealthy"`` connects only while the device is offline, and no rule sees it (the
+    simulated thief never refreshes, so rule (b), which catches one who does, has nothing
+    to see: the device's refresh ends the stolen copy after the grace period). The
+    revocation is the earlier of the rules' and the ``detection_delay``'s."""
 
     registration_tokens: int = 200
     provisioning_tokens: int = 0
@@ -164,6 +175,9 @@ class Leaks(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     detection_probability: float = 1.0
     exposure_relative_se: float | None = 0.02
     exposure_max_samples: int = 20_000
+    detection_rules: bool = False
+    thief: Literal["online", "stealthy"] = "online"
+    response_delay: float = 0.0
 
 
 class Outage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
