@@ -45,6 +45,7 @@ import pandas as pd
 from iiot_server.api.alerts import AlertOut
 from iiot_server.api.models import (
     ApiKeyOut,
+    AuditEventOut,
     BatchOut,
     CloudToDeviceOut,
     ConnectionEventOut,
@@ -244,9 +245,16 @@ class AdminClient:
     def get_provisioning_token(self, token_id: str) -> ProvisioningTokenOut:
         return self._call("GET", f"/api/v1/provisioning-tokens/{token_id}", ProvisioningTokenOut)
 
-    def revoke_provisioning_token(self, token_id: str) -> ProvisioningTokenOut:
+    def revoke_provisioning_token(
+        self, token_id: str, *, reason: str | None = None
+    ) -> ProvisioningTokenOut:
+        """Revoke a token (``reason``: recorded in the audit trail, as for every mutation
+        taking one)."""
         return self._call(
-            "POST", f"/api/v1/provisioning-tokens/{token_id}/revoke", ProvisioningTokenOut
+            "POST",
+            f"/api/v1/provisioning-tokens/{token_id}/revoke",
+            ProvisioningTokenOut,
+            params={"reason": reason},
         )
 
     # Provisioning Operations -----------------------------------------------------------
@@ -272,13 +280,15 @@ class AdminClient:
         device_id: str | None = None,
         registration_token_lifetime: float | None = None,
         infinite_lifetime: bool = False,
+        reason: str | None = None,
     ) -> OperationOut:
         """Approve by verification code (``'WDJB-MJHT'``, any case, dash optional) or
-        operation id: the platform resolves the code."""
+        operation id: the platform resolves the code. ``reason`` goes to the audit trail."""
         return self._call(
             "POST",
             f"/api/v1/provisioning-operations/{code_or_id.strip()}/approve",
             OperationOut,
+            params={"reason": reason},
             json={
                 "deviceId": device_id,
                 "registrationTokenLifetime": registration_token_lifetime,
@@ -286,10 +296,13 @@ class AdminClient:
             },
         )
 
-    def cancel_operation(self, code_or_id: str) -> OperationOut:
+    def cancel_operation(self, code_or_id: str, *, reason: str | None = None) -> OperationOut:
         """Cancel by verification code or operation id (the platform resolves the code)."""
         return self._call(
-            "POST", f"/api/v1/provisioning-operations/{code_or_id.strip()}/cancel", OperationOut
+            "POST",
+            f"/api/v1/provisioning-operations/{code_or_id.strip()}/cancel",
+            OperationOut,
+            params={"reason": reason},
         )
 
     def approve_operations(
@@ -409,12 +422,17 @@ class AdminClient:
     def get_device(self, device_id: str) -> DeviceOut:
         return self._call("GET", f"/api/v1/devices/{device_id}", DeviceOut)
 
-    def delete_device(self, device_id: str) -> None:
-        self._call("DELETE", f"/api/v1/devices/{device_id}")
+    def delete_device(self, device_id: str, *, reason: str | None = None) -> None:
+        self._call("DELETE", f"/api/v1/devices/{device_id}", params={"reason": reason})
 
-    def revoke_device(self, device_id: str) -> RevokeDeviceOut:
+    def revoke_device(self, device_id: str, *, reason: str | None = None) -> RevokeDeviceOut:
         """Revoke every Registration Token of the device: it must provision again."""
-        return self._call("POST", f"/api/v1/devices/{device_id}/revoke", RevokeDeviceOut)
+        return self._call(
+            "POST",
+            f"/api/v1/devices/{device_id}/revoke",
+            RevokeDeviceOut,
+            params={"reason": reason},
+        )
 
     def list_device_messages(
         self, device_id: str, *, stream: str | None = None, after: int = 0, limit: int = 100
@@ -657,8 +675,56 @@ class AdminClient:
     def list_api_keys(self) -> list[ApiKeyOut]:
         return self._call("GET", "/api/v1/api-keys", list[ApiKeyOut])
 
-    def revoke_api_key(self, key_id: str) -> ApiKeyOut:
-        return self._call("POST", f"/api/v1/api-keys/{key_id}/revoke", ApiKeyOut)
+    def revoke_api_key(self, key_id: str, *, reason: str | None = None) -> ApiKeyOut:
+        return self._call(
+            "POST", f"/api/v1/api-keys/{key_id}/revoke", ApiKeyOut, params={"reason": reason}
+        )
+
+    # Audit trail -------------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        target_kind: str | None = None,
+        target_id: str | None = None,
+        device_id: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = 1000,
+    ) -> list[AuditEventOut]:
+        """Audit events of this client's workspace, newest first, every page up to ``limit``
+        rows (None: all): who (``actor``, e.g. ``"api_key:<id>"``, ``"device:pump-1"``) did
+        what (``action``, ``"operation."`` for a prefix) to what (``target_kind``,
+        ``target_id``; ``device_id`` is ``target_id`` of a device), when and why
+        (``reason``), in which request. An admin key's call. ``to_frame(...)`` makes a
+        DataFrame of them."""
+        if device_id is not None:
+            target_kind, target_id = "device", device_id
+        params: dict[str, Any] = {
+            "action": action,
+            "actor": actor,
+            "targetKind": target_kind,
+            "targetId": target_id,
+            "requestId": request_id,
+            "since": None if since is None else since.isoformat(),
+            "until": None if until is None else until.isoformat(),
+        }
+        found: list[AuditEventOut] = []
+        while limit is None or len(found) < limit:
+            page_size = 1000 if limit is None else min(1000, limit - len(found))
+            page = self._call(
+                "GET",
+                "/api/v1/audit",
+                list[AuditEventOut],
+                params={**params, "limit": page_size, "before": found[-1].id if found else None},
+            )
+            found += page
+            if len(page) < page_size:
+                break
+        return found
 
     # Workspaces (a platform-wide admin key) ----------------------------------------------
 

@@ -242,6 +242,7 @@ def _approve(admin: AdminClient, args: argparse.Namespace) -> int:
         device_id=args.device_id,
         registration_token_lifetime=args.lifetime,
         infinite_lifetime=args.infinite_lifetime,
+        reason=args.reason,
     )
     print(
         f"Approved {op.verification_code} (operation {op.id}): device {op.device_id}; it "
@@ -251,7 +252,7 @@ def _approve(admin: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _cancel(admin: AdminClient, args: argparse.Namespace) -> int:
-    op = admin.cancel_operation(args.code_or_id)
+    op = admin.cancel_operation(args.code_or_id, reason=args.reason)
     print(f"Cancelled {op.verification_code} (operation {op.id}, device {op.device_id or '-'}).")
     return 0
 
@@ -403,6 +404,34 @@ def _alerts(admin: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(admin: AdminClient, args: argparse.Namespace) -> int:
+    events = admin.audit(
+        action=args.action,
+        actor=args.actor,
+        device_id=args.device,
+        target_id=args.target,
+        request_id=args.request_id,
+        limit=args.limit,
+    )
+    if not events:
+        print("No audit events.")
+        return 0
+    rows = [
+        [
+            str(e.id),
+            _time(e.at),
+            e.action,
+            f"{e.target_kind} {e.target_id}",
+            e.actor if e.actor_role is None else f"{e.actor} ({e.actor_role})",
+            e.reason or "-",
+            e.request_id or "-",
+        ]
+        for e in events
+    ]
+    print(_table(("id", "at", "action", "target", "actor", "reason", "request"), rows))
+    return 0
+
+
 def _admin_key_create(args: argparse.Namespace) -> int:
     """A new admin key in the platform's database: the server's own
     :class:`~iiot_server.services.api_keys.ApiKeyService`, so it is stored as the platform
@@ -515,13 +544,26 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     approve.add_argument(
         "--infinite-lifetime", action="store_true", help="a token that never expires"
     )
+    approve.add_argument("--reason", help="why (kept in the audit trail)")
     approve.set_defaults(run=_run_against_platform(_approve))
 
     cancel = commands.add_parser(
         "cancel", parents=[connection], help="cancel an operation by its code (or its id)"
     )
     cancel.add_argument("code_or_id", metavar="CODE-or-ID")
+    cancel.add_argument("--reason", help="why (kept in the audit trail)")
     cancel.set_defaults(run=_run_against_platform(_cancel))
+
+    audit = commands.add_parser(
+        "audit", parents=[connection], help="the audit trail, newest first (admin key)"
+    )
+    audit.add_argument("--action", help="e.g. operation.approved, or a prefix: operation.")
+    audit.add_argument("--actor", help="e.g. api_key:<id>, device:<Device ID>, system")
+    audit.add_argument("--device", metavar="DEVICE_ID", help="events on this device")
+    audit.add_argument("--target", metavar="ID", help="events on this id (token, operation, ...)")
+    audit.add_argument("--request-id", help="events of this request (its X-Request-Id)")
+    audit.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    audit.set_defaults(run=_run_against_platform(_audit))
 
     selection = argparse.ArgumentParser(add_help=False)
     matching = selection.add_argument_group(

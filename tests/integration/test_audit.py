@@ -15,6 +15,7 @@ from iiot_server.services.audit import audit_context, record_audit
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from iiotsim.cli import main
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 from tests.server.device_calls import complete, init, refresh, register
@@ -428,3 +429,33 @@ def test_bad_reasons_request_ids_and_filters_are_named(
         f"{platform.http_url}/api/v1/audit", headers={"Authorization": f"Bearer {tech}"}
     )
     assert refused.status_code == 403
+
+
+def test_the_admin_client_and_cli_read_the_trail_and_send_reasons(
+    platform: Platform, http: httpx.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = platform.admin
+    pt = admin.create_provisioning_token("t")
+    op = init(http, pt.provisioning_token, deviceId="fan-0001").json()
+    admin.approve_operation(op["verificationCode"], reason="label matches")
+    done = complete(http, pt.provisioning_token, op["provisioningOperationId"]).json()
+    register(http, done["registrationToken"])
+    admin.revoke_device("fan-0001", reason="returned to vendor")
+    admin.revoke_provisioning_token(pt.id, reason="line closed")
+
+    (approved,) = admin.audit(action="operation.approved")
+    assert (approved.target_id, approved.reason) == (op["provisioningOperationId"], "label matches")
+    assert approved.actor_role == "admin" and approved.request_id
+    assert [e.action for e in admin.audit(device_id="fan-0001")] == [
+        "device.revoked",
+        "device.registered",
+    ]
+    assert [e.reason for e in admin.audit(action="token.")] == ["line closed", None]
+    assert len(admin.audit(limit=2)) == 2
+
+    argv = ["--server", platform.http_url, "--api-key", platform.admin_key]
+    assert main(["audit", "--device", "fan-0001", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "device.revoked" in out and "returned to vendor" in out
+    assert "device.registered" in out and "device:fan-0001" in out
+    assert "operation.approved" not in out
