@@ -536,7 +536,7 @@ class FleetService:
                 {"state": config.rollout.state.value, "stage": config.rollout.stage},
                 {"state": state.value, "stage": config.rollout.stage},
                 None,
-                actor=None,  # the caller's (an admin's API key)
+                system=False,  # the caller's (an admin's API key)
             )
 
         await self._db.write(write)
@@ -706,7 +706,7 @@ def _audit_rollout(
     counts: StageCounts | None,
     *,
     admitted: builtins.list[str] | None = None,
-    actor: str | None = audit.SYSTEM,
+    system: bool = True,
 ) -> None:
     """A rollout's stage change in the audit trail: automatic ones as the platform
     (``system``), even when an admin's call (create, resume) set them off."""
@@ -720,17 +720,21 @@ def _audit_rollout(
         }
     if admitted:
         detail["admitted"] = admitted
-    audit.record_audit(
-        conn,
-        action=action,
-        target_kind="fleet_configuration",
-        target_id=configuration_id,
-        workspace_id=workspace_id,
-        before=before,
-        after=after,
-        detail=detail or None,
-        actor=actor,
-    )
+    as_system = audit.audit_context.set(audit.AuditContext()) if system else None
+    try:
+        audit.record_audit(
+            conn,
+            action=action,
+            target_kind="fleet_configuration",
+            target_id=configuration_id,
+            workspace_id=workspace_id,
+            before=before,
+            after=after,
+            detail=detail or None,
+        )
+    finally:
+        if as_system is not None:
+            audit.audit_context.reset(as_system)
 
 
 def _count(states: Any) -> StageCounts:
