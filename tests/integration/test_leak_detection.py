@@ -20,6 +20,7 @@ from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 from iiotsim.widgets import DeviceView
 
+from .brokers import needs_mosquitto
 from .mqtt import WAIT, Device, Registered, provision, wait_for
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
@@ -111,6 +112,27 @@ def test_one_password_from_two_addresses_then_flapping(
     view = DeviceView(platform.admin, "pump-0001")  # the device view lists its open alerts
     assert "shared_credential" in view.alerts.value
     assert "connection_flapping" in view.alerts.value
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("mqtt_broker", ["mosquitto"])
+def test_mosquitto_mode_reads_the_peers_from_its_connection_log(
+    platform: Platform, devices: list[Device]
+) -> None:
+    """Mosquitto does the takeover itself; its connection log lines name the peers (which
+    token a password belongs to is its own: ``medium``, the same token not known)."""
+    pump = provision(platform, "pump-0001")
+    connect_from(platform, pump, "127.0.0.1", devices)
+    take_over(platform, pump, "127.0.0.2", devices)
+    assert wait_for(lambda: platform.admin.alerts(kind="shared_credential") != [])
+    [alert] = platform.admin.alerts(kind="shared_credential")
+    assert (alert.severity, alert.device_id) == ("medium", "pump-0001")
+    assert alert.evidence["previous"]["address"] == "127.0.0.1"
+    assert alert.evidence["newcomer"]["address"] == "127.0.0.2"
+    assert alert.evidence["sameRegistrationToken"] is None
+    take_over(platform, pump, "127.0.0.2", devices)
+    take_over(platform, pump, "127.0.0.2", devices)
+    assert wait_for(lambda: "connection_flapping" in kinds(platform))
 
 
 def refresh(http: httpx.Client, pt: str, rt: str) -> httpx.Response:

@@ -68,6 +68,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..domain.errors import BrokerUnavailable, ValidationError
+from ..domain.leaks import SessionSighting
 from ..domain.tokens import registration_token_status, usable_until
 from ..domain.topics import TopicKind, parse_topic, twin_topic
 from ..events import RegistrationEnded
@@ -86,7 +87,19 @@ RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 INGEST_CLIENT_ID = "iiotsim:ingest"
 ADMIN_CLIENT_ID = "iiotsim:admin"
 LOG_TOPIC = "$SYS/broker/log/#"
-_CONNECTED = re.compile(r"New client connected from \S+ as (\S+) \(")
+_CONNECTED = re.compile(r"New client connected from (?P<peer>\S+) as (?P<client>\S+) \(")
+
+
+def _peer(text: str) -> tuple[str | None, int | None]:
+    """``(address, port)`` of a log line's ``127.0.0.2:40000`` (or ``[::1]:40000``).
+
+    >>> _peer("127.0.0.2:40000"), _peer("::1:40000")
+    (('127.0.0.2', 40000), ('::1', 40000))
+    """
+    address, _, port = text.rpartition(":")
+    return (address.strip("[]") or None, int(port) if port.isdigit() else None)
+
+
 _TAKEOVER = re.compile(r"Client (\S+) already connected, closing old connection")
 _DISCONNECTED = re.compile(
     r"Client (\S+) (?:disconnected|closed its connection|has exceeded timeout|been disconnected)"
@@ -205,6 +218,11 @@ class MosquittoBroker:
         self._subscriber: PersistentSubscriber | None = None
         self._ingest_task: asyncio.Task[None] | None = None
         self._connections: asyncio.Queue[str] = asyncio.Queue()
+        self._peers: dict[str, tuple[str | None, int | None]] = {}
+        """Each client id's last peer address and port (connection log lines)."""
+        self._taken_over: dict[str, tuple[str | None, int | None] | None] = {}
+        """Client ids taken over whose newcomer's connect line is still to come: the peer
+        of the session pushed out."""
         self._connections_task: asyncio.Task[None] | None = None
         self._listeners: list[tuple[str, Any]] = [
             ("registration_ended", self._on_registration_ended),
@@ -469,13 +487,40 @@ class MosquittoBroker:
             line = await self._connections.get()
             try:
                 if match := _TAKEOVER.search(line):
-                    await self._record(match.group(1), connected=True, takeover=True)
+                    client_id = match.group(1)
+                    # the newcomer's address comes with its connect line, next
+                    self._taken_over[client_id] = self._peers.get(client_id)
+                    await self._record(client_id, connected=True, takeover=True)
                 elif match := _CONNECTED.search(line):
-                    await self._record(match.group(1), connected=True)
+                    client_id = match["client"]
+                    peer = _peer(match["peer"])
+                    self._peers[client_id] = peer
+                    await self._record(client_id, connected=True)
+                    if client_id in self._taken_over:
+                        await self._check_takeover(client_id, self._taken_over.pop(client_id), peer)
                 elif match := _DISCONNECTED.search(line):
                     await self._record(next(g for g in match.groups() if g), connected=False)
             except Exception:  # a database hiccup: the next line is recorded again
                 log.exception("recording %r failed", line)
+
+    async def _check_takeover(
+        self,
+        client_id: str,
+        previous: tuple[str | None, int | None] | None,
+        newcomer: tuple[str | None, int | None],
+    ) -> None:
+        """Leak detection's rules (a) and (d) on mosquitto's takeover, with the peers of its
+        connection log lines; which token each session's password belongs to is mosquitto's
+        (dynamic security), so rule (a) says ``medium`` here."""
+        if client_id.startswith("iiotsim:"):
+            return
+        before = previous or (None, None)  # connected before the log was read: no address
+        try:
+            await self.services.alerts.connection_taken_over(
+                client_id, SessionSighting(*before, None), SessionSighting(*newcomer, None)
+            )
+        except Exception:  # detection never stops the connection log
+            log.exception("leak detection on the takeover of %s failed", client_id)
 
     async def _record(self, client_id: str, *, connected: bool, takeover: bool = False) -> None:
         if client_id.startswith("iiotsim:") or client_id == "<unknown>":

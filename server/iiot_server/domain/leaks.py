@@ -6,7 +6,8 @@ Four rules, each explainable in a sentence (``docs/leak_detection.md``):
 
 - **shared_credential** (a): a CONNECT takes over a live session of the same Device ID from
   another address. Same Registration Token on both sides: ``high`` (one credential, two
-  holders at once); the device's other usable token (a parent in its grace period): ``medium``.
+  holders at once); the device's other usable token (a parent in its grace period), or a
+  broker that cannot tell (Mosquitto): ``medium``.
   From the same address it is a reconnect over a half-open connection, not flagged (rule d
   still counts it).
 - **token_replay** (b): a Registration Token that a refresh replaced is presented after it
@@ -120,10 +121,9 @@ def shared_credential(
         return None
     if previous.address == newcomer.address:
         return None
-    same_token = (
-        previous.registration_token_id is not None
-        and previous.registration_token_id == newcomer.registration_token_id
-    )
+    same_token: bool | None = None  # unknown (Mosquitto mode: its passwords are its own)
+    if previous.registration_token_id is not None and newcomer.registration_token_id is not None:
+        same_token = previous.registration_token_id == newcomer.registration_token_id
     return Finding(
         kind=AlertKind.SHARED_CREDENTIAL,
         severity=Severity.HIGH if same_token else Severity.MEDIUM,
