@@ -323,29 +323,30 @@ def test_a_workspace_key_never_touches_another_workspace(
     key = admin.post(
         "/api/v1/workspaces/ws-1/api-keys", json={"name": "ws-1 admin", "role": "admin"}
     ).json()["apiKey"]
-    victims = {
-        None: init(http, token(admin), "pump-0001"),
-        "ws-2": init(http, token(admin, "/api/v1/workspaces/ws-2"), "pump-0001"),
-    }
+    victim_tokens = {None: token(admin), "ws-2": token(admin, "/api/v1/workspaces/ws-2")}
+    victims = {ws: init(http, pt, "pump-0001") for ws, pt in victim_tokens.items()}
     mine = init(http, token(admin, "/api/v1/workspaces/ws-1"), "pump-0001")
     named = [op["provisioningOperationId"] for op in (*victims.values(), mine)]
     own = "/api/v1/workspaces/ws-1/provisioning-operations"
     with httpx.Client(
         base_url=platform.http_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
     ) as attacker:
-        # a filter matching the same Device ID elsewhere, and the others' operation ids
-        for dry_run in (True, False):
-            answer = batch(
-                attacker,
-                f"{own}/approve",
-                {"filter": {"deviceIdPrefix": "pump", "ids": named}, "dryRun": dry_run},
-            )
+        # the others' operation ids (alone, and with a filter matching the same Device ID)
+        for dry_run, selection in (
+            (True, {"ids": named}),
+            (True, {"deviceIdPrefix": "pump", "ids": named}),
+            (False, {"ids": named}),
+        ):
+            answer = batch(attacker, f"{own}/approve", {"filter": selection, "dryRun": dry_run})
             by_id = {i["provisioningOperationId"]: i for i in answer["results"]}
             assert by_id[mine["provisioningOperationId"]]["result"] == (
                 "would_approve" if dry_run else "approved"
             )
             for victim in victims.values():  # as unknown as an id that never existed
                 assert by_id[victim["provisioningOperationId"]]["reason"] == "not found"
+        for pt in victim_tokens.values():  # another workspace's token selects nothing
+            answer = batch(attacker, f"{own}/cancel", {"filter": {"provisioningTokenId": pt["id"]}})
+            assert answer["matched"] == 0 and answer["results"] == []
         for route in (APPROVE, CANCEL, "/api/v1/workspaces/ws-2/provisioning-operations/cancel"):
             r = attacker.post(route, json={"filter": {"deviceIdPrefix": "pump"}})
             assert r.status_code == 404, r.text
