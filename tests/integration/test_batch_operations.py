@@ -411,6 +411,7 @@ def test_the_admin_client_and_the_cli(
     assert isinstance(preview, BatchOut)
     assert preview.counts == {"would_approve": 3} and preview.dry_run
     assert [r.device_id for r in preview.results] == ["line3-0000", "line3-0001", "line3-0002"]
+    assert platform.admin.audit(action="operation.approved") == []  # the dry run left none
     with pytest.raises(PlatformError) as refused:
         platform.admin.approve_operations({"state": "pending"})
     assert refused.value.status == 400 and refused.value.field == "filter"
@@ -418,10 +419,16 @@ def test_the_admin_client_and_the_cli(
     monkeypatch.setenv("IIOT_SERVER", platform.http_url)
     monkeypatch.setenv("IIOT_ADMIN_KEY", platform.admin_key)
     capsys.readouterr()
-    assert main(["approve-batch", "--token", created.id, "--prefix", "line3-", "--limit", "2"]) == 1
+    line = ["--token", created.id, "--prefix", "line3-", "--limit", "2", "--reason", "line 3"]
+    assert main(["approve-batch", *line]) == 1
     out = capsys.readouterr()
     assert "3 matched: 2 approved." in out.out
     assert "only the first 2 of 3 were approved" in out.err  # never silent about the rest
+    audited = platform.admin.audit(action="operation.approved")
+    assert sorted(e.target_id for e in audited) == sorted(
+        r.provisioning_operation_id for r in preview.results[:2]
+    )
+    assert {(e.reason, e.actor_role) for e in audited} == {("line 3", "admin")}
     assert main(["approve-batch", "--pattern", "line3-*", "--dry-run"]) == 0
     out = capsys.readouterr()
     assert "Dry run: 1 matched: 1 would_approve." in out.out and "line3-0002" in out.out
