@@ -248,9 +248,14 @@ def device_id_prefix(device_ids: list[str] | deque[str], *, min_length: int = 3)
 
 @dataclass
 class ProvisioningHistory:
-    """What the platform remembers of one Provisioning Token's inits (since it started)."""
+    """What the platform remembers of one Provisioning Token's inits (since it started):
+    their times, split at the window's start so each init costs O(1) amortised (a
+    factory PT has tens of thousands in its history), and its last Device IDs."""
 
-    times: deque[datetime] = field(default_factory=deque)
+    recent: deque[datetime] = field(default_factory=deque)
+    """inits within the window"""
+    older: deque[datetime] = field(default_factory=deque)
+    """inits in the history before the window"""
     device_ids: deque[str] = field(default_factory=deque)
 
     def observe(
@@ -260,19 +265,27 @@ class ProvisioningHistory:
         now: datetime,
         thresholds: ProvisioningThresholds,
     ) -> list[Finding]:
-        """Record one init (``device_id`` bare, None when not given) and say what it breaks."""
+        """Record one init (``device_id`` bare, None when not given) and say what it breaks.
+
+        >>> from datetime import UTC, datetime, timedelta
+        >>> h, t = ProvisioningHistory(), datetime(2026, 1, 1, tzinfo=UTC)
+        >>> quiet = ProvisioningThresholds(floor=2, factor=5.0)
+        >>> [len(h.observe("pt", None, t + timedelta(seconds=i), quiet)) for i in range(3)]
+        [0, 0, 1]
+        """
         findings = []
-        history_start = now - timedelta(seconds=thresholds.history)
-        while self.times and self.times[0] < history_start:
-            self.times.popleft()
         window_start = now - timedelta(seconds=thresholds.window)
-        in_window = 1 + sum(1 for t in self.times if t > window_start)
-        earlier = [t for t in self.times if t <= window_start]
+        while self.recent and self.recent[0] <= window_start:
+            self.older.append(self.recent.popleft())
+        history_start = now - timedelta(seconds=thresholds.history)
+        while self.older and self.older[0] < history_start:
+            self.older.popleft()
+        in_window = 1 + len(self.recent)
         baseline = 0.0
-        if earlier:
+        if self.older:
             # the average per window over the history seen before this window
-            span = max(thresholds.window, (window_start - earlier[0]).total_seconds())
-            baseline = len(earlier) * thresholds.window / span
+            span = max(thresholds.window, (window_start - self.older[0]).total_seconds())
+            baseline = len(self.older) * thresholds.window / span
         limit = max(float(thresholds.floor), thresholds.factor * baseline)
         if in_window > limit:
             findings.append(
@@ -289,7 +302,7 @@ class ProvisioningHistory:
                     },
                 )
             )
-        self.times.append(now)
+        self.recent.append(now)
         if device_id is not None:
             enough = len(self.device_ids) >= thresholds.prefix_min_history
             prefix = (
