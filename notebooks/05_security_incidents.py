@@ -15,11 +15,12 @@
 # %% [markdown]
 # # 5. Security incidents
 #
-# Three incidents on the real embedded platform, and what the simulator says about their cost:
+# Four incidents on the real embedded platform, and what the simulator says about their cost:
 #
 # 1. a **leaked Provisioning Token**: approval stops it;
 # 2. a **leaked Registration Token**: revocation ends it; its exposure window depends on the lifetime;
-# 3. **duplicate Device IDs**: two devices fighting over one connection, recorded as takeovers.
+# 3. **duplicate Device IDs**: two devices fighting over one connection, recorded as takeovers;
+# 4. a **rogue device approved**: the audit trail says who approved it, when, why, and what it did since.
 
 # %% tags=["parameters"]
 LIFETIMES_H = [1, 24, 168]
@@ -206,6 +207,100 @@ print(f"pump-0200: {len(takeovers)} connection takeover(s) recorded, the first a
 # %%
 assert platform.admin.get_device("pump-0200").connection_takeovers >= 1
 assert takeovers   # the platform kept a record of each takeover
+
+# %% [markdown]
+# ## 4. Who approved this rogue device, when, and what did it do since
+#
+# A device nobody ordered turns up in the fleet. Every change on the platform is in its audit
+# trail (`GET /api/v1/audit`, `admin.audit(...)`): who (an API key, a device, the platform
+# itself), what, when, why (the `reason` the technician gave) and in which request. The trail is
+# append-only in the database itself: not even a database login can edit it.
+#
+# The staging: a technician's key approves the rogue's operation with a plausible reason; the
+# rogue registers, connects, publishes, and refreshes its token.
+
+# %%
+from iiotsim.admin import AdminClient, to_frame
+
+night_key = platform.admin.create_api_key("night-shift technician", "technician")
+night_shift = AdminClient(platform.http_url, night_key.api_key)
+token6 = platform.admin.create_provisioning_token("line-6")
+pt6 = {"Authorization": f"DeviceToken {token6.provisioning_token}"}
+rogue_op = httpx.post(f"{platform.http_url}/provisioning-operations/init", json={"deviceId": "pump-0777"},
+                      headers=pt6).json()
+night_shift.approve_operation(rogue_op["verificationCode"], reason="serial matches the delivery note")
+rogue_rt = httpx.put(f"{platform.http_url}/provisioning-operations/complete",
+                     json={"provisioningOperationId": rogue_op["provisioningOperationId"]},
+                     headers=pt6).json()["registrationToken"]
+rogue_creds = httpx.put(f"{platform.http_url}/devices/register",
+                        headers={"Authorization": f"DeviceToken {rogue_rt}"}).json()
+rogue_mqtt = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pump-0777", protocol=mqtt.MQTTv311)
+rogue_mqtt.username_pw_set("pump-0777", rogue_creds["mqttPassword"])
+rogue_mqtt.connect(platform.mqtt_host, platform.mqtt_port); rogue_mqtt.loop_start()
+for i in range(3):
+    rogue_mqtt.publish(f"devices/pump-0777/messages/telemetry/mid=r{i}", f"{{\"probe\": {i}}}",
+                       qos=1).wait_for_publish(10)
+rogue_mqtt.disconnect(); rogue_mqtt.loop_stop()
+refreshed = httpx.put(f"{platform.http_url}/devices/registration-tokens/refresh",
+                      json={"registrationToken": rogue_rt}, headers=pt6)
+assert refreshed.status_code == 201
+for _ in range(100):  # the broker stores the messages as they arrive: a bounded wait
+    if len(platform.admin.list_device_messages("pump-0777")) == 3:
+        break
+    threading.Event().wait(0.1)
+
+# %% [markdown]
+# The answer, from the trail alone: the device's record names the operation that provisioned
+# it; the operation's `operation.approved` event names the approver's key, the time and the
+# reason; the device's own events since then, with its stored messages and connections, say
+# what it did.
+
+# %%
+rogue = platform.admin.get_device("pump-0777")
+(approval,) = platform.admin.audit(action="operation.approved",
+                                   target_id=rogue.provisioning_operation_id)
+keys = {k.id: k for k in platform.admin.list_api_keys()}
+approver = keys[approval.actor.removeprefix("api_key:")]
+print(f"pump-0777 was approved by {approver.name!r} ({approval.actor_role} key {approver.id}) "
+      f"at {approval.at:%H:%M:%S} UTC, reason: {approval.reason!r}, request {approval.request_id}")
+
+since = [*platform.admin.audit(target_id=rogue.provisioning_operation_id, since=approval.at),
+         *platform.admin.audit(actor="device:pump-0777", since=approval.at)]
+timeline = pd.concat([
+    pd.DataFrame({"at": [e.at for e in since], "what": [e.action for e in since],
+                  "by": [e.actor for e in since]}),
+    pd.DataFrame({"at": [c.at for c in platform.admin.list_device_connections("pump-0777")],
+                  "what": ["connected" if c.connected else "disconnected"
+                           for c in platform.admin.list_device_connections("pump-0777")],
+                  "by": "broker"}),
+    pd.DataFrame({"at": [m.received_at for m in platform.admin.list_device_messages("pump-0777")],
+                  "what": [f"message on {m.stream}" for m in platform.admin.list_device_messages("pump-0777")],
+                  "by": "device:pump-0777"}),
+]).sort_values("at", kind="stable").reset_index(drop=True)
+timeline = timeline[timeline["what"] != "operation.approved"].reset_index(drop=True)
+timeline
+
+# %%
+assert approver.id == night_key.id and approver.name == "night-shift technician"
+assert approval.actor_role == "technician" and approval.reason == "serial matches the delivery note"
+actions = [w for w in timeline["what"] if "." in w]
+assert actions == ["operation.completed", "device.registered", "token.refreshed"], actions
+assert (timeline["what"] == "message on telemetry").sum() == 3
+assert "connected" in set(timeline["what"])
+assert timeline["at"].min() >= approval.at
+
+# %% [markdown]
+# The response, on the record too: the device is revoked with a reason, and the trail shows it
+# (the full trail of the device: `to_frame(platform.admin.audit(device_id="pump-0777"))`, or
+# `iiotsim audit --device pump-0777` on the command line).
+
+# %%
+platform.admin.revoke_device("pump-0777", reason="rogue: not on the line-6 delivery list")
+to_frame(platform.admin.audit(device_id="pump-0777"))[["at", "action", "actor", "reason"]]
+
+# %%
+latest = platform.admin.audit(device_id="pump-0777", limit=1)[0]
+assert (latest.action, latest.reason) == ("device.revoked", "rogue: not on the line-6 delivery list")
 
 # %% [markdown]
 # ## Still live
