@@ -175,6 +175,101 @@ fig.suptitle("Interval each device applied (s): hall 3 follows the highest-prior
 fig.tight_layout(rect=(0, 0.06, 1, 1));
 
 # %% [markdown]
+# ## A staged rollout, converging over time
+#
+# A second platform on a **manual clock**, with six more SDK devices that apply a desired
+# change only when they check in (each simulated minute, each device with a change waiting
+# checks in with probability one half). Firmware `2.0` goes out in three stages: one device,
+# then up to 40 % more, then the rest; a stage opens when 80 % of the previous one has
+# reported the value back (it would halt if more than 20 % drifted away). The plot counts,
+# per stage, the devices admitted and those converged, against the manual clock.
+
+# %%
+import random
+from datetime import timedelta
+
+from iiotsim.clock import ManualClock
+
+ROLLOUT_DEVICES = 6
+rollout_clock = ManualClock()
+fleet_platform = Platform(clock=rollout_clock).start()
+fleet_token = fleet_platform.admin.create_provisioning_token("line 2")
+inbox = {}   # device -> the firmware it was told to run and has not applied yet
+
+def remember(name):
+    def on_desired(desired):
+        if "fw" in desired.properties:
+            inbox[name] = desired.properties["fw"]
+    return on_desired
+
+fleet = {}
+for i in range(ROLLOUT_DEVICES):
+    name = f"press-{i:04d}"
+    fleet[name] = DeviceClient.start(
+        fleet_token.provisioning_token, fleet_platform.data_dir / f"{name}.db",
+        server_url=fleet_platform.http_url, device_id=name,
+        on_provisioning_operation=lambda op: fleet_platform.admin.approve_operation(op.id),
+        on_desired_properties=remember(name))
+    fleet[name].update_reported_properties({"fw": "1.0"})
+assert wait(lambda: len(fleet_platform.admin.list_devices()) == ROLLOUT_DEVICES)
+
+rollout = fleet_platform.admin.create_fleet_configuration(
+    {"and": []}, {"fw": "2.0"}, configuration_id="fw-2",
+    rollout={"stages": [{"count": 1}, {"percent": 40}, {"percent": 100}],
+             "advanceWhenConverged": 0.8, "haltWhenDrifted": 0.2})
+started_at = rollout_clock.now()
+rng = random.Random(7)
+samples = []   # (minutes, stage, admitted, converged)
+
+def sample():
+    metrics = fleet_platform.admin.get_fleet_configuration("fw-2").metrics
+    minutes = (rollout_clock.now() - started_at) / timedelta(minutes=1)
+    samples.extend((minutes, s.stage, s.admitted, s.converged) for s in metrics.stages)
+
+sample()
+for minute in range(60):
+    status = fleet_platform.admin.get_fleet_configuration("fw-2").rollout
+    if status.state != "rolling":
+        break
+    rollout_clock.advance(60)
+    checking_in = [n for n in sorted(inbox) if rng.random() < 0.5]
+    for name in checking_in:
+        fleet[name].update_reported_properties({"fw": inbox.pop(name)})
+    assert wait(lambda: all(
+        fleet_platform.admin.get_twin(n).convergence["fw"].state == "converged"
+        for n in checking_in))
+    # a stage that just opened: its devices get the change over MQTT (else: next minute)
+    wait(lambda: all(d.device_id in inbox
+                     for d in fleet_platform.admin.devices(convergence="pending")), timeout=5)
+    sample()
+
+final = fleet_platform.admin.get_fleet_configuration("fw-2")
+print(f"rollout {final.rollout.state} after {samples[-1][0]:.0f} simulated minutes;",
+      "stages admitted", [s.admitted for s in final.metrics.stages])
+# a wrong answer shows here: every targeted device converged, each exactly once in a stage
+assert final.rollout.state == "completed"
+assert final.metrics.targeted == final.metrics.converged == ROLLOUT_DEVICES
+assert [s.admitted for s in final.metrics.stages] == [1, 3, 2]
+assert all(fleet_platform.admin.get_twin(n).reported.properties["fw"] == "2.0" for n in fleet)
+
+# %%
+curve = pd.DataFrame(samples, columns=["minutes", "stage", "admitted", "converged"])
+fig, ax = plt.subplots(figsize=(9, 3.2))
+for stage, rows in curve.groupby("stage"):
+    colour = f"C{stage}"
+    ax.step(rows["minutes"], rows["admitted"], where="post", color=colour, linestyle=":",
+            label=f"stage {stage}: admitted")
+    ax.step(rows["minutes"], rows["converged"], where="post", color=colour,
+            label=f"stage {stage}: converged")
+ax.set_xlabel("minutes since the rollout started (manual clock)")
+ax.set_ylabel("devices")
+ax.set_yticks(range(0, 4))
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+ax.set_title("fw 2.0 in three stages: each opens when 80 % of the previous reported it back",
+             fontsize=10)
+fig.tight_layout();
+
+# %% [markdown]
 # ## Still live
 #
 # The platform, the devices and the view above stay live after *Run All*: patch `pump-0000`'s
@@ -190,5 +285,5 @@ assert html.escape('"mode": "eco"') in view.sections["reported"].value   # the v
 twin_table()
 
 # %% [markdown]
-# When you are done: `for d in devices.values(): d.close()` and `platform.stop()` (shutting the
-# kernel down also stops them).
+# When you are done: `for d in [*devices.values(), *fleet.values()]: d.close()`,
+# `platform.stop()` and `fleet_platform.stop()` (shutting the kernel down also stops them).
