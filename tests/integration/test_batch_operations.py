@@ -275,6 +275,9 @@ def test_refusals_name_the_field(platform: Platform, admin: httpx.Client) -> Non
         (APPROVE, {"filter": {"ids": ["x"]}, "limit": 0}, "limit"),
         (APPROVE, {"filter": {"ids": ["x"]}, "limit": 1001}, "limit"),
         (APPROVE, {"filter": {"ids": ["x"]}, "dryRun": "yes"}, "dryRun"),
+        (APPROVE, {"filter": {"ids": ["x"]}, "dryRun": 0}, "dryRun"),  # no lenient 0 = false
+        (CANCEL, {"filter": {"ids": ["x"]}, "limit": "5"}, "limit"),
+        (APPROVE, {"filter": {"createdAfter": 0}}, "filter.createdAfter"),  # not a Unix time
         (APPROVE, {"filter": {"ids": ["x"]}, "reason": "x" * 501}, "reason"),
         (
             APPROVE,

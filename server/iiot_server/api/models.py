@@ -279,6 +279,17 @@ class OperationOut(Wire):
 
 # Batch approval and cancellation (issue 15) -----------------------------------------
 
+Timestamp = Annotated[
+    str,
+    msgspec.Meta(
+        description="RFC 3339 / ISO 8601 with a zone, e.g. 2026-11-27T08:00:00Z",
+        extra_json_schema={"format": "date-time"},
+    ),
+]
+"""A time in a request body, parsed by the handler: Litestar decodes bodies leniently, and a
+``datetime`` field took a bare number as a Unix time (the schemathesis run found
+``createdAfter: 0`` accepted)."""
+
 OperationIds = Annotated[
     list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]],
     msgspec.Meta(max_length=MAX_BATCH),
@@ -293,11 +304,13 @@ class OperationFilterIn(WireRequest):
     reported, also when skipped (not found, expired, already approved, ...)."""
 
     provisioning_token_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
-    device_id_prefix: str | None = None
-    device_id_pattern: str | None = None
+    device_id_prefix: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z_.\-]{1,90}$")] | None = None
+    device_id_pattern: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z_.\-*?]{1,90}$")] | None = (
+        None
+    )
     attributes: dict[str, str] | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: Timestamp | None = None
+    created_before: Timestamp | None = None
     ids: OperationIds | None = None
     verification_codes: OperationIds | None = None
     state: OperationState | None = None
