@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the simulator (pandas, simpy) loads when a PolicyExplorer i
     # the HTTP models and client with the platform (a PolicyExplorer needs neither)
     import pandas as pd
     from iiot_server.api.alerts import AlertOut
-    from iiot_server.api.models import BatchOut, OperationOut, TwinOut
+    from iiot_server.api.models import AuditEventOut, BatchOut, OperationOut, TwinOut
 
     from .admin import AdminClient
     from .sim import Distribution, Scenario, SimulationResult
@@ -476,15 +476,31 @@ def alerts_html(alerts: list[AlertOut]) -> str:
     return f"<b>open alerts</b><ul>{items}</ul>"
 
 
+def audit_html(events: list[AuditEventOut]) -> str:
+    """A device's last audit events (``docs/audit.md``), newest first: what changed, who,
+    why; empty when there are none."""
+    if not events:
+        return ""
+    items = "".join(
+        f"<li>{e.at:%Y-%m-%d %H:%M:%S} {html.escape(e.action)} by {html.escape(e.actor)}"
+        f"{': ' + html.escape(e.reason) if e.reason else ''}</li>"
+        for e in events
+    )
+    return f"<b>last changes</b><ul>{items}</ul>"
+
+
 class DeviceView:
     """A device's twin (desired / reported / tags with versions), connection state, open
-    leak-detection alerts and recent messages; desired properties and tags are edited as
-    JSON merge patches."""
+    leak-detection alerts, recent messages and, for an admin key, its last audit events;
+    desired properties and tags are edited as JSON merge patches."""
 
-    def __init__(self, admin: AdminClient, device_id: str, *, messages: int = 10) -> None:
+    def __init__(
+        self, admin: AdminClient, device_id: str, *, messages: int = 10, changes: int = 5
+    ) -> None:
         self.admin = admin
         self.device_id = device_id
         self.messages = messages
+        self.changes = changes
         self.header = w.HTML()
         self.alerts = w.HTML()
         self.sections = {name: w.HTML() for name in ("desired", "reported", "tags")}
@@ -496,6 +512,7 @@ class DeviceView:
         self.apply_desired.on_click(lambda _b: self._click(self._patch, "desired"))
         self.apply_tags.on_click(lambda _b: self._click(self._patch, "tags"))
         self.recent = w.HTML()
+        self.history = w.HTML()
         self.status = w.HTML()
         self.widget = w.VBox(
             [
@@ -506,6 +523,7 @@ class DeviceView:
                 w.HBox([self.desired_patch, self.apply_desired]),
                 w.HBox([self.tags_patch, self.apply_tags]),
                 self.recent,
+                self.history,
                 self.status,
             ]
         )
@@ -541,6 +559,11 @@ class DeviceView:
             for m in rows
         )
         self.recent.value = f"<b>recent messages</b><ul>{items}</ul>"
+        try:  # the audit trail is an admin key's to read: a technician's view goes without
+            changes = self.admin.audit(device_id=self.device_id, limit=self.changes)
+        except PlatformError:
+            changes = []
+        self.history.value = audit_html(changes)
 
     def set_desired(self, patch: dict[str, Any]) -> None:
         self.admin.update_desired_properties(self.device_id, patch)

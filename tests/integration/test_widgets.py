@@ -147,6 +147,10 @@ def test_device_view_shows_and_edits_the_twin(platform: Platform) -> None:
         view.tags_patch.value = '{"site": "hall-3"}'
         view.apply_tags.click()
         assert platform.admin.get_twin("view-0001").tags.properties == {"site": "hall-3"}
+        # the last changes, newest first, from the audit trail (an admin key's view)
+        history = view.history.value
+        assert history.index("twin.tags_patched") < history.index("twin.desired_patched")
+        assert history.index("twin.desired_patched") < history.index("device.registered")
     finally:
         mqtt.close()
 
