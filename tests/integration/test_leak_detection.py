@@ -17,6 +17,7 @@ from iiot_server.store.database import sync_url
 from iiot_server.store.schema import audit_events
 from sqlalchemy import create_engine, select
 
+from iiotsim.cli import main
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 from iiotsim.widgets import DeviceView
@@ -183,6 +184,22 @@ def test_a_provisioning_token_opening_foreign_device_ids(
         headers={"Authorization": f"Bearer {platform.admin_key}"},
     )
     assert (bad.status_code, bad.json()["field"]) == (400, "since")
+
+
+def test_the_alerts_command_lists_and_acknowledges(
+    platform: Platform, http: httpx.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pt = platform.admin.create_provisioning_token("line 1").provisioning_token
+    for device_id in ("pump-0001", "pump-0002", "pump-0003", "pump-0004", "pump-0005", "cam-1"):
+        init(http, pt, device_id)
+    connection = ["--server", platform.http_url, "--api-key", platform.admin_key]
+    assert main(["alerts", *connection]) == 0
+    listed = capsys.readouterr().out
+    assert "provisioning_device_ids" in listed and "medium" in listed
+    [alert] = platform.admin.alerts()
+    assert main(["alerts", "--acknowledge", alert.id, *connection]) == 0
+    assert main(["alerts", *connection]) == 0  # open ones only, by default
+    assert capsys.readouterr().out.endswith("No alerts.\n")
 
 
 def test_automatic_responses_revoke_the_device_and_the_token(
