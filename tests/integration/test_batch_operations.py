@@ -317,6 +317,23 @@ def test_a_call_acts_on_at_most_limit_operations_and_says_so(
     assert rest["matched"] == 3 and rest["truncated"] is False
     assert device_ids(rest) == ["lim-0002", "lim-0003", "lim-0004"]
 
+    # a Device ID conflict counts over every match, also one past the limit
+    pt = token(admin)
+    first = init(http, pt, "dup-0001")
+    clock.advance(1)
+    filler = init(http, pt, "dup-0002")
+    clock.advance(1)
+    second = init(http, pt, "dup-0001")
+    answer = batch(admin, APPROVE, {"filter": {"provisioningTokenId": pt["id"]}, "limit": 2})
+    assert [(i["deviceId"], i["result"]) for i in answer["results"]] == [
+        ("dup-0001", "skipped"),
+        ("dup-0002", "approved"),
+    ]
+    now = states(admin)
+    assert now[first["provisioningOperationId"]] == ("pending", None)
+    assert now[second["provisioningOperationId"]] == ("pending", None)  # not superseded
+    assert now[filler["provisioningOperationId"]] == ("approved", None)
+
 
 def test_a_workspace_key_never_touches_another_workspace(
     platform: Platform, admin: httpx.Client, http: httpx.Client

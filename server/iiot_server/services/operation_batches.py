@@ -207,15 +207,17 @@ class OperationBatchService:
         candidates, named_misses = await self._db.scan(_select, workspace_id, selection, acts_on, t)
         matched = len(candidates) + len(named_misses)
         items: dict[str, BatchItem] = {}
-        to_act: list[_Candidate] = []
-        for candidate in candidates[:limit]:
+        actionable: list[_Candidate] = []
+        for candidate in candidates:
             reason = _not_actionable(candidate, acts_on, t, approving=one_per_device_id)
             if reason is None:
-                to_act.append(candidate)
+                actionable.append(candidate)
             else:
                 items[candidate.id] = _item(candidate, BatchResult.SKIPPED, reason)
-        if one_per_device_id:
-            to_act = _without_device_id_conflicts(to_act, items)
+        if one_per_device_id:  # over every match: a partner past the limit counts too
+            actionable = _without_device_id_conflicts(actionable, items)
+        within = {c.id for c in candidates[:limit]}
+        to_act = [c for c in actionable if c.id in within]
         for start in range(0, len(to_act), CHUNK):
             chunk = to_act[start : start + CHUNK]
             if dry_run:
@@ -425,7 +427,7 @@ def _without_device_id_conflicts(
             items[candidate.id] = _item(
                 candidate,
                 BatchResult.SKIPPED,
-                f"Device ID conflict: {len(same)} operations of this batch ask for Device ID "
+                f"Device ID conflict: {len(same)} operations this batch matched ask for Device ID "
                 f"{candidate.device_id!r}, and approving one cancels the others; approve the "
                 "right one by its id or code",
             )
