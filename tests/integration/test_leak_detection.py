@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, select
 
 from iiotsim.cli import main
 from iiotsim.clock import ManualClock
+from iiotsim.errors import PlatformError
 from iiotsim.platform import Platform
 from iiotsim.widgets import DeviceView
 
@@ -197,6 +198,12 @@ def test_the_alerts_command_lists_and_acknowledges(
     listed = capsys.readouterr().out
     assert "provisioning_device_ids" in listed and "medium" in listed
     [alert] = platform.admin.alerts()
+    platform.admin.create_workspace("ws-1")  # another workspace sees none of it
+    with platform.admin.in_workspace("ws-1") as other:
+        assert other.alerts() == []
+        with pytest.raises(PlatformError) as refused:
+            other.acknowledge_alert(alert.id)
+        assert refused.value.status == 404
     assert main(["alerts", "--acknowledge", alert.id, *connection]) == 0
     assert main(["alerts", *connection]) == 0  # open ones only, by default
     assert capsys.readouterr().out.endswith("No alerts.\n")
