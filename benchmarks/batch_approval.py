@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from provisioning_flow import free_port
@@ -112,7 +113,7 @@ async def rounds(base: str, admin_key: str, operations: int, count: int) -> None
             await asyncio.gather(*(worker() for _ in range(32)))
             return pt["id"], ids
 
-        async def batch(route: str, body: dict[str, object]) -> tuple[float, dict[str, object]]:
+        async def batch(route: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
             started = time.perf_counter()
             async with http.post(
                 f"/api/v1/provisioning-operations/{route}", json=body, headers=admin

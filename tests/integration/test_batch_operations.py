@@ -446,7 +446,7 @@ def test_the_admin_client_and_the_cli(
     assert "only the first 2 of 3 were approved" in out.err  # never silent about the rest
     audited = platform.admin.audit(action="operation.approved")
     assert sorted(e.target_id for e in audited) == sorted(
-        r.provisioning_operation_id for r in preview.results[:2]
+        str(r.provisioning_operation_id) for r in preview.results[:2]
     )
     assert {(e.reason, e.actor_role) for e in audited} == {("line 3", "admin")}
     assert main(["approve-batch", "--pattern", "line3-*", "--dry-run"]) == 0

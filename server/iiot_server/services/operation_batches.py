@@ -227,7 +227,7 @@ class OperationBatchService:
                     done_items = rolled_back.items
             else:
                 done_items = await self._db.write(_act_on, chunk, act, done, now, rollback=False)
-            items.update((item.operation_id, item) for item in done_items)
+            items.update((c.id, item) for c, item in zip(chunk, done_items, strict=True))
             await asyncio.sleep(0)  # let the loop serve others between chunks (SQLite inline)
         ordered = [items[c.id] for c in candidates[:limit]]
         ordered += named_misses[: max(0, limit - len(ordered))]
