@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
@@ -323,10 +324,16 @@ def _cancel_batch(admin: AdminClient, args: argparse.Namespace) -> int:
     return _print_batch(answer, "cancelled")
 
 
-def _devices(admin: AdminClient, _: argparse.Namespace) -> int:
-    devices = admin.list_devices()
+def _devices(admin: AdminClient, args: argparse.Namespace) -> int:
+    convergence = getattr(args, "convergence", None)
+    devices = admin.devices(
+        convergence=convergence, desired_property=getattr(args, "property", None)
+    )
     if not devices:
-        print("No devices yet: approve a Provisioning Operation (`iiotsim operations`).")
+        if convergence:
+            print(f"No device has a desired property {convergence}.")
+        else:
+            print("No devices yet: approve a Provisioning Operation (`iiotsim operations`).")
         return 0
     rows = [
         [
@@ -341,6 +348,31 @@ def _devices(admin: AdminClient, _: argparse.Namespace) -> int:
     ]
     print(_table(
         ("device id", "connected", "provisioned", "last connected", "token", "token expires"),
+        rows,
+    ))  # fmt: skip
+    return 0
+
+
+def _provenance(admin: AdminClient, args: argparse.Namespace) -> int:
+    twin = admin.get_twin(args.device_id)
+    found = admin.twin_provenance(args.device_id).properties
+    if not found:
+        print(f"{args.device_id} has no desired properties.")
+        return 0
+    rows = []
+    for name, p in found.items():
+        state = twin.convergence.get(name)
+        by = f"{p.configuration_id} (priority {p.priority})" if p.configuration_id else p.source
+        others = ", ".join(
+            f"{c.configuration_id}={json.dumps(c.value)}" + ("" if c.applies else " (not yet)")
+            for c in p.configurations
+        )
+        rows.append([
+            name, json.dumps(p.value)[:40], by, _time(p.set_at),
+            state.state if state else "-", others or "-",
+        ])  # fmt: skip
+    print(_table(
+        ("property", "value", "set by", "set at", "convergence", "configurations setting it"),
         rows,
     ))  # fmt: skip
     return 0
@@ -616,7 +648,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     cancel_batch.set_defaults(run=_run_against_platform(_cancel_batch))
 
     devices = commands.add_parser("devices", parents=[connection], help="provisioned devices")
+    devices.add_argument(
+        "--convergence",
+        choices=("pending", "converged", "drifted"),
+        help="only devices with a desired property in this state",
+    )
+    devices.add_argument("--property", help="with --convergence: this desired property")
     devices.set_defaults(run=_run_against_platform(_devices))
+
+    provenance = commands.add_parser(
+        "provenance",
+        parents=[connection],
+        help="who set each desired property of a device (configuration or manual patch)",
+    )
+    provenance.add_argument("device_id", metavar="DEVICE")
+    provenance.set_defaults(run=_run_against_platform(_provenance))
 
     messages = commands.add_parser(
         "messages", parents=[connection], help="a device's stored messages, oldest first"

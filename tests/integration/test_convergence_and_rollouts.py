@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from iiotsim.cli import main
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
@@ -132,7 +133,7 @@ def test_configuration_metrics_count_its_devices_by_convergence(
 
 
 def test_provenance_after_a_manual_patch_and_a_higher_priority_configuration(
-    platform: Platform,
+    platform: Platform, capsys: pytest.CaptureFixture[str]
 ) -> None:
     admin = platform.admin
     provision(platform, "pump-0221")
@@ -170,6 +171,17 @@ def test_provenance_after_a_manual_patch_and_a_higher_priority_configuration(
         ("base-all", 60),
     ]
     assert (found["eco"].configuration_id, found["eco"].priority) == ("base-all", 1)
+
+    argv = ["--server", platform.http_url, "--api-key", platform.admin_key]
+    assert main(["provenance", "pump-0221", *argv]) == 0
+    out = capsys.readouterr().out
+    interval_line = next(line for line in out.splitlines() if line.startswith("interval"))
+    assert "fast-all (priority 5)" in interval_line and "pending" in interval_line
+    assert "fast-all=10, base-all=60" in interval_line
+    assert main(["devices", "--convergence", "pending", "--property", "eco", *argv]) == 0
+    assert "pump-0221" in capsys.readouterr().out
+    assert main(["devices", "--convergence", "drifted", *argv]) == 0
+    assert "No device has a desired property drifted" in capsys.readouterr().out
 
 
 def test_dry_run_answers_before_and_after_and_writes_nothing(platform: Platform) -> None:
