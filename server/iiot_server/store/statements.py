@@ -26,21 +26,19 @@ SELECT_OPERATION_OF_TOKEN = SELECT_OPERATION.where(
 )
 LOCK_OPERATION = SELECT_OPERATION.with_for_update()
 LOCK_OPERATIONS_OF_DEVICE_ID = (
-    select(_op.id)
+    select(provisioning_operations)
     .where(or_(_op.device_id == bindparam("b_device_id"), _op.id == bindparam("b_id")))
     .order_by(_op.id)
     .with_for_update()
 )
 """An approval's first step: the operation and every other of its Device ID, locked in id
 order, so two approvals for one Device ID queue instead of each holding its own operation
-and waiting for the other's (PostgreSQL aborted one with a deadlock: HTTP 500)."""
+and waiting for the other's (PostgreSQL aborted one with a deadlock: HTTP 500). The rows
+are what the approval decides on, so it reads none of them again."""
 LOCK_OPERATION_OF_TOKEN = SELECT_OPERATION_OF_TOKEN.with_for_update()
 """Approve, cancel and complete read the operation, decide and write: simultaneous ones
 queue on its row (PostgreSQL; SQLite runs one transaction at a time anyway)."""
 OPEN_CODE_CLASH = select(_op.id).where(_op.verification_code == bindparam("b_code"), OPEN_OPERATION)
-OPEN_OPERATIONS_FOR_DEVICE = select(provisioning_operations).where(
-    _op.device_id == bindparam("b_device_id"), _op.id != bindparam("b_id"), OPEN_OPERATION
-)
 CLOSE_DEVICE_OPERATIONS = (
     update(provisioning_operations)
     .where(
