@@ -21,7 +21,8 @@ what a real run would do at that moment and leaves nothing behind (audit rows in
 
 Work is done in chunks of :data:`CHUNK` operations, one transaction each: on SQLite the
 units of work run on the event loop, which serves MQTT too, so a chunk bounds how long the
-loop is held (500 approvals took ~0.5 s in all). The per-operation checks all come before
+loop is held (500 approvals took ~0.35 s in all); on PostgreSQL up to :data:`PARALLEL`
+chunks run at once. The per-operation checks all come before
 its writes, so an operation refused mid-chunk leaves nothing half-done.
 """
 
@@ -46,8 +47,10 @@ from ..store.database import Database, to_epoch
 from ..store.schema import provisioning_operations, provisioning_tokens
 from .provisioning import OperationView, approve_operation_in, cancel_operation_in
 
-CHUNK = 250
+CHUNK = 125
 """Operations per transaction."""
+PARALLEL = 4
+"""Transactions of one batch at once on PostgreSQL (of its 8 database threads)."""
 
 
 class BatchResult(StrEnum):
@@ -218,17 +221,26 @@ class OperationBatchService:
             actionable = _without_device_id_conflicts(actionable, items)
         within = {c.id for c in candidates[:limit]}
         to_act = [c for c in actionable if c.id in within]
-        for start in range(0, len(to_act), CHUNK):
-            chunk = to_act[start : start + CHUNK]
-            if dry_run:
+        # SQLite runs units of work one at a time, on the loop; PostgreSQL on threads, where
+        # chunks overlap their round trips: their Device IDs are disjoint (conflicts were
+        # skipped above), so none waits for another's locks. 500 dry-run approvals on the
+        # throw-away cluster at load 8: 2.2 ms an operation one chunk at a time, 1.4 with 4
+        gate = asyncio.Semaphore(1 if self._db.engine.dialect.name == "sqlite" else PARALLEL)
+
+        async def run_chunk(chunk: list[_Candidate]) -> None:
+            async with gate:
                 try:
-                    await self._db.write(_act_on, chunk, act, done, now, rollback=True)
+                    done_items = await self._db.write(
+                        _act_on, chunk, act, done, now, rollback=dry_run
+                    )
                 except _DryRun as rolled_back:
                     done_items = rolled_back.items
-            else:
-                done_items = await self._db.write(_act_on, chunk, act, done, now, rollback=False)
-            items.update((c.id, item) for c, item in zip(chunk, done_items, strict=True))
-            await asyncio.sleep(0)  # let the loop serve others between chunks (SQLite inline)
+                items.update((c.id, item) for c, item in zip(chunk, done_items, strict=True))
+                await asyncio.sleep(0)  # the loop serves others between chunks (SQLite)
+
+        await asyncio.gather(
+            *(run_chunk(to_act[i : i + CHUNK]) for i in range(0, len(to_act), CHUNK))
+        )
         ordered = [items[c.id] for c in candidates[:limit]]
         ordered += named_misses[: max(0, limit - len(ordered))]
         return BatchOutcome(dry_run=dry_run, matched=matched, items=ordered)
