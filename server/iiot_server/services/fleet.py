@@ -261,7 +261,8 @@ class FleetService:
         rollouts it is part of (its report may complete or halt a stage)."""
         workspace = split_device_key(device_id)[0]
         configs = await self.list(workspace)
-        members = await self._members(device_id)
+        staged = any(not c.reaches_every_target for c in configs)
+        members = await self._members(device_id) if staged else {}  # else: a read saved
         await self._twins.apply_layers(
             lambda key, t, r: _layer_for(configs, members, workspace, key, t, r), device_id
         )

@@ -114,24 +114,33 @@ class TwinService:
         self.after_change: Callable[[str], Awaitable[None]] | None = None
         """Called after tags or reported properties change (fleet re-evaluation)."""
 
-    async def get(self, device_id: str) -> Twin:
+    async def get(self, device_id: str, *, convergence: bool = True) -> Twin:
+        """The twin; ``convergence=False``: without its properties' states (a read less)."""
+
         def read(conn: Connection) -> Twin:
-            return self._twin(conn, device_id, _row(conn, device_id, create=False))
+            m = _row(conn, device_id, create=False)
+            return self._twin(conn, device_id, m, convergence=convergence)
 
         return await self._db.read(read)
 
-    def _twin(self, conn: Connection, device_id: str, m: dict[str, Any]) -> Twin:
+    def _twin(
+        self, conn: Connection, device_id: str, m: dict[str, Any], *, convergence: bool = True
+    ) -> Twin:
         now = to_epoch(self._clock.now())
         return Twin(
             device_id,
             _section(m, "desired"),
             _section(m, "reported"),
             _section(m, "tags"),
-            property_states(conn, device_id, now) if m["desired_version"] else {},
+            property_states(conn, device_id, now) if convergence and m["desired_version"] else {},
         )
 
-    async def patch(self, device_id: str, section: Section, patch: object) -> Twin:
-        """Merge ``patch`` into one section; its version grows by one."""
+    async def patch(
+        self, device_id: str, section: Section, patch: object, *, convergence: bool = True
+    ) -> Twin:
+        """Merge ``patch`` into one section; its version grows by one. The answer has the
+        convergence states unless ``convergence=False`` (a device's own report: nobody
+        reads them there)."""
         validated = validate_patch(patch, field=section.value)
         t = to_epoch(self._clock.now())
 
@@ -186,8 +195,13 @@ class TwinService:
                     after=document,
                     detail={"patch": validated, "version": version},
                 )
-            return self._twin(conn, device_id, _row(conn, device_id, create=False))
+            # read back by get() below after a fleet re-evaluation: not twice (the read
+            # cost 19 % of a reported patch, profiled with 5 desired properties)
+            return self._twin(
+                conn, device_id, _row(conn, device_id, create=False), convergence=final
+            )
 
+        final = convergence and (section is Section.DESIRED or self.after_change is None)
         order = self._in_call_order.get(device_id)
         if order is None:
             order = self._in_call_order[device_id] = asyncio.Lock()
@@ -195,7 +209,7 @@ class TwinService:
             twin = await self._db.write(write)
         if section is not Section.DESIRED and self.after_change is not None:
             await self.after_change(device_id)  # fleet targeting may have changed
-            twin = await self.get(device_id)
+            twin = await self.get(device_id, convergence=convergence)
         if section is Section.DESIRED:
             self._events.publish(
                 "desired_changed", device_id, with_version(validated, twin.desired.version)
@@ -321,7 +335,7 @@ class TwinService:
             section = "reported" if reported else "request"
             body = decode_json_document(payload or b"{}", field=section)
             if reported:
-                await self.patch(device_id, Section.REPORTED, body)
+                await self.patch(device_id, Section.REPORTED, body, convergence=False)
                 return None
             since = body.get("since") if isinstance(body, dict) else None
             if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
