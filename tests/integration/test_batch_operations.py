@@ -6,6 +6,7 @@ per-call limit, workspace isolation, and a factory line of 500 devices approved 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -459,3 +460,39 @@ def test_the_admin_client_and_the_cli(
     assert states == {"line3-0000": "cancelled", "line3-0001": "cancelled", "line3-0002": "pending"}
     assert main(["cancel-batch", "--attribute", "oops"]) == 1
     assert "--attribute 'oops': give KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_batch_and_single_approvals_at_once_approve_each_operation_once(
+    platform: Platform, admin: httpx.Client, http: httpx.Client
+) -> None:
+    """PostgreSQL runs a batch's chunks and other requests on several threads at once: every
+    operation ends approved exactly once, by one of them, and nothing answers 500."""
+    pt = token(admin)
+    ops = [init(http, pt, f"race-{i:04d}") for i in range(300)]
+    singles = [op["provisioningOperationId"] for op in ops[::10]]
+    answers: list[tuple[str, int]] = []
+
+    def approve_singly() -> None:
+        with httpx.Client(
+            base_url=platform.http_url,
+            timeout=60,
+            headers={"Authorization": f"Bearer {platform.admin_key}"},
+        ) as client:
+            for operation_id in singles:
+                r = client.post(f"/api/v1/provisioning-operations/{operation_id}/approve")
+                answers.append((operation_id, r.status_code))
+
+    worker = threading.Thread(target=approve_singly)
+    worker.start()
+    answer = batch(admin, APPROVE, {"filter": {"provisioningTokenId": pt["id"]}})
+    worker.join(60)
+    assert not worker.is_alive()
+    assert {status for _, status in answers} <= {200, 409} and len(answers) == len(singles)
+    by_single = {operation_id for operation_id, status in answers if status == 200}
+    by_batch = {
+        i["provisioningOperationId"] for i in answer["results"] if i["result"] == "approved"
+    }
+    for op in ops:  # approved once: by the batch or by its single call, never both
+        operation_id = op["provisioningOperationId"]
+        assert (operation_id in by_batch) != (operation_id in by_single), operation_id
+    assert {state for state, _ in states(admin).values()} == {"approved"}
