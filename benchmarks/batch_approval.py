@@ -13,8 +13,11 @@ call in under 2 s.
 ``--postgres`` runs the same on a throw-away PostgreSQL cluster as well (``tests/postgres.py``,
 fsync on), ``--database-url URL`` on an empty database of your own.
 
-Measured 2026-11-27 on the shared 2-core machine (other helpers' test runs going on; load
-in the output of ``uptime`` printed below each run): see docs/tokens.md "Batch approval".
+Measured 2026-11-27 02:57 UTC with ``--postgres`` on the shared 2-core machine (other
+helpers' test runs going on, load 5-6): 500 in one call, SQLite median 0.27 s (max 0.38;
+one by one 2.72 s), PostgreSQL median 0.50 s (max 1.00; one by one 5.10 s); a batch
+cancellation of 500 0.24 s / 0.41 s. Before approvals read their locked rows once and
+PostgreSQL ran chunks side by side (load 7-14): 0.87 s and 1.9 s.
 """
 
 from __future__ import annotations
