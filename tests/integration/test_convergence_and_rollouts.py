@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from iiotsim.cli import main
@@ -335,3 +336,32 @@ def test_rollout_and_dry_run_refuse_bad_input(platform: Platform) -> None:
     admin.create_fleet_configuration(EVERYONE, {"a": 1}, configuration_id="plain")
     answer = http.post("/api/v1/fleet-configurations/plain/rollout/resume")
     assert answer.status_code == 409
+
+
+def test_convergence_and_provenance_stay_in_their_workspace(platform: Platform) -> None:
+    admin = platform.admin
+    admin.create_workspace("ws-1")
+    with admin.in_workspace("ws-1") as ws, httpx.Client(base_url=platform.http_url) as http:
+        pt = ws.create_provisioning_token("ws-1 line").provisioning_token
+        auth = {"Authorization": f"DeviceToken {pt}"}
+        op = http.post(
+            "/provisioning-operations/init", json={"deviceId": "pump-0251"}, headers=auth
+        ).json()
+        ws.approve_operation(op["provisioningOperationId"])
+        done = http.put(
+            "/provisioning-operations/complete",
+            json={"provisioningOperationId": op["provisioningOperationId"]},
+            headers=auth,
+        )
+        assert done.status_code == 200, done.text
+        provision(platform, "pump-0251")  # the same Device ID in default
+        ws.create_fleet_configuration(EVERYONE, {"fw": "3.0"}, configuration_id="fw-3")
+
+        assert [d.device_id for d in ws.list_devices(convergence="pending")] == ["pump-0251"]
+        assert ws.twin_convergence().properties["fw"].pending == 1
+        assert ws.twin_provenance("pump-0251").properties["fw"].configuration_id == "fw-3"
+        assert ws.get_fleet_configuration("fw-3").metrics.pending == 1
+    assert admin.list_devices(convergence="pending") == []
+    assert admin.twin_convergence().properties == {}
+    assert admin.twin_provenance("pump-0251").properties == {}
+    assert admin.get_twin("pump-0251").convergence == {}
