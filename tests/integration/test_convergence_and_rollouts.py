@@ -201,8 +201,8 @@ def test_dry_run_answers_before_and_after_and_writes_nothing(platform: Platform)
 
     before = snapshot()
     plant7 = {"eq": {"path": "tags.site", "value": "plant-7"}}
-    body = {"id": "plant7-fast", "targetCondition": plant7, "desiredProperties": {"interval": 10}}
-    body["priority"] = 5
+    body: dict[str, Any] = {"id": "plant7-fast", "targetCondition": plant7, "priority": 5}
+    body["desiredProperties"] = {"interval": 10}
     answer = admin._http.post("/api/v1/fleet-configurations", params={"dryRun": "true"}, json=body)
     assert answer.status_code == 200, answer.text
     preview = answer.json()
