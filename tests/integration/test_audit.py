@@ -419,6 +419,8 @@ def test_bad_reasons_request_ids_and_filters_are_named(
         ({"action": "DROP TABLE"}, "action"),
         ({"limit": 1001}, "limit"),
         ({"since": "yesterday"}, "since"),
+        ({"until": "0.5"}, "until"),  # not a number of seconds either
+        ({"until": "2026-01-02"}, "until"),  # nor a date alone
         ({"before": 0}, "before"),
         ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "until"),
     ):

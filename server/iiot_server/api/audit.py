@@ -23,9 +23,25 @@ ACTION_PATTERN = r"^[a-z_]+(\.[a-z_]*)?\*?$"
 """``operation.approved`` (exact), ``operation.`` or ``operation*`` (prefix)."""
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """A time without a zone is UTC (the API's times are)."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+TimeQuery = Annotated[str | None, QueryParameter(format="date-time", max_length=64)]
+"""An ISO 8601 time, taken as text and parsed here: Litestar's own datetime decoding also
+takes a bare number (``until=0.5``) as a timestamp, which the document does not promise."""
+
+
+def _time(value: str | None, field: str) -> datetime | None:
+    """``value`` as an aware datetime (no zone: UTC, as the API's times are); 400 naming
+    ``field`` if it is not an ISO 8601 date and time."""
+    if value is None:
+        return None
+    try:
+        if "T" not in value.upper():  # a date alone is not a time
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise ValidationError(
+            "expected an ISO 8601 date and time, e.g. 2026-11-27T08:00:00Z", field=field
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 class AuditController(Controller):
@@ -45,8 +61,8 @@ class AuditController(Controller):
         target_kind: Annotated[str | None, QueryParameter(name="targetKind", max_length=40)] = None,
         target_id: Annotated[str | None, QueryParameter(name="targetId", max_length=200)] = None,
         request_id: Annotated[str | None, QueryParameter(name="requestId", max_length=64)] = None,
-        since: Annotated[datetime | None, QueryParameter()] = None,
-        until: Annotated[datetime | None, QueryParameter()] = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
         before: Annotated[int | None, QueryParameter(ge=1, le=2**53)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> list[AuditEventOut]:
@@ -55,8 +71,8 @@ class AuditController(Controller):
         prefix) to what (``targetKind``, ``targetId``), when (``since`` inclusive, ``until``
         exclusive), why (``reason``) and in which request (``requestId``, as echoed in
         ``X-Request-Id``). Page with ``before`` = the last ``id`` seen."""
-        since, until = _utc(since), _utc(until)
-        if since is not None and until is not None and until < since:
+        start, end = _time(since, "since"), _time(until, "until")
+        if start is not None and end is not None and end < start:
             raise ValidationError("until must not be before since", field="until")
         matching = AuditFilter(
             action=action,
@@ -64,8 +80,8 @@ class AuditController(Controller):
             target_kind=target_kind,
             target_id=target_id,
             request_id=request_id,
-            since=since,
-            until=until,
+            since=start,
+            until=end,
         )
         events = await services.db.scan(
             list_audit_events, workspace, matching, before=before, limit=limit
