@@ -9,6 +9,7 @@ Registration Token call an invalid RT), then the field a 400 names. Anything els
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -188,6 +189,17 @@ def _refused(
     return REFUSALS.exception_for(_problem(response), credential, device_id=device_id)
 
 
+@functools.lru_cache(maxsize=8)
+def _trust(ca_cert: str | None, modified: int) -> ssl.SSLContext:
+    """One TLS context per CA file, shared by every client of the process (an
+    ``SSLContext`` may serve many connections and threads). Building one loads the CA
+    bundle: about 10 ms of CPU, which a process starting 250 devices paid 250 times
+    (py-spy, a hybrid run's worker, issue 18)."""
+    if ca_cert is None:
+        return httpx.create_ssl_context()
+    return ssl.create_default_context(cafile=ca_cert)
+
+
 class DeviceApi:
     """Blocking calls (with a timeout) to the platform's device API."""
 
@@ -195,10 +207,11 @@ class DeviceApi:
         self, server_url: str, *, timeout: float = 10.0, ca_cert: str | Path | None = None
     ) -> None:
         """``ca_cert``: PEM file of the CA to trust for an ``https://`` platform (its
-        development CA); None: the system's trust store."""
-        verify: ssl.SSLContext | bool = True
-        if ca_cert is not None:
-            verify = ssl.create_default_context(cafile=str(ca_cert))
+        development CA); None: httpx's default trust (certifi)."""
+        if ca_cert is None:
+            verify = _trust(None, 0)
+        else:  # keyed by modification time too: a CA made again at the same path is read again
+            verify = _trust(str(ca_cert), Path(ca_cert).stat().st_mtime_ns)
         self.http = httpx.Client(base_url=server_url.rstrip("/"), timeout=timeout, verify=verify)
 
     def close(self) -> None:

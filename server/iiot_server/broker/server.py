@@ -75,11 +75,25 @@ class _Live:
     expiry: asyncio.Task[None] | None = None
 
 
+class _SubscriptionTable(dict[str, list[tuple[Session, int]]]):
+    """amqtt's topic filter → subscribers table, with a repr that does not list them:
+    amqtt logs ``repr(self._subscriptions)`` at debug level on every SUBSCRIBE whether or
+    not debug is on, the repr of every session of the broker. With 1,000 devices that was
+    the largest share of the platform's CPU while a hybrid run started (py-spy, issue 18)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} topic filters>"
+
+
 class PlatformBroker(Broker):
     """amqtt's broker with platform authentication, device-scoped ACL and session control."""
 
     def __init__(self, config: dict[str, Any], services: Services) -> None:
         super().__init__(config)
+        self._subscriptions = _SubscriptionTable()
+        self._filters_of: dict[str, set[str]] = {}
+        """Client id → its topic filters: what amqtt finds by scanning every filter of the
+        broker (on each disconnect, on each CONNECT for retained messages)."""
         self.services = services
         self._live: dict[str, _Live] = {}
         self.ingest = TelemetryIngest(services.messages, services.settings, services.clock)
@@ -424,8 +438,7 @@ class PlatformBroker(Broker):
         self, subscription: tuple[str, int], session: Session
     ) -> None:
         topic_filter, qos = subscription
-        subscribers = self._subscriptions.get(topic_filter, [])
-        if not any(s.client_id == session.client_id for s, _ in subscribers):
+        if topic_filter not in self._filters_of.get(session.client_id or "", ()):
             return  # amqtt offers every client's filters to each newcomer: not ours to use
         handler = self._get_handler(session)
         if handler is None:
@@ -628,6 +641,8 @@ class PlatformBroker(Broker):
         to their topic (sent before, they would reach a client not listening yet)."""
         granted: int = await super().add_subscription(subscription, session)
         device_id = session.client_id or ""
+        if granted != 0x80:
+            self._filters_of.setdefault(device_id, set()).add(subscription[0])
         live = self._live.get(device_id)
         if (
             granted != 0x80
@@ -646,9 +661,28 @@ class PlatformBroker(Broker):
         topic_id = _topic_device_id(session)
         return any(
             subscribes_to_cloud_to_device(topic_filter, topic_id)
-            and any(s is session for s, _ in subscribers)
-            for topic_filter, subscribers in self._subscriptions.items()
+            and any(s is session for s, _ in self._subscriptions.get(topic_filter, ()))
+            for topic_filter in self._filters_of.get(session.client_id or "", ())
         )
+
+    # subscriptions found through the client's own filters, not a scan of all ---------
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted: int = super()._del_subscription(a_filter, session)
+        if deleted:
+            filters = self._filters_of.get(session.client_id or "")
+            if filters is not None:
+                filters.discard(a_filter)
+                if not filters:
+                    del self._filters_of[session.client_id or ""]
+        return deleted
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        """amqtt's, over the session's own filters instead of every filter of the broker."""
+        for topic_filter in list(self._filters_of.get(session.client_id or "", ())):
+            self._del_subscription(topic_filter, session)
+            if not self._subscriptions.get(topic_filter, True):
+                del self._subscriptions[topic_filter]
 
     async def _send_cloud_to_device(self, device_id: str) -> None:
         """Send the device's waiting messages in order, each at QoS 1, marking each
