@@ -123,6 +123,14 @@ def measure(devices: int, days: float, processes: int | None, quantum: float) ->
     )
     causes = ", ".join(f"{why} {n:,}" for why, n in run.step_causes.most_common())
     print(f"      steps for: {causes}", flush=True)
+    w = run.wall
+    print(
+        f"      wall: start {w['start']:.1f} s, steps {w['steps']:.1f} s "
+        f"({1000 * w['steps'] / max(1, run.steps):.0f} ms a step, of which "
+        f"{1000 * w['waiting'] / max(1, run.steps):.0f} ms waiting for the workers), "
+        f"result {w['result']:.1f} s",
+        flush=True,
+    )
     for name, row in outside.iterrows():
         print(
             f"      {name}: hybrid {row['hybrid']:.4g}, simulator {row['simulator']:.4g}, "

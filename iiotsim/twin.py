@@ -311,6 +311,10 @@ class HybridRun:
         self.step_causes: collections.Counter[str] = collections.Counter()
         """What each clock step was for: connectivity, devices (a deadline a device or the
         message producer waits for), platform, technicians, end."""
+        self.wall: collections.Counter[str] = collections.Counter()
+        """Real seconds spent by phase: ``start`` (workers launched, devices connected),
+        ``steps`` (the clock's steps), of which ``waiting`` (for the workers' answers),
+        and ``result`` (the platform's records read, the simulator run, compared)."""
         self.settle_timeouts = 0
         """Worker answers given with devices still busy after the worker's settle timeout
         (a device stuck on the network; the step went on without it)."""
@@ -487,7 +491,10 @@ class HybridRun:
         s = self.scenario
         report, finish = self._progress(progress, s.duration)
         report(0.0)
+        began = time.monotonic()
         self._start()
+        self.wall["start"] += time.monotonic() - began
+        began = time.monotonic()
         start = self.clock.now()
         t0 = start.timestamp()
         fleet = draw_fleet(s)  # the simulator's own connectivity draw
@@ -548,8 +555,10 @@ class HybridRun:
                 off_periods += int(up)
                 log.append((t, d, "reconnect" if up else "disconnect"))
                 c += 1
+            waiting = time.monotonic()
             self._send_all(messages)
             self._gather("idle")
+            self.wall["waiting"] += time.monotonic() - waiting
             self.settle_timeouts += sum(1 for w in self.workers if w.reply.get("busy"))
             for w in self.workers:
                 for operation_id, device, shown_at in w.reply["operations"]:
@@ -558,6 +567,8 @@ class HybridRun:
             if target >= end:
                 break
         finish()
+        self.wall["steps"] += time.monotonic() - began
+        began = time.monotonic()
         self._send_all({w.index: {"kind": "finish"} for w in self.workers})
         self._gather("finished")
         produced: dict[str, int] = {}
@@ -565,7 +576,9 @@ class HybridRun:
         for w in self.workers:
             produced |= w.reply["produced"]
             pending |= w.reply["pending"]
-        return self._result(start, log, off_periods, produced, pending)
+        result = self._result(start, log, off_periods, produced, pending)
+        self.wall["result"] += time.monotonic() - began
+        return result
 
     def _result(
         self,
