@@ -127,7 +127,9 @@ def measure(devices: int, days: float, processes: int | None, quantum: float) ->
     print(
         f"      wall: start {w['start']:.1f} s, steps {w['steps']:.1f} s "
         f"({1000 * w['steps'] / max(1, run.steps):.0f} ms a step, of which "
-        f"{1000 * w['waiting'] / max(1, run.steps):.0f} ms waiting for the workers), "
+        f"{1000 * w['waiting'] / max(1, run.steps):.0f} ms waiting for the workers: "
+        f"{1000 * w['links'] / max(1, run.steps):.0f} ms moving clocks and links, "
+        f"{1000 * w['settle'] / max(1, run.steps):.0f} ms settling), "
         f"result {w['result']:.1f} s",
         flush=True,
     )

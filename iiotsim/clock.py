@@ -32,8 +32,10 @@ class ManualClock:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._async_waiters: list[tuple[datetime, asyncio.AbstractEventLoop, asyncio.Future[None]]]
-        self._async_waiters = []
+        self._async_waiters: dict[asyncio.Future[None], tuple[datetime, asyncio.AbstractEventLoop]]
+        self._async_waiters = {}
+        """Keyed by future: a platform sleeps once per live MQTT session (its credentials'
+        expiry), and a list made each ending sleep a scan of all (issue 18)."""
         self._thread_deadlines: list[datetime] = []
         self._thread_waits: list[tuple[datetime, threading.Event | None, str]] = []
         self._wakers: dict[int, tuple[datetime, threading.Condition]] = {}
@@ -81,15 +83,15 @@ class ManualClock:
         """The earliest time some wait is waiting for, or None if nothing waits; waits of
         threads named in ``exclude_threads`` are left out."""
         with self._cond:
-            deadlines = [d for d, _, f in self._async_waiters if not f.done()]
+            deadlines = [d for f, (d, _) in self._async_waiters.items() if not f.done()]
             deadlines += [d for d, _, name in self._thread_waits if name not in exclude_threads]
             return min(deadlines, default=None)
 
     def _move_to(self, when: datetime) -> datetime:
         self._now = when
-        due = [w for w in self._async_waiters if w[0] <= when]
-        self._async_waiters = [w for w in self._async_waiters if w[0] > when]
-        for _, loop, fut in due:
+        due = [(f, loop) for f, (d, loop) in self._async_waiters.items() if d <= when]
+        for fut, loop in due:
+            del self._async_waiters[fut]
             # A closed loop has nobody waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, fut)
@@ -107,14 +109,12 @@ class ManualClock:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         with self._cond:
-            entry = (self._now + timedelta(seconds=seconds), loop, fut)
-            self._async_waiters.append(entry)
+            self._async_waiters[fut] = (self._now + timedelta(seconds=seconds), loop)
         try:
             await fut
         finally:
             with self._cond:
-                if entry in self._async_waiters:
-                    self._async_waiters.remove(entry)
+                self._async_waiters.pop(fut, None)
 
     # iiot_device.clock.Clock
     def wait(self, seconds: float, event: threading.Event | None = None) -> bool:

@@ -313,8 +313,9 @@ class HybridRun:
         message producer waits for), platform, technicians, end."""
         self.wall: collections.Counter[str] = collections.Counter()
         """Real seconds spent by phase: ``start`` (workers launched, devices connected),
-        ``steps`` (the clock's steps), of which ``waiting`` (for the workers' answers),
-        and ``result`` (the platform's records read, the simulator run, compared)."""
+        ``steps`` (the clock's steps), of which ``waiting`` (for the workers' answers; of
+        that, the slowest worker's ``links`` (clock moved, links cut or opened) and
+        ``settle`` (its devices idle again)), and ``result`` (the platform's records read, the simulator run, compared)."""
         self.settle_timeouts = 0
         """Worker answers given with devices still busy after the worker's settle timeout
         (a device stuck on the network; the step went on without it)."""
@@ -559,6 +560,8 @@ class HybridRun:
             self._send_all(messages)
             self._gather("idle")
             self.wall["waiting"] += time.monotonic() - waiting
+            for phase, took in zip(("links", "settle"), self._slowest_worker(), strict=True):
+                self.wall[phase] += took
             self.settle_timeouts += sum(1 for w in self.workers if w.reply.get("busy"))
             for w in self.workers:
                 for operation_id, device, shown_at in w.reply["operations"]:
@@ -579,6 +582,12 @@ class HybridRun:
         result = self._result(start, log, off_periods, produced, pending)
         self.wall["result"] += time.monotonic() - began
         return result
+
+    def _slowest_worker(self) -> tuple[float, float]:
+        """Real seconds the slowest worker of the last step took to move its clock and
+        links, and then to settle."""
+        took = [w.reply.get("took", (0.0, 0.0)) for w in self.workers]
+        return max(t[0] for t in took), max(t[1] for t in took)
 
     def _result(
         self,

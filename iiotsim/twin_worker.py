@@ -11,8 +11,8 @@ the platform. Each message is a dict with a ``kind``:
   MQTT ports and admin key, the Provisioning Token, the start time, the back-off and the
   message rate. The worker starts its devices (approving their first operations itself:
   a technician standing by, as the simulator's fresh start) and answers ``ready``.
-- ``step``: move the local clock to ``to`` (epoch seconds), wait until every device is
-  idle, open or cut the listed links, wait again, and answer ``idle`` with the earliest
+- ``step``: open or cut the listed links, move the local clock to ``to`` (epoch
+  seconds), wait until every device is idle, and answer ``idle`` with the earliest
   deadline any online device (or the message producer) waits for and the provisioning
   operations its devices opened since the last answer (the coordinator queues them for
   its technicians). Devices offline or waiting for a technician are left out of the
@@ -187,9 +187,18 @@ def _serve(conn: _Coordinator, index: int) -> None:
                     {"kind": "finished", "produced": _produced(state), "pending": _pending(state)}
                 )
                 return
-            _step(state, request, hub, producer)
+            began = time.monotonic()
+            _step(state, request, hub)
+            stepped = time.monotonic()
             busy = _settle(state, producer)
-            conn.send({"kind": "idle", **_report(state, busy)})
+            settled = time.monotonic()
+            conn.send(
+                {
+                    "kind": "idle",
+                    **_report(state, busy),
+                    "took": (stepped - began, settled - stepped),
+                }
+            )
     finally:
         stop.set()
         for device in state.devices:
@@ -304,24 +313,33 @@ def _produce(
             device.produced += 1
 
 
-def _step(state: WorkerState, request: dict[str, Any], hub: Any, producer: Any) -> None:
+def _step(state: WorkerState, request: dict[str, Any], hub: Any) -> None:
+    """Links first, then time. The devices are idle (the previous step settled them), so a
+    link changes under no request in flight; then the clock moves, and what the devices
+    do at the new instant they do with the links of that instant, and settle once.
+    (Time first and links after a second settle cost 40-70 % of a 1,000-device step, and
+    a device whose retry fell due at the instant its link came back failed it.)"""
+    if request.get("links"):
+        by_index = {d.index: d for d in state.devices}
+        changes = [(by_index[index], up) for index, up in request["links"]]
+        hub.call(_change_links(changes))
+        for device, up in changes:
+            (state.offline.discard if up else state.offline.add)(device.thread)
     state.clock.set(max(state.clock.now(), from_epoch(request["to"])))
     with state.lock:
         for operation_id in request.get("approved", ()):
             state.awaiting.pop(operation_id, None)
-    if request.get("links"):
-        _settle(state, producer)
-        by_index = {d.index: d for d in state.devices}
-        for index, up in request["links"]:
-            device = by_index[index]
-            if up:
-                hub.call(device.http.up())
-                hub.call(device.mqtt.up())
-                state.offline.discard(device.thread)
-            else:
-                hub.call(device.mqtt.down())
-                hub.call(device.http.down())
-                state.offline.add(device.thread)
+
+
+async def _change_links(changes: list[tuple[_Device, bool]]) -> None:
+    """Every link change of a step in one call to the proxies' loop."""
+    for device, up in changes:
+        if up:
+            await device.http.up()
+            await device.mqtt.up()
+        else:
+            await device.mqtt.down()
+            await device.http.down()
 
 
 def _settle(state: WorkerState, producer: threading.Thread | None) -> list[str]:

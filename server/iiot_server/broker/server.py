@@ -58,6 +58,7 @@ from .connections import (
 )
 from .handler import IngestingHandler
 from .ingest import TelemetryIngest
+from .sessions import install as install_light_sessions
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class PlatformBroker(Broker):
 
     def __init__(self, config: dict[str, Any], services: Services) -> None:
         super().__init__(config)
+        install_light_sessions()
         self._subscriptions = _SubscriptionTable()
         self._filters_of: dict[str, set[str]] = {}
         """Client id → its topic filters: what amqtt finds by scanning every filter of the
