@@ -6,8 +6,10 @@ from this process (httpx tops out near 200 requests/s here and would be the bott
 * N complete provisioning flows: init → approve → complete → register (4 requests each);
 * N token refreshes spread over the provisioned devices (each refreshes its own chain).
 
-Prints flows/s and refreshes/s with p50/p99 latency. Targets on a 2-core machine with
-SQLite: ≥200 flows/s and ≥1,000 refreshes/s.
+Prints flows/s and refreshes/s with p50/p99 latency and, on Linux, the server process's CPU
+time per flow and per refresh (it moves far less than flows/s when the shared machine is busy:
+``docs/audit.md`` compares two trees that way). Targets on a 2-core machine with SQLite:
+≥200 flows/s and ≥1,000 refreshes/s.
 
     .venv/bin/python benchmarks/provisioning_flow.py --flows 2000 --refreshes 5000 --concurrency 32
 
@@ -50,14 +52,47 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def report(name: str, count: int, elapsed: float, latencies: list[float], unit: str) -> None:
+def server_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds the server process has used (Linux ``/proc``; None
+    elsewhere). Per flow it varies far less with the shared machine's load than flows/s
+    does, so a change's own cost shows through a busy machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(
+    name: str,
+    count: int,
+    elapsed: float,
+    latencies: list[float],
+    unit: str,
+    cpu: float | None = None,
+) -> None:
+    one = {"flows": "flow", "refreshes": "refresh"}.get(unit, unit)
+    server = "" if cpu is None else f"   server CPU {1000 * cpu / count:6.2f} ms/{one}"
     print(
         f"{name:<22} {count:>7} in {elapsed:6.2f} s = {count / elapsed:8.1f} {unit}/s   "
         f"p50 {1000 * statistics.median(latencies):7.2f} ms   p99 {1000 * percentile(latencies, 0.99):7.2f} ms"
+        f"{server}"
     )
 
 
-async def run(base: str, admin_key: str, flows: int, refreshes: int, concurrency: int) -> None:
+def cpu_since(pid: int | None, start: float | None) -> float | None:
+    now = server_cpu_seconds(pid)
+    return None if now is None or start is None else now - start
+
+
+async def run(
+    base: str,
+    admin_key: str,
+    flows: int,
+    refreshes: int,
+    concurrency: int,
+    server_pid: int | None = None,
+) -> None:
     admin = {"Authorization": f"Bearer {admin_key}"}
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(base, connector=connector) as http:
@@ -101,9 +136,16 @@ async def run(base: str, admin_key: str, flows: int, refreshes: int, concurrency
                 tokens.append(await flow(i))
                 flow_latencies.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), server_cpu_seconds(server_pid)
         await asyncio.gather(*(flow_worker() for _ in range(concurrency)))
-        report("provisioning flows", flows, time.perf_counter() - t0, flow_latencies, "flows")
+        report(
+            "provisioning flows",
+            flows,
+            time.perf_counter() - t0,
+            flow_latencies,
+            "flows",
+            cpu_since(server_pid, cpu0),
+        )
 
         refresh_latencies: list[float] = []
         per_worker = [
@@ -128,10 +170,15 @@ async def run(base: str, admin_key: str, flows: int, refreshes: int, concurrency
                     tokens[i] = (await r.json())["registrationToken"]
                 refresh_latencies.append(time.perf_counter() - t)
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), server_cpu_seconds(server_pid)
         await asyncio.gather(*(refresh_worker(w) for w in range(concurrency)))
         report(
-            "token refreshes", refreshes, time.perf_counter() - t0, refresh_latencies, "refreshes"
+            "token refreshes",
+            refreshes,
+            time.perf_counter() - t0,
+            refresh_latencies,
+            "refreshes",
+            cpu_since(server_pid, cpu0),
         )
 
 
@@ -174,7 +221,7 @@ def serve_and_run(database_url: str, label: str, args: argparse.Namespace) -> in
         print(
             f"server: python -m iiot_server ({label}, 1 process); load: aiohttp, concurrency {args.concurrency}"
         )
-        asyncio.run(run(base, admin_key, args.flows, args.refreshes, args.concurrency))
+        asyncio.run(run(base, admin_key, args.flows, args.refreshes, args.concurrency, server.pid))
     finally:
         server.terminate()
         try:
