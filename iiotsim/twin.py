@@ -311,11 +311,12 @@ class HybridRun:
         self.step_causes: collections.Counter[str] = collections.Counter()
         """What each clock step was for: connectivity, devices (a deadline a device or the
         message producer waits for), platform, technicians, end."""
-        self.wall: collections.Counter[str] = collections.Counter()
+        self.wall: collections.defaultdict[str, float] = collections.defaultdict(float)
         """Real seconds spent by phase: ``start`` (workers launched, devices connected),
         ``steps`` (the clock's steps), of which ``waiting`` (for the workers' answers; of
-        that, the slowest worker's ``links`` (clock moved, links cut or opened) and
-        ``settle`` (its devices idle again)), and ``result`` (the platform's records read, the simulator run, compared)."""
+        that, the slowest worker's ``links`` (links cut or opened, clock moved) and
+        ``settle`` (its devices idle again)), and ``result`` (the platform's records read,
+        the simulator run, compared)."""
         self.settle_timeouts = 0
         """Worker answers given with devices still busy after the worker's settle timeout
         (a device stuck on the network; the step went on without it)."""
