@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from iiotsim.platform import Platform
 from tests.integration.mqtt import provision
 
@@ -60,6 +62,7 @@ def _run(platform: Platform, env: dict[str, str], group: tuple[str, str], report
     return summary
 
 
+@pytest.mark.timeout(600)  # grows with the document: 87 operations took ~110 s at load 8
 def test_every_operation_answers_as_its_openapi_document_says(tmp_path: Path) -> None:
     with Platform(data_dir=tmp_path / "data") as platform:
         device = provision(platform, "fuzz-device")
