@@ -3,6 +3,7 @@ connectivity (simpy + pandas). Start with :class:`Scenario` and :func:`simulate`
 
 from .fit import ConnectivityFit, connection_intervals, fit_connectivity
 from .model import Fleet, SimulationResult, draw_fleet, simulate
+from .rollout import rollout_devices, simulate_rollout
 from .scenario import (
     DAY,
     HOUR,
@@ -46,7 +47,9 @@ __all__ = [
     "connection_intervals",
     "draw_fleet",
     "fit_connectivity",
+    "rollout_devices",
     "simulate",
+    "simulate_rollout",
     "summarize_sweep",
     "sweep",
 ]
