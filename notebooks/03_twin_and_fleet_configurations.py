@@ -213,10 +213,10 @@ for i in range(ROLLOUT_DEVICES):
     fleet[name].update_reported_properties({"fw": "1.0"})
 assert wait(lambda: len(fleet_platform.admin.list_devices()) == ROLLOUT_DEVICES)
 
+FW2_ROLLOUT = {"stages": [{"count": 1}, {"percent": 40}, {"percent": 100}],
+               "advanceWhenConverged": 0.8, "haltWhenDrifted": 0.2}
 rollout = fleet_platform.admin.create_fleet_configuration(
-    {"and": []}, {"fw": "2.0"}, configuration_id="fw-2",
-    rollout={"stages": [{"count": 1}, {"percent": 40}, {"percent": 100}],
-             "advanceWhenConverged": 0.8, "haltWhenDrifted": 0.2})
+    {"and": []}, {"fw": "2.0"}, configuration_id="fw-2", rollout=FW2_ROLLOUT)
 started_at = rollout_clock.now()
 rng = random.Random(7)
 samples = []   # (minutes, stage, admitted, converged)
@@ -267,6 +267,49 @@ ax.set_yticks(range(0, 4))
 ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 ax.set_title("fw 2.0 in three stages: each opens when 80 % of the previous reported it back",
              fontsize=10)
+fig.tight_layout();
+
+# %% [markdown]
+# The same plan on **500 simulated devices** (`iiotsim.sim.simulate_rollout`, the platform's
+# own stage and advance rules). What differs is when a device can apply the change: each real
+# device above checks in each simulated minute with probability one half; a simulated one
+# applies it a random delay after its stage opens (exponential, mean 2 minutes) but only while
+# its connectivity draw (`draw_fleet`: on about 4 h, off about 2 h, exponential) says it is
+# online, so a stage waits for devices that are offline, for hours rather than minutes.
+
+# %%
+import math
+
+from iiotsim.sim import HOUR, Connectivity, Distribution, Scenario, rollout_devices, simulate_rollout
+
+patchy = Scenario(fleet_size=500, duration_days=1, seed=3, connectivity=Connectivity(
+    on=Distribution.exponential(4 * HOUR), off=Distribution.exponential(2 * HOUR)))
+simulated = simulate_rollout(patchy, FW2_ROLLOUT, apply_delay=Distribution.exponential(120.0))
+per_device = rollout_devices(patchy, FW2_ROLLOUT, apply_delay=Distribution.exponential(120.0))
+done_at = simulated.index[simulated["state"] == "completed"][0] / HOUR
+print(f"simulated: {simulated['converged'].iloc[-1]} of 500 converged, rollout completed after "
+      f"{done_at:.1f} h; stage sizes {per_device['stage'].value_counts().sort_index().tolist()}")
+# a wrong answer shows here: everyone converges (no drift), stages open in order, each when
+# 80 % of the previous one's devices converged
+assert simulated["converged"].iloc[-1] == simulated["admitted"].iloc[-1] == 500
+assert simulated["stage"].is_monotonic_increasing
+assert per_device["stage"].value_counts().sort_index().tolist() == [1, 200, 299]
+for stage in (1, 2):
+    previous = per_device.loc[per_device["stage"] == stage - 1, "converged_at"].sort_values()
+    opened = per_device.loc[per_device["stage"] == stage, "admitted_at"]
+    assert (opened == previous.iloc[math.ceil(0.8 * len(previous)) - 1]).all()
+
+# %%
+real = curve.groupby("minutes")["converged"].sum() / ROLLOUT_DEVICES
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+left.step(real.index, real.values, where="post")
+left.set_xlabel("minutes (manual clock)")
+left.set_ylabel("share of devices converged")
+left.set_title(f"{ROLLOUT_DEVICES} real SDK devices", fontsize=10)
+right.step(simulated.index / HOUR, simulated["converged"] / patchy.fleet_size, where="post",
+           color="C1")
+right.set_xlabel("hours (simulated)")
+right.set_title(f"{patchy.fleet_size} simulated devices, patchy connectivity", fontsize=10)
 fig.tight_layout();
 
 # %% [markdown]
