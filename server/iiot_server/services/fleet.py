@@ -41,6 +41,7 @@ from ..security import new_id
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import devices, fleet_configurations, rollout_members, twin_property_states
 from . import audit
+from .audit import record_audit
 from .devices import in_workspace
 from .twin import PropertySource, TwinService
 
@@ -158,7 +159,9 @@ class FleetService:
                 raise Conflict(f"fleet configuration {config.id!r} exists", field="id")
             conn.execute(insert(fleet_configurations).values(**_row(config, workspace_id)))
             _admit(conn, key, first_stage, 0, to_epoch(config.updated_at))
-            # audit: configuration.created (helper A instruments it)
+            _audit_configuration(
+                conn, "configuration.created", workspace_id, config.id, None, config
+            )
 
         await self._db.write(write)
         await self.reevaluate()
@@ -187,6 +190,7 @@ class FleetService:
         first_stage = await self._first_stage(config, workspace_id)
 
         def write(conn: Connection) -> None:
+            before = _stored(conn, key)
             conn.execute(
                 update(fleet_configurations)
                 .where(fleet_configurations.c.id == key)
@@ -194,7 +198,9 @@ class FleetService:
             )
             conn.execute(delete(rollout_members).where(rollout_members.c.configuration_id == key))
             _admit(conn, key, first_stage, 0, to_epoch(config.updated_at))
-            # audit: configuration.updated (helper A instruments it)
+            _audit_configuration(
+                conn, "configuration.updated", workspace_id, config.id, before, config
+            )
 
         await self._db.write(write)
         await self.reevaluate()
@@ -205,12 +211,16 @@ class FleetService:
         key = device_key(workspace_id, configuration_id)
 
         def write(conn: Connection) -> None:
+            before = _stored(conn, key)
             result = conn.execute(
                 delete(fleet_configurations).where(fleet_configurations.c.id == key)
             )
             if result.rowcount == 0:
                 raise NotFound(f"no fleet configuration {configuration_id!r}", field="id")
             conn.execute(delete(rollout_members).where(rollout_members.c.configuration_id == key))
+            _audit_configuration(
+                conn, "configuration.deleted", workspace_id, configuration_id, before, None
+            )
 
         await self._db.write(write)
         await self.reevaluate()
@@ -745,6 +755,42 @@ def _count(states: Any) -> StageCounts:
         pending=found.count(ConvergenceState.PENDING),
         converged=found.count(ConvergenceState.CONVERGED),
         drifted=found.count(ConvergenceState.DRIFTED),
+    )
+
+
+def _stored(conn: Connection, key: str) -> FleetConfiguration | None:
+    row = conn.execute(select(fleet_configurations).where(fleet_configurations.c.id == key)).first()
+    return None if row is None else _config(row._mapping)
+
+
+def _audit_view(config: FleetConfiguration | None) -> dict[str, Any] | None:
+    """A configuration as its audit events show it (before / after)."""
+    if config is None:
+        return None
+    return {
+        "targetCondition": config.raw_condition,
+        "desiredProperties": config.desired_properties,
+        "priority": config.priority,
+        "rollout": config.rollout.plan.wire() if config.rollout else None,
+    }
+
+
+def _audit_configuration(
+    conn: Connection,
+    action: str,
+    workspace_id: str,
+    configuration_id: str,
+    before: FleetConfiguration | None,
+    after: FleetConfiguration | None,
+) -> None:
+    record_audit(
+        conn,
+        action=action,
+        target_kind="fleet_configuration",
+        target_id=configuration_id,
+        workspace_id=workspace_id,
+        before=_audit_view(before),
+        after=_audit_view(after),
     )
 
 
