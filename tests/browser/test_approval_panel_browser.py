@@ -92,7 +92,9 @@ def test_a_trainer_picks_a_workspace_and_approves_only_there(tmp_path: Path) -> 
         )
         saved = json.loads(state.read_text())
         ops = saved["operations"]
-        assert "Approve" not in browser.find_element(By.TAG_NAME, "body").text  # default's
+        row_approve = "//button[normalize-space()='Approve']"  # a row's, not "Approve all"
+        assert browser.find_elements(By.XPATH, row_approve) == []  # default has none waiting
+        assert "No operation is waiting" in browser.find_element(By.TAG_NAME, "body").text
         Select(picker).select_by_visible_text("trainee-02")
         WebDriverWait(browser, 30).until(
             ec.text_to_be_present_in_element(
@@ -101,7 +103,7 @@ def test_a_trainer_picks_a_workspace_and_approves_only_there(tmp_path: Path) -> 
         )
         assert ops["trainee-01"]["verificationCode"] not in browser.page_source
         approve = WebDriverWait(browser, 30).until(
-            ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Approve']"))
+            ec.element_to_be_clickable((By.XPATH, row_approve))
         )
         approve.click()
         WebDriverWait(browser, 30).until(
