@@ -257,6 +257,23 @@ class AdminClient:
             params={"reason": reason},
         )
 
+    def pause_token(self, token_id: str, reason: str | None = None) -> ProvisioningTokenOut:
+        """Pause a Provisioning Token, reversibly: init with it is refused (403) until
+        :meth:`resume_token`; its operations already open keep working. ``reason`` is kept
+        as ``paused_reason`` and in the audit trail."""
+        return self._call(
+            "POST",
+            f"/api/v1/provisioning-tokens/{token_id}/pause",
+            ProvisioningTokenOut,
+            params={"reason": reason},
+        )
+
+    def resume_token(self, token_id: str) -> ProvisioningTokenOut:
+        """Resume a paused Provisioning Token: it opens operations again."""
+        return self._call(
+            "POST", f"/api/v1/provisioning-tokens/{token_id}/resume", ProvisioningTokenOut
+        )
+
     # Provisioning Operations -----------------------------------------------------------
 
     def list_operations(

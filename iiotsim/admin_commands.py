@@ -1,6 +1,7 @@
 """The ``iiotsim`` commands a technician or admin types against a running platform.
 
     iiotsim token create NAME [--device-id ID] [--max-registration-token-lifetime 1d] ...
+    iiotsim token pause ID [--reason TEXT]   /   iiotsim token resume ID
     iiotsim operations [--state pending|approved|completed|cancelled|all]
     iiotsim approve CODE-or-ID [--device-id ID] [--lifetime 12h] [--infinite-lifetime]
     iiotsim cancel CODE-or-ID
@@ -207,6 +208,20 @@ def _token_create(admin: AdminClient, args: argparse.Namespace) -> int:
     )
     print("The Provisioning Token (shown once, keep it):")
     print(created.provisioning_token, flush=True)
+    return 0
+
+
+def _token_pause(admin: AdminClient, args: argparse.Namespace) -> int:
+    token = admin.pause_token(args.id, reason=args.reason)
+    why = f" ({token.paused_reason})" if token.paused_reason else ""
+    print(f"Paused Provisioning Token {token.name!r} (id {token.id}){why}: it opens no new")
+    print(f"operations until resumed (iiotsim token resume {token.id})", flush=True)
+    return 0
+
+
+def _token_resume(admin: AdminClient, args: argparse.Namespace) -> int:
+    token = admin.resume_token(args.id)
+    print(f"Resumed Provisioning Token {token.name!r} (id {token.id})", flush=True)
     return 0
 
 
@@ -547,6 +562,20 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="allow Registration Tokens that never expire",
     )
     create.set_defaults(run=_run_against_platform(_token_create))
+    pause = token_commands.add_parser(
+        "pause",
+        parents=[connection],
+        help="pause a Provisioning Token: devices cannot start provisioning with it until "
+        "it is resumed (reversible, unlike revocation)",
+    )
+    pause.add_argument("id", help="the token's id (not its secret)")
+    pause.add_argument("--reason", help="why, kept on the token and in the audit trail")
+    pause.set_defaults(run=_run_against_platform(_token_pause))
+    resume = token_commands.add_parser(
+        "resume", parents=[connection], help="resume a paused Provisioning Token"
+    )
+    resume.add_argument("id", help="the token's id (not its secret)")
+    resume.set_defaults(run=_run_against_platform(_token_resume))
 
     operations = commands.add_parser(
         "operations",

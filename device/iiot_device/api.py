@@ -35,6 +35,7 @@ EXPIRED = "/problems/deviceProvisioning/provisioningOperationExpired"
 RT_EXPIRED = "/problems/registrationTokenExpired"
 RT_REVOKED = "/problems/registrationTokenRevoked"
 RT_UNKNOWN = "/problems/registrationTokenUnknown"
+PT_PAUSED = "/problems/provisioningTokenPaused"
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,12 @@ REFUSALS: Final = RefusalTable(
         ),
         # a 401 at refresh, where the PT authenticates: the type says it is the RT
         RT_UNKNOWN: Refusal(RegistrationTokenInvalid, "Registration Token refused: {detail}"),
+        # a 403 at init: the PT is valid but paused; the client backs off and retries, so
+        # the device provisions once an administrator resumes the token
+        PT_PAUSED: Refusal(
+            ProvisioningTokenRefused,
+            "the Provisioning Token is paused (retry once it is resumed): {detail}",
+        ),
     },
     by_status={
         (Credential.PROVISIONING_TOKEN, 401): Refusal(

@@ -5,7 +5,7 @@ wrong; none is a bare traceback.
 
     DeviceError                         base of every SDK error
     ├── PlatformError                   a problem (RFC 9457) the SDK does not handle itself
-    ├── ProvisioningTokenRefused        the PT is unknown, revoked or expired
+    ├── ProvisioningTokenRefused        the PT is unknown, revoked, expired or paused
     ├── DeviceIdRefused                 the platform refused the requested Device ID
     ├── ProvisioningOperationCancelled  a technician (or a conflicting approval) cancelled it
     ├── ProvisioningOperationExpired    operations expired unapproved, as often as allowed
@@ -56,7 +56,8 @@ class PlatformError(DeviceError):
 
 
 class ProvisioningTokenRefused(DeviceError):
-    """The Provisioning Token is unknown, revoked or expired: the device cannot provision."""
+    """The Provisioning Token is unknown, revoked or expired, or paused (until an
+    administrator resumes it): the device cannot provision now."""
 
 
 class DeviceIdRefused(DeviceError):

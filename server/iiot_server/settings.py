@@ -124,9 +124,10 @@ class Settings(msgspec.Struct, kw_only=True):
     leak_response_connection_flapping: LeakResponse = LeakResponse.NONE
     """``none`` or ``revoke_device``."""
     leak_response_provisioning_rate: LeakResponse = LeakResponse.NONE
-    """``none`` or ``revoke_token`` (the Provisioning Token; PTs have no paused state)."""
+    """``none``, ``revoke_token`` (the Provisioning Token, irreversibly) or ``pause_token``
+    (it opens no new operation until an administrator resumes it)."""
     leak_response_provisioning_device_ids: LeakResponse = LeakResponse.NONE
-    """``none`` or ``revoke_token``."""
+    """``none``, ``revoke_token`` or ``pause_token``."""
     leak_alert_repeat_window: float = 3600.0
     """Seconds an open alert absorbs repeats of its kind and subject (counted on it, not new
     rows); a repeat later than this after the last one raises a new alert."""

@@ -176,6 +176,30 @@ class ProvisioningTokensController(ApiController):
             await services.provisioning.revoke_token(token_id, workspace)
         )
 
+    @post("/{token_id:str}/pause", status_code=200, opt={PROBLEMS: (409,)})
+    async def pause(
+        self,
+        token_id: FromPath[str],
+        services: NamedDependency[Services],
+        workspace: NamedDependency[str],
+    ) -> ProvisioningTokenOut:
+        """Pause, reversibly: init with the token answers 403 until it is resumed; its
+        operations already open keep working. 409 for a revoked token; ``?reason=`` is
+        kept as ``pausedReason``."""
+        return ProvisioningTokenOut.of(await services.provisioning.pause_token(token_id, workspace))
+
+    @post("/{token_id:str}/resume", status_code=200)
+    async def resume(
+        self,
+        token_id: FromPath[str],
+        services: NamedDependency[Services],
+        workspace: NamedDependency[str],
+    ) -> ProvisioningTokenOut:
+        """Resume a paused token: it opens operations again."""
+        return ProvisioningTokenOut.of(
+            await services.provisioning.resume_token(token_id, workspace)
+        )
+
 
 async def _strictly(request: Request[Any, Any, Any], kind: type[BodyT]) -> BodyT:
     """The body as ``kind``, typed strictly: Litestar converts bodies leniently (``0`` for

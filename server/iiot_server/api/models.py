@@ -198,6 +198,10 @@ class ProvisioningTokenOut(Wire):
     created_at: datetime
     revoked_at: datetime | None
     batch_id: str | None
+    paused: bool
+    """Paused: ``/provisioning-operations/init`` refuses it (403) until resumed."""
+    paused_at: datetime | None
+    paused_reason: str | None
 
     @classmethod
     def of(cls, t: ProvisioningToken) -> ProvisioningTokenOut:
@@ -213,6 +217,9 @@ class ProvisioningTokenOut(Wire):
             created_at=t.created_at,
             revoked_at=t.revoked_at,
             batch_id=t.batch_id,
+            paused=t.paused,
+            paused_at=t.paused_at,
+            paused_reason=t.paused_reason,
         )
 
 

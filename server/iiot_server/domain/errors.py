@@ -12,6 +12,7 @@ offending input ``field``; the HTTP layer maps the classes to status codes once
     │   ├── RegistrationTokenExpired     401
     │   └── RegistrationTokenRevoked     401
     ├── Forbidden                        403
+    │   └── ProvisioningTokenPaused      403 (a paused PT opens no operation until resumed)
     ├── NotFound                         404
     ├── Conflict                         409
     │   └── InvalidTransition            409
@@ -64,6 +65,15 @@ class Forbidden(DomainError):
 
     problem_type = "/problems/forbidden"
     title = "Forbidden"
+
+
+class ProvisioningTokenPaused(Forbidden):
+    """A paused Provisioning Token: it authenticates, but opens no new Provisioning
+    Operation until an administrator resumes it. A 403, not a 401: the secret is valid and
+    will be again, so a device backs off and retries rather than discarding it."""
+
+    problem_type = "/problems/provisioningTokenPaused"
+    title = "Provisioning Token is paused"
 
 
 class Conflict(DomainError):

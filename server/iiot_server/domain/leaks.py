@@ -60,12 +60,14 @@ class LeakResponse(StrEnum):
     """What the platform does by itself when an alert is raised (settings
     ``leak_response_<kind>``). ``revoke_device``: the admin route's revocation switch (every
     Registration Token of the device revoked, its MQTT session closed; it must provision
-    again). ``revoke_token``: the Provisioning Token is revoked (the platform has no paused
-    state for a PT: revocation is the switch there is; a new PT is needed afterwards)."""
+    again). ``revoke_token``: the Provisioning Token is revoked (irreversible: a new PT is
+    needed afterwards). ``pause_token``: the Provisioning Token is paused (it opens no new
+    operation until an administrator resumes it; reversible, for a false positive)."""
 
     NONE = "none"
     REVOKE_DEVICE = "revoke_device"
     REVOKE_TOKEN = "revoke_token"
+    PAUSE_TOKEN = "pause_token"
 
 
 DEVICE_KINDS = frozenset(
@@ -83,7 +85,7 @@ def allowed_responses(kind: AlertKind) -> tuple[LeakResponse, ...]:
     """
     if kind in DEVICE_KINDS:
         return (LeakResponse.NONE, LeakResponse.REVOKE_DEVICE)
-    return (LeakResponse.NONE, LeakResponse.REVOKE_TOKEN)
+    return (LeakResponse.NONE, LeakResponse.REVOKE_TOKEN, LeakResponse.PAUSE_TOKEN)
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,13 @@ class AlertService:
                     alert.provisioning_token_id, alert.workspace_id
                 )
                 return "revoke_token: provisioning token revoked"
+            if response is LeakResponse.PAUSE_TOKEN and alert.provisioning_token_id is not None:
+                await self._provisioning.pause_token(
+                    alert.provisioning_token_id,
+                    alert.workspace_id,
+                    reason=f"leak alert {alert.kind.value} {alert.id}",
+                )
+                return "pause_token: provisioning token paused"
         except DomainError as exc:  # e.g. the device was deleted meanwhile
             return f"{response.value} failed: {exc}"[:200]
         return f"{response.value}: no subject"

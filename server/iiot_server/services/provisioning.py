@@ -15,7 +15,14 @@ from sqlalchemy import Connection, Executable, RowMapping, and_, insert, or_, se
 from ..clock import Clock
 from ..domain import operations as ops
 from ..domain.device_id import validate_device_id
-from ..domain.errors import Conflict, NotFound, TooManyRequests, Unauthorized, ValidationError
+from ..domain.errors import (
+    Conflict,
+    NotFound,
+    ProvisioningTokenPaused,
+    TooManyRequests,
+    Unauthorized,
+    ValidationError,
+)
 from ..domain.operations import OperationState, ProvisioningOperation
 from ..domain.tokens import DeviceIdOverrideMode, LifetimeOverrideMode, ProvisioningTokenOptions
 from ..domain.verification import (
@@ -30,7 +37,7 @@ from ..settings import Settings
 from ..store import statements as sql
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import provisioning_operations, provisioning_tokens
-from .audit import record_audit
+from .audit import audit_context, record_audit
 from .limits import DeviceApiLimits
 from .registration import IssuedToken, RegistrationService
 
@@ -51,6 +58,13 @@ class ProvisioningToken:
     batch_id: str | None = None
     workspace_id: str = DEFAULT_WORKSPACE
     """Every operation it starts, and so the device it provisions, is in this workspace."""
+    paused_at: datetime | None = None
+    """Paused (:meth:`ProvisioningService.pause_token`): it opens no new operation."""
+    paused_reason: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,87 @@ class ProvisioningService:
         self._by_hash = {h: t for h, t in self._by_hash.items() if t.id != token_id}
         return token
 
+    async def pause_token(
+        self, token_id: str, workspace_id: str = DEFAULT_WORKSPACE, *, reason: str | None = None
+    ) -> ProvisioningToken:
+        """Pause a token, reversibly (:meth:`resume_token`): ``/provisioning-operations/init``
+        with it answers 403 ``/problems/provisioningTokenPaused`` until it is resumed.
+        Operations it opened before keep working (polled, approved, completed): pausing
+        stops new devices, not the technician's work in progress; revoke for that. A
+        revoked token cannot be paused (409). Pausing a paused token changes nothing (its
+        first ``pausedAt`` and reason stay). ``reason`` defaults to the request's
+        ``?reason=``."""
+        t = to_epoch(self._clock.now())
+        why = reason if reason is not None else audit_context.get().reason
+
+        def pause(conn: Connection) -> ProvisioningToken:
+            _get_token(conn, token_id, workspace_id)  # another workspace's: 404
+            c = provisioning_tokens.c
+            paused = conn.execute(  # conditional: of two concurrent pauses, one is recorded
+                update(provisioning_tokens)
+                .where(c.id == token_id, c.paused_at.is_(None), c.revoked_at.is_(None))
+                .values(paused_at=t, paused_reason=why and why[:500])
+            )
+            token = _get_token(conn, token_id)
+            if token.revoked_at is not None:
+                raise Conflict(
+                    f"Provisioning Token {token_id!r} was revoked; a revoked token cannot be "
+                    "paused",
+                    field="id",
+                )
+            if not paused.rowcount:  # paused before
+                return token
+            record_audit(
+                conn,
+                action="token.paused",
+                target_kind="provisioning_token",
+                target_id=token_id,
+                workspace_id=workspace_id,
+                before={"pausedAt": None},
+                after={"pausedAt": token.paused_at, "pausedReason": token.paused_reason},
+            )
+            return token
+
+        token = await self._db.write(pause)
+        self._forget_cached(token_id)
+        return token
+
+    async def resume_token(
+        self, token_id: str, workspace_id: str = DEFAULT_WORKSPACE
+    ) -> ProvisioningToken:
+        """Resume a paused token: it opens operations again. Resuming one that is not
+        paused (revoked ones included) changes nothing."""
+
+        def resume(conn: Connection) -> ProvisioningToken:
+            before = _get_token(conn, token_id, workspace_id)  # another workspace's: 404
+            c = provisioning_tokens.c
+            resumed = conn.execute(  # conditional, as for the pause
+                update(provisioning_tokens)
+                .where(c.id == token_id, c.paused_at.is_not(None))
+                .values(paused_at=None, paused_reason=None)
+            )
+            token = _get_token(conn, token_id)
+            if not resumed.rowcount:  # not paused
+                return token
+            record_audit(
+                conn,
+                action="token.resumed",
+                target_kind="provisioning_token",
+                target_id=token_id,
+                workspace_id=workspace_id,
+                before={"pausedAt": before.paused_at, "pausedReason": before.paused_reason},
+                after={"pausedAt": None},
+            )
+            return token
+
+        token = await self._db.write(resume)
+        self._forget_cached(token_id)
+        return token
+
+    def _forget_cached(self, token_id: str) -> None:
+        """Drop a token from the authentication cache: its next use reads its new state."""
+        self._by_hash = {h: t for h, t in self._by_hash.items() if t.id != token_id}
+
     async def authenticate(self, secret: str) -> ProvisioningToken:
         """The token behind a presented PT secret, or :class:`Unauthorized`; each call
         counts towards the token's request rate (``services.limits``)."""
@@ -246,7 +341,7 @@ class ProvisioningService:
             token = await self._db.read(find)
             if token is None:
                 raise Unauthorized("unknown Provisioning Token")
-            if token.revoked_at is None:
+            if token.revoked_at is None and not token.paused:  # a paused one: read each time
                 self._by_hash[digest] = token
         if token.revoked_at is not None:
             raise Unauthorized("this Provisioning Token was revoked")
@@ -259,7 +354,8 @@ class ProvisioningService:
         self, token: ProvisioningToken, device_id: str | None, attributes: object
     ) -> ProvisioningOperation:
         """Start an operation; its verification code is unique among open operations.
-        Refused (429) past the open-operation limits per Device ID and per token."""
+        Refused (429) past the open-operation limits per Device ID and per token, and
+        (403 ``ProvisioningTokenPaused``) while the token is paused."""
         now = self._clock.now()
         operation = ops.initiate_operation(  # validates before any I/O
             token.options,
@@ -277,6 +373,15 @@ class ProvisioningService:
             )
 
         def insert_operation(conn: Connection) -> ProvisioningOperation:
+            # paused? the token as it stands now, not as cached at authentication: a pause
+            # by another platform process, or racing this request, is seen (a primary-key
+            # read; a resume too, as paused tokens are never cached)
+            c = provisioning_tokens.c
+            paused = conn.execute(
+                select(c.paused_at, c.paused_reason).where(c.id == token.id)
+            ).first()
+            if paused is not None and paused.paused_at is not None:
+                raise _paused(token.id, paused.paused_reason)
             self._check_open_operations(conn, operation, token.workspace_id, now)
             op = operation
             for _ in range(20):
@@ -611,6 +716,14 @@ def cancel_operation_in(
     return OperationView(cancelled, token)
 
 
+def _paused(token_id: str, reason: str | None) -> ProvisioningTokenPaused:
+    why = f" ({reason})" if reason else ""
+    return ProvisioningTokenPaused(
+        f"Provisioning Token {token_id!r} is paused{why}; it opens no new Provisioning "
+        "Operation until an administrator resumes it"
+    )
+
+
 def _token_audit(token: ProvisioningToken) -> dict[str, object]:
     """A Provisioning Token as its audit events show it (never its secret)."""
     o = token.options
@@ -694,6 +807,8 @@ def _token(m: RowMapping) -> ProvisioningToken:
         revoked_at=from_epoch(m[c.revoked_at]),
         batch_id=m[c.batch_id],
         workspace_id=m[c.workspace_id],
+        paused_at=from_epoch(m[c.paused_at]),
+        paused_reason=m[c.paused_reason],
     )
 
 

@@ -64,6 +64,9 @@ provisioning_tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
     Column("workspace_id", String(90), nullable=False, server_default="default"),
+    # paused (revision 0008): refuses new operations until resumed; NULL: not paused
+    Column("paused_at", Float),
+    Column("paused_reason", String(500)),
 )
 
 provisioning_operations = Table(
