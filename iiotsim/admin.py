@@ -407,7 +407,7 @@ class AdminClient:
         desired_property: str | None = None,
     ) -> list[DeviceOut]:
         """Devices by Device ID; ``convergence`` (``"pending"``, ``"converged"``,
-        ``"drifted"``): only those with a desired property in that state
+        ``"drifted"``, ``"failed"``): only those with a desired property in that state
         (``desired_property``: that one)."""
         return self._call(
             "GET",
@@ -555,7 +555,7 @@ class AdminClient:
         return self._call("GET", f"/api/v1/devices/{device_id}/twin/provenance", TwinProvenanceOut)
 
     def twin_convergence(self) -> TwinConvergenceOut:
-        """Fleet-wide: devices pending / converged / drifted per desired property and per
+        """Fleet-wide: devices pending / converged / drifted / failed per desired property and per
         fleet configuration."""
         return self._call("GET", "/api/v1/twin-convergence", TwinConvergenceOut)
 
@@ -586,7 +586,7 @@ class AdminClient:
         """Set ``desired_properties`` on every device ``target_condition`` matches, e.g.
         ``{"eq": {"path": "tags.site", "value": "plant-7"}}``; higher ``priority`` wins.
         ``rollout``: in stages, e.g. ``{"stages": [{"count": 1}, {"percent": 100}],
-        "advanceWhenConverged": 0.9, "haltWhenDrifted": 0.1}``."""
+        "advanceWhenConverged": 0.9, "haltWhenDriftedOrFailed": 0.1, "pendingTimeout": 3600}``."""
         return self._call(
             "POST",
             "/api/v1/fleet-configurations",

@@ -679,7 +679,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     devices = commands.add_parser("devices", parents=[connection], help="provisioned devices")
     devices.add_argument(
         "--convergence",
-        choices=("pending", "converged", "drifted"),
+        choices=("pending", "converged", "drifted", "failed"),
         help="only devices with a desired property in this state",
     )
     devices.add_argument("--property", help="with --convergence: this desired property")

@@ -441,7 +441,12 @@ def convergence_html(twin: TwinOut) -> str:
     (``pending 30 s since v3, by base-all (priority 1)``)."""
     import html
 
-    colours = {"pending": "#b58900", "converged": "#2e7d32", "drifted": "#c62828"}
+    colours = {
+        "pending": "#b58900",
+        "converged": "#2e7d32",
+        "drifted": "#c62828",
+        "failed": "#6a1b9a",
+    }
     lines = []
     for name, p in twin.convergence.items():
         source = (

@@ -100,6 +100,9 @@ def create_app(
                 broker = await start_broker(services, settings.mqtt_host, settings.mqtt_port)
             services.broker = broker
             try:
+                # rollouts whose devices timed out while the platform was down, judged and
+                # their timers armed once the broker can push what an advance changes
+                await services.fleet.start_rollout_timers()
                 for hook in on_ready or []:
                     await hook(services)
                 yield

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -365,3 +366,185 @@ def test_convergence_and_provenance_stay_in_their_workspace(platform: Platform) 
     assert admin.twin_convergence().properties == {}
     assert admin.twin_provenance("pump-0251").properties == {}
     assert admin.get_twin("pump-0251").convergence == {}
+
+
+# Failures and timeouts (issue 15: a rollout halts "when drift or errors pass" a threshold)
+
+
+def rollout_of(platform: Platform, configuration_id: str) -> tuple[str, int, str | None]:
+    found = platform.admin.get_fleet_configuration(configuration_id).rollout
+    assert found is not None
+    return found.state, found.stage, found.reason
+
+
+def test_a_failure_acknowledgement_fails_the_property_and_halts_the_stage(
+    platform: Platform, reporter: Reporter
+) -> None:
+    from iiot_server.domain.convergence import rollout_order
+
+    admin = platform.admin
+    ids = ["pump-0261", "pump-0262", "pump-0263"]
+    for device_id in ids:
+        reporter.add(device_id)
+    rollout = {
+        "stages": [{"count": 2}, {"percent": 100}],
+        "advanceWhenConverged": 1.0,
+        "haltWhenDriftedOrFailed": 0.4,
+    }
+    admin.create_fleet_configuration(
+        EVERYONE, {"fw": "4.0"}, configuration_id="fw-4", rollout=rollout
+    )
+    ok, refusing = rollout_order("fw-4", ids)[:2]
+    version = admin.get_twin(refusing).convergence["fw"].desired_version
+
+    def reported(device_id: str) -> Any:
+        return admin.get_twin(device_id).reported.properties.get("fw")
+
+    # an IoT Plug and Play acknowledgement of an older desired version: not about 4.0
+    stale = {"value": "3.9", "ac": 500, "av": version - 1, "ad": "flash full"}
+    reporter.report(refusing, {"fw": stale})
+    assert wait_for(lambda: reported(refusing) == stale)
+    assert state(platform, refusing, "fw") == "pending"
+    # a successful acknowledgement holding the value converges, like the bare value
+    ok_version = admin.get_twin(ok).convergence["fw"].desired_version
+    reporter.report(ok, {"fw": {"value": "4.0", "ac": 200, "av": ok_version}})
+    assert wait_for(lambda: state(platform, ok, "fw") == "converged")
+    assert rollout_of(platform, "fw-4")[:2] == ("rolling", 0)  # 1 of 2: it waits
+
+    refused = {"value": "3.9", "ac": 500, "av": version, "ad": "flash write failed"}
+    reporter.report(refusing, {"fw": refused})
+    assert wait_for(lambda: rollout_of(platform, "fw-4")[0] == "halted")
+    reason = rollout_of(platform, "fw-4")[2]
+    assert reason is not None and "1 of 2 devices failed" in reason
+    assert state(platform, refusing, "fw") == "failed"
+    assert listed(platform, "failed") == [refusing]
+    assert listed(platform, "failed", "fw") == [refusing]
+    metrics = admin.get_fleet_configuration("fw-4").metrics
+    assert (metrics.converged, metrics.failed, metrics.pending) == (1, 1, 0)
+    assert [(s.admitted, s.converged, s.failed) for s in metrics.stages] == [(2, 1, 1), (0, 0, 0)]
+    fleet = admin.twin_convergence()
+    assert (fleet.properties["fw"].failed, fleet.configurations["fw-4"].failed) == (1, 1)
+
+    reporter.report(refusing, {"fw": "4.0"})  # the device retried and made it
+    assert wait_for(lambda: state(platform, refusing, "fw") == "converged")
+    assert listed(platform, "failed") == []
+    assert rollout_of(platform, "fw-4")[:2] == ("halted", 0)  # halted stays halted
+
+
+def test_a_device_that_never_answers_times_out_on_the_clock_alone(
+    platform: Platform, clock: ManualClock, reporter: Reporter
+) -> None:
+    """Two rollouts wait on the same silent device: past its ``pendingTimeout`` the
+    strict one halts, the lenient one leaves it behind and completes; only the
+    ManualClock moves (the platform's timer judges the stage, no report does)."""
+    from iiot_server.domain.convergence import rollout_order
+
+    admin = platform.admin
+    ids = ["pump-0271", "pump-0272", "pump-0273"]
+    strict, lenient = "fw-5", "cal-5"
+    # the silent device: in the first stage (2 of 3) of both rollouts
+    silent = sorted(set(rollout_order(strict, ids)[:2]) & set(rollout_order(lenient, ids)[:2]))[0]
+    for device_id in ids:
+        if device_id == silent:
+            provision(platform, device_id)  # never connects
+        else:
+            reporter.add(device_id)
+            reporter.report(device_id, {"fw": "5.0", "cal": 7})  # answers everything
+    assert wait_for(
+        lambda: all(
+            admin.get_twin(d).reported.properties.get("cal") == 7 for d in ids if d != silent
+        )
+    )
+    stages = [{"count": 2}, {"percent": 100}]
+    plan = {"stages": stages, "advanceWhenConverged": 1.0}
+    admin.create_fleet_configuration(
+        EVERYONE,
+        {"fw": "5.0"},
+        configuration_id=strict,
+        rollout={**plan, "haltWhenDriftedOrFailed": 0.4, "pendingTimeout": 600},
+    )
+    admin.create_fleet_configuration(
+        EVERYONE,
+        {"cal": 7},
+        configuration_id=lenient,
+        rollout={**plan, "haltWhenDriftedOrFailed": 0.5, "pendingTimeout": 900},
+    )
+
+    def first_stage(configuration_id: str) -> tuple[int, int, int, int]:
+        s = admin.get_fleet_configuration(configuration_id).metrics.stages[0]
+        return s.admitted, s.converged, s.pending, s.timed_out
+
+    assert first_stage(strict) == first_stage(lenient) == (2, 1, 1, 0)
+    assert rollout_of(platform, strict)[:2] == rollout_of(platform, lenient)[:2] == ("rolling", 0)
+
+    clock.advance(599)
+    assert first_stage(strict) == (2, 1, 1, 0)
+    clock.advance(1)  # 600 s: the strict rollout's silent device times out (1 of 2 > 0.4)
+    assert wait_for(lambda: rollout_of(platform, strict)[0] == "halted")
+    reason = rollout_of(platform, strict)[2]
+    assert reason is not None and "1 of 2 devices timed out (pending over 600 s)" in reason
+    assert first_stage(strict) == (2, 1, 1, 1)  # still pending on the device, timed out
+    assert state(platform, silent, "fw") == "pending"
+    assert rollout_of(platform, lenient)[:2] == ("rolling", 0)
+    assert first_stage(lenient) == (2, 1, 1, 0)
+
+    clock.advance(300)  # 900 s: 1 of 2 timed out is not above 0.5: left behind, it advances
+    assert wait_for(lambda: rollout_of(platform, lenient)[0] == "completed")
+    assert rollout_of(platform, lenient)[1] == 1
+    assert "cal" in admin.get_twin(silent).desired.properties
+    assert all("cal" in admin.get_twin(d).desired.properties for d in ids)
+    halted = [e for e in admin.audit(target_id=strict) if e.action.endswith("rollout_halted")]
+    assert len(halted) == 1 and halted[0].detail is not None
+    assert halted[0].detail["stage"]["timedOut"] == 1
+
+
+def test_a_pending_timeout_is_armed_again_after_a_restart(
+    clock: ManualClock, tmp_path: Path, database_url: str | None
+) -> None:
+    """The timer lives in the platform's loop; the admission time is stored, so a
+    platform started again on the same data judges the stage when the timeout comes."""
+    rollout = {"stages": [{"count": 1}, {"percent": 100}], "pendingTimeout": 600}
+    rollout["haltWhenDriftedOrFailed"] = 0.0
+    with Platform(data_dir=tmp_path / "data", clock=clock, database_url=database_url) as first:
+        provision(first, "pump-0281")  # never answers
+        first.admin.create_fleet_configuration(
+            EVERYONE, {"fw": "6.0"}, configuration_id="fw-6", rollout=rollout
+        )
+        assert rollout_of(first, "fw-6")[0] == "rolling"
+    clock.advance(300)  # half of it passes while the platform is down
+    with Platform(data_dir=tmp_path / "data", clock=clock, database_url=database_url) as again:
+        assert rollout_of(again, "fw-6")[0] == "rolling"
+        clock.advance(300)
+        assert wait_for(lambda: rollout_of(again, "fw-6")[0] == "halted")
+        metrics = again.admin.get_fleet_configuration("fw-6").metrics
+        assert metrics.stages[0].timed_out == 1
+
+
+def test_rollout_plans_take_a_pending_timeout_and_refuse_bad_ones(platform: Platform) -> None:
+    http = platform.admin._http
+
+    def create(rollout: dict[str, Any]) -> httpx.Response:
+        body = {"targetCondition": EVERYONE, "desiredProperties": {"a": 1}, "rollout": rollout}
+        return http.post("/api/v1/fleet-configurations", json=body)
+
+    stages = [{"count": 1}, {"percent": 100}]
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"pendingTimeout": -5}, "rollout.pendingTimeout"),
+        ({"pendingTimeout": 0}, "rollout.pendingTimeout"),
+        ({"pendingTimeout": "1h"}, "rollout.pendingTimeout"),
+        ({"haltWhenDriftedOrFailed": 1.5}, "rollout.haltWhenDriftedOrFailed"),
+        ({"haltWhenDriftedOrFailed": -0.1}, "rollout.haltWhenDriftedOrFailed"),
+        ({"haltWhenDrifted": 0.1, "haltWhenDriftedOrFailed": 0.2}, "rollout.haltWhenDrifted"),
+    ]
+    for bad, field in refused:
+        answer = create({"stages": stages, **bad})
+        assert (answer.status_code, answer.json().get("field")) == (400, field), answer.text
+        if "pendingTimeout" in bad:
+            assert "seconds above 0" in answer.json()["detail"]
+    assert platform.admin.list_fleet_configurations() == []
+
+    answer = create({"stages": stages, "pendingTimeout": 600, "haltWhenDrifted": 0.2})
+    assert answer.status_code == 201, answer.text
+    plan = answer.json()["rollout"]["plan"]
+    # the old name is the same threshold, shown under its new name
+    assert (plan["pendingTimeout"], plan["haltWhenDriftedOrFailed"]) == (600, 0.2)

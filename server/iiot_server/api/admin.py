@@ -435,7 +435,7 @@ class DevicesController(ApiController):
         ] = None,
     ) -> list[DeviceOut]:
         """Devices by Device ID; page with ``after`` (the last Device ID seen).
-        ``convergence`` (pending, converged, drifted): only devices with a desired property
+        ``convergence`` (pending, converged, drifted, failed): only devices with a desired property
         in that state; ``property``: that property."""
         listed = await services.devices.list(
             workspace,
@@ -495,7 +495,7 @@ class DevicesController(ApiController):
         workspace: NamedDependency[str],
     ) -> TwinOut:
         """Desired and reported properties and tags, each with version and last update,
-        and each desired property's ``convergence`` (pending, converged, drifted)."""
+        and each desired property's ``convergence`` (pending, converged, drifted, failed)."""
         return TwinOut.of(await services.twins.get(device_key(workspace, device_id)))
 
     @get("/{device_id:str}/twin/provenance")
@@ -809,7 +809,7 @@ class TwinConvergenceController(ApiController):
             properties={k: ConvergenceCountsOut(**v) for k, v in per_property.items()},
             configurations={
                 cid: ConvergenceCountsOut(
-                    pending=m.pending, converged=m.converged, drifted=m.drifted
+                    pending=m.pending, converged=m.converged, drifted=m.drifted, failed=m.failed
                 )
                 for cid, m in metrics.items()
             },

@@ -614,12 +614,13 @@ class TwinSectionOut(Wire):
 
 class PropertyConvergenceOut(Wire):
     """One top-level desired property: ``pending`` (changed, not reported back yet),
-    ``converged`` (reported as desired) or ``drifted`` (reported otherwise after
-    converging); ``since``: when it entered that state; ``changedAt`` and
-    ``desiredVersion``: the desired change it is about; ``source``: ``manual`` or
+    ``converged`` (reported as desired), ``drifted`` (reported otherwise after
+    converging) or ``failed`` (the device acknowledged this desired version with ``ac`` >=
+    400, docs/fleet-configurations.md); ``since``: when it entered that state; ``changedAt``
+    and ``desiredVersion``: the desired change it is about; ``source``: ``manual`` or
     ``configuration`` (``configurationId`` at ``priority``)."""
 
-    state: Literal["pending", "converged", "drifted"]
+    state: Literal["pending", "converged", "drifted", "failed"]
     since: datetime
     seconds_in_state: float
     changed_at: datetime
@@ -717,6 +718,7 @@ class ConvergenceCountsOut(Wire):
     pending: int = 0
     converged: int = 0
     drifted: int = 0
+    failed: int = 0
 
 
 class TwinConvergenceOut(Wire):
@@ -736,16 +738,23 @@ class FleetConfigurationIn(WireRequest):
     id: str | None = None
     rollout: dict[str, Any] | None = None
     """A staged rollout: ``{"stages": [{"percent": 10} | {"count": 5}, ...],
-    "advanceWhenConverged": 0.9, "haltWhenDrifted": 0.1}`` (docs/fleet-configurations.md)."""
+    "advanceWhenConverged": 0.9, "haltWhenDriftedOrFailed": 0.1, "pendingTimeout": 3600}``
+    (docs/fleet-configurations.md)."""
 
 
 class StageMetricsOut(Wire):
+    """A stage's devices by convergence; ``timedOut``: of the ``pending`` ones, those
+    still pending ``pendingTimeout`` seconds after the stage admitted them (they count
+    with the drifted and failed ones against ``haltWhenDriftedOrFailed``)."""
+
     stage: int
     plan: dict[str, Any]
     admitted: int
     pending: int
     converged: int
     drifted: int
+    failed: int = 0
+    timed_out: int = 0
 
     @classmethod
     def of(cls, s: StageMetrics) -> StageMetricsOut:
@@ -756,20 +765,23 @@ class StageMetricsOut(Wire):
             pending=s.pending,
             converged=s.converged,
             drifted=s.drifted,
+            failed=s.failed,
+            timed_out=s.timed_out,
         )
 
 
 class ConfigurationMetricsOut(Wire):
     """``targeted``: devices the condition matches; ``applied``: of them, those that
     reported back every value this configuration wins on; ``pending``/``converged``/
-    ``drifted``: devices by the worst state of the properties this configuration set on
-    them; ``stages``: a staged rollout's stages with their devices."""
+    ``drifted``/``failed``: devices by the worst state of the properties this
+    configuration set on them; ``stages``: a staged rollout's stages with their devices."""
 
     targeted: int
     applied: int
     pending: int = 0
     converged: int = 0
     drifted: int = 0
+    failed: int = 0
     stages: list[StageMetricsOut] = []
 
 
@@ -813,6 +825,7 @@ class FleetConfigurationOut(Wire):
                 pending=m.pending,
                 converged=m.converged,
                 drifted=m.drifted,
+                failed=m.failed,
                 stages=[StageMetricsOut.of(s) for s in m.stages],
             ),
             rollout=None

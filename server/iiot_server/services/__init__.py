@@ -91,4 +91,5 @@ class Services:
         self.api_keys.forget_workspace(workspace_id)
 
     async def close(self) -> None:
+        self.fleet.stop_rollout_timers()
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -13,12 +15,14 @@ from ..clock import Clock
 from ..domain.convergence import (
     ConvergenceState,
     RolloutDecision,
+    RolloutPlan,
     RolloutState,
     StageCounts,
     admitted_through,
     decide,
     parse_rollout,
     rollout_order,
+    timed_out,
     worst,
 )
 from ..domain.errors import Conflict, NotFound
@@ -45,10 +49,13 @@ from .audit import record_audit
 from .devices import in_workspace
 from .twin import PropertySource, TwinService
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class StageMetrics:
-    """One stage of a staged rollout: the devices it admitted and their convergence."""
+    """One stage of a staged rollout: the devices it admitted and their convergence;
+    ``timed_out``: of the ``pending`` ones, those past the plan's ``pendingTimeout``."""
 
     stage: int
     plan: dict[str, Any]
@@ -56,14 +63,17 @@ class StageMetrics:
     pending: int
     converged: int
     drifted: int
+    failed: int = 0
+    timed_out: int = 0
 
 
 @dataclass(frozen=True)
 class ConfigurationMetrics:
     """``targeted``: devices the condition matches; ``applied``: those that reported back
-    every value this configuration wins on; ``pending``/``converged``/``drifted``: devices
-    by the worst state of the properties this configuration set on them (devices where
-    another source owns all of them are in none); ``stages`` of a staged rollout."""
+    every value this configuration wins on; ``pending``/``converged``/``drifted``/
+    ``failed``: devices by the worst state of the properties this configuration set on them
+    (devices where another source owns all of them are in none); ``stages`` of a staged
+    rollout."""
 
     targeted: int
     applied: int
@@ -71,6 +81,7 @@ class ConfigurationMetrics:
     converged: int = 0
     drifted: int = 0
     stages: list[StageMetrics] = field(default_factory=list)
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,9 @@ class PropertyProvenance:
 Members = dict[str, set[str]]
 """Configuration key → device keys its staged rollout admitted."""
 
+Admissions = dict[str, tuple[int, float]]
+"""Device key → (stage, epoch seconds) a staged rollout admitted it in and at."""
+
 
 class FleetService:
     """Create, change and delete configurations; each change re-evaluates the fleet."""
@@ -132,6 +146,9 @@ class FleetService:
         self._clock = clock
         self._twins = twins
         twins.after_change = self.reevaluate_device
+        self._rollout_timers: dict[str, tuple[float, asyncio.Task[None]]] = {}
+        """Configuration key → (deadline, task): a rolling stage with a ``pendingTimeout``
+        is checked again when its earliest pending device times out."""
 
     async def create(
         self,
@@ -311,25 +328,26 @@ class FleetService:
                 if is_applied(config, matching, reported):
                     counts[config.id][1] += 1
         states = await self._device_states(workspace_id)
+        now = to_epoch(self._clock.now())
         out = {}
         for c in configs:
             mine = states.get(c.id, {})
             by_state = _count(mine.values())
             stages = []
             if c.rollout is not None:
-                key = device_key(workspace_id, c.id)
-                stage_of = await self._stage_of(key)
+                admissions = await self._admissions(device_key(workspace_id, c.id))
                 for index, stage in enumerate(c.rollout.plan.stages):
-                    admitted = [d for d, s in stage_of.items() if s == index]
-                    counted = _count(mine[d] for d in admitted if d in mine)
+                    counted, _ = _stage_counts(c.rollout.plan, mine, admissions, index, now)
                     stages.append(
                         StageMetrics(
                             index,
                             stage.wire(),
-                            len(admitted),
+                            counted.devices,
                             counted.pending,
                             counted.converged,
                             counted.drifted,
+                            counted.failed,
+                            counted.timed_out,
                         )
                     )
             targeted, applied = counts[c.id]
@@ -340,6 +358,7 @@ class FleetService:
                 by_state.converged,
                 by_state.drifted,
                 stages,
+                by_state.failed,
             )
         return out
 
@@ -363,12 +382,14 @@ class FleetService:
 
         return await self._db.scan(read)
 
-    async def _stage_of(self, configuration_key: str) -> dict[str, int]:
+    async def _admissions(self, configuration_key: str) -> Admissions:
         m = rollout_members.c
-        query = select(m.device_id, m.stage).where(m.configuration_id == configuration_key)
+        query = select(m.device_id, m.stage, m.admitted_at).where(
+            m.configuration_id == configuration_key
+        )
 
-        def read(conn: Connection) -> dict[str, int]:
-            return {did: int(stage) for did, stage in conn.execute(query)}
+        def read(conn: Connection) -> Admissions:
+            return {did: (int(stage), float(at)) for did, stage, at in conn.execute(query)}
 
         return await self._db.read(read)
 
@@ -413,40 +434,94 @@ class FleetService:
         says so (``domain/convergence.py: decide``); an advance admits the next slice of
         targeted devices and re-evaluates the fleet, then checks again (a stage whose
         devices already report the values passes at once). Called when a rollout's device
-        reports, and on create, change and resume: the shares change only then, so no
-        periodic tick is needed."""
+        reports, on create, change and resume, and by a timer at the earliest instant a
+        pending device of a stage with a ``pendingTimeout`` times out (the only change of
+        the shares that no write makes): one timer per rolling configuration, armed on the
+        platform's clock (``clock.sleep``, as the broker's credential expiry), and armed
+        again from the stored admission times at start-up (:meth:`start_rollout_timers`)."""
         configs = await self.list(workspace_id)
         most_stages = max((len(c.rollout.plan.stages) for c in configs if c.rollout), default=0)
+        deadlines: dict[str, float] = {}
         for _ in range(1 + most_stages):  # each round advances a rollout by a stage, or ends
             advanced = False
             for config in await self.list(workspace_id):
                 if not _is_rolling(config):
                     continue
-                if await self._step(config, workspace_id):
-                    advanced = True
+                key = device_key(workspace_id, config.id)
+                moved, deadline = await self._step(config, workspace_id)
+                deadlines.pop(key, None)
+                if deadline is not None:
+                    deadlines[key] = deadline
+                advanced = advanced or moved
             if not advanced:
-                return
+                break
             await self.reevaluate()
+        self._arm_rollout_timers(workspace_id, deadlines)
 
-    async def _step(self, config: FleetConfiguration, workspace_id: str) -> bool:
-        """One rolling configuration's decision; True when it admitted devices."""
+    async def start_rollout_timers(self) -> None:
+        """At start-up: judge every rolling rollout with a ``pendingTimeout`` again (devices
+        may have timed out while the platform was down) and arm its timer from the
+        admission times stored in ``rollout_members``."""
+        for workspace_id, configs in (await self._by_workspace()).items():
+            if any(_waits_on_timeouts(c) for c in configs):
+                await self.check_rollouts(workspace_id)
+
+    def stop_rollout_timers(self) -> None:
+        for _, task in self._rollout_timers.values():
+            task.cancel()
+        self._rollout_timers.clear()
+
+    def rollout_deadlines(self) -> dict[str, datetime]:
+        """Configuration key → when its timer will judge its stage again (for tests and
+        operators: which rollouts wait on a timeout)."""
+        return {k: from_epoch_required(d) for k, (d, _) in self._rollout_timers.items()}
+
+    def _arm_rollout_timers(self, workspace_id: str, deadlines: dict[str, float]) -> None:
+        for key in [k for k in self._rollout_timers if split_device_key(k)[0] == workspace_id]:
+            if key not in deadlines:
+                self._rollout_timers.pop(key)[1].cancel()
+        for key, deadline in deadlines.items():
+            armed = self._rollout_timers.get(key)
+            if armed is not None and armed[0] == deadline and not armed[1].done():
+                continue
+            if armed is not None:
+                armed[1].cancel()
+            task = asyncio.create_task(
+                self._judge_at(workspace_id, key, deadline), name=f"iiot-rollout-timeout:{key}"
+            )
+            self._rollout_timers[key] = (deadline, task)
+
+    async def _judge_at(self, workspace_id: str, key: str, deadline: float) -> None:
+        until = from_epoch_required(deadline)
+        while self._clock.now() < until:
+            await self._clock.sleep((until - self._clock.now()).total_seconds())
+        armed = self._rollout_timers.get(key)
+        if armed is not None and armed[1] is asyncio.current_task():
+            del self._rollout_timers[key]  # the check below arms the next one
+        try:
+            await self.check_rollouts(workspace_id)
+        except Exception:  # a timer has nobody to answer: say so, the next write retries
+            log.exception("checking the rollouts of workspace %s at a timeout", workspace_id)
+
+    async def _step(
+        self, config: FleetConfiguration, workspace_id: str
+    ) -> tuple[bool, float | None]:
+        """One rolling configuration's decision: whether it admitted devices, and when it
+        waits, the earliest instant a pending device of its stage times out (None: none)."""
         assert config.rollout is not None
         status = config.rollout
         key = device_key(workspace_id, config.id)
         states = (await self._device_states(workspace_id)).get(config.id, {})
-        stage_of = await self._stage_of(key)
-        counts = _count(states[d] for d, s in stage_of.items() if s == status.stage and d in states)
-        counts = replace(counts, devices=sum(1 for s in stage_of.values() if s == status.stage))
+        admissions = await self._admissions(key)
+        stage_of = {d: s for d, (s, _) in admissions.items()}
+        t = to_epoch(self._clock.now())
+        counts, deadline = _stage_counts(status.plan, states, admissions, status.stage, t)
         decision = decide(status.plan, counts)
         if decision is RolloutDecision.WAIT:
-            return False
-        t = to_epoch(self._clock.now())
+            return False, deadline
         c = fleet_configurations.c
         if decision is RolloutDecision.HALT:
-            reason = (
-                f"stage {status.stage}: {counts.drifted} of {counts.judged} devices drifted"
-                f" (more than {status.plan.halt_when_drifted:.0%})"
-            )
+            reason = _halt_reason(status.stage, status.plan, counts)
 
             def halt(conn: Connection) -> None:
                 halted = conn.execute(
@@ -471,7 +546,7 @@ class FleetService:
                     )
 
             await self._db.write(halt)
-            return False
+            return False, None
         last = status.stage + 1 >= len(status.plan.stages)
         order = rollout_order(key, await self._targeted(config, workspace_id))
         through = admitted_through(status.plan, status.stage + 1, len(order))
@@ -505,7 +580,7 @@ class FleetService:
             )
             return True
 
-        return await self._db.write(advance)
+        return await self._db.write(advance), None
 
     async def set_rollout_state(
         self, configuration_id: str, state: RolloutState, workspace_id: str = DEFAULT_WORKSPACE
@@ -677,6 +752,12 @@ def _is_rolling(config: FleetConfiguration) -> bool:
     return config.rollout is not None and config.rollout.state is RolloutState.ROLLING
 
 
+def _waits_on_timeouts(config: FleetConfiguration) -> bool:
+    """A rolling rollout with a ``pendingTimeout``: time alone can change its decision."""
+    rollout = config.rollout
+    return _is_rolling(config) and rollout is not None and rollout.plan.pending_timeout is not None
+
+
 def _reaches(config: FleetConfiguration, members: Members, workspace: str, device: str) -> bool:
     """Whether the configuration applies to a device it targets (its rollout reached it)."""
     if config.reaches_every_target:
@@ -728,6 +809,8 @@ def _audit_rollout(
             "pending": counts.pending,
             "converged": counts.converged,
             "drifted": counts.drifted,
+            "failed": counts.failed,
+            "timedOut": counts.timed_out,
         }
     if admitted:
         detail["admitted"] = admitted
@@ -755,7 +838,48 @@ def _count(states: Any) -> StageCounts:
         pending=found.count(ConvergenceState.PENDING),
         converged=found.count(ConvergenceState.CONVERGED),
         drifted=found.count(ConvergenceState.DRIFTED),
+        failed=found.count(ConvergenceState.FAILED),
     )
+
+
+def _stage_counts(
+    plan: RolloutPlan,
+    states: dict[str, ConvergenceState],
+    admissions: Admissions,
+    stage: int,
+    now: float,
+) -> tuple[StageCounts, float | None]:
+    """A stage's counts at ``now`` (``states``: device key → the worst state of the
+    configuration's properties there) and the earliest instant one of its pending devices
+    will time out (None: no ``pendingTimeout``, or none left to time out)."""
+    members = [(d, at) for d, (s, at) in admissions.items() if s == stage]
+    counted = _count(states[d] for d, _ in members if d in states)
+    pending_since = [at for d, at in members if states.get(d) is ConvergenceState.PENDING]
+    late = sum(1 for at in pending_since if timed_out(at, now, plan))
+    deadline = None
+    if plan.pending_timeout is not None:
+        waiting = [at for at in pending_since if not timed_out(at, now, plan)]
+        deadline = min(waiting, default=None)
+        deadline = None if deadline is None else deadline + plan.pending_timeout
+    return replace(counted, devices=len(members), timed_out=late), deadline
+
+
+def _halt_reason(stage: int, plan: RolloutPlan, counts: StageCounts) -> str:
+    """Why a stage halted, e.g. "stage 1: 1 of 2 devices drifted, 1 of 2 devices timed out
+    (pending over 600 s) (together more than 40%)"."""
+    of = f"of {counts.judged} devices"
+    parts = [
+        f"{n} {of} {what}"
+        for n, what in (
+            (counts.drifted, "drifted"),
+            (counts.failed, "failed"),
+            (counts.timed_out, f"timed out (pending over {plan.pending_timeout or 0:g} s)"),
+        )
+        if n
+    ]
+    together = "together " if len(parts) > 1 else ""
+    threshold = f"{plan.halt_when_drifted_or_failed:.0%}"
+    return f"stage {stage}: {', '.join(parts)} ({together}more than {threshold})"
 
 
 def _stored(conn: Connection, key: str) -> FleetConfiguration | None:

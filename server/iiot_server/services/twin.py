@@ -477,15 +477,18 @@ def record_desired_change(
 def record_report(
     conn: Connection, device_id: str, desired: JSON, reported: JSON, *, at: float
 ) -> None:
-    """After a reported patch: each desired property's state moves (pending or drifted to
-    converged when reported right, converged to drifted when reported otherwise)."""
+    """After a reported patch: each desired property's state moves (pending, drifted or
+    failed to converged when reported right, converged to drifted when reported otherwise,
+    to failed on a failure acknowledgement of its desired version: domain/convergence.py)."""
     tps = twin_property_states.c
-    rows = conn.execute(select(tps.property, tps.state).where(tps.device_id == device_id)).all()
-    for prop, raw_state in rows:
+    rows = conn.execute(
+        select(tps.property, tps.state, tps.desired_version).where(tps.device_id == device_id)
+    ).all()
+    for prop, raw_state, desired_version in rows:
         if prop not in desired:
             continue
         current = ConvergenceState(raw_state)
-        state = state_after_report(current, desired[prop], reported.get(prop))
+        state = state_after_report(current, desired[prop], reported.get(prop), int(desired_version))
         if state is current:
             continue
         values: dict[str, Any] = {"state": state.value, "state_since": at}
