@@ -187,6 +187,44 @@ def test_a_provisioning_token_opening_foreign_device_ids(
     assert (bad.status_code, bad.json()["field"]) == (400, "since")
 
 
+def test_a_provisioning_burst_counts_on_one_alert_until_acknowledged_or_quiet(
+    clock: ManualClock, tmp_path: Path, database_url: str | None
+) -> None:
+    """Every init past the rate limit repeats the finding: counted on the open alert (the
+    service remembers which one and checks it is still open and recent), a new alert once
+    that one is acknowledged or not seen for ``leak_alert_repeat_window``."""
+    settings = Settings(leak_provisioning_floor=3, leak_alert_repeat_window=60)
+    with (
+        Platform(
+            data_dir=tmp_path / "data", clock=clock, settings=settings, database_url=database_url
+        ) as platform,
+        httpx.Client(base_url=platform.http_url, timeout=30) as http,
+    ):
+        pt = platform.admin.create_provisioning_token("line 1").provisioning_token
+        valves = (f"valve-{i:04d}" for i in range(1, 100))
+        for _ in range(3):
+            assert init(http, pt, next(valves)).status_code == 200
+        assert platform.admin.alerts() == []
+        for _ in range(3):  # the 4th, 5th and 6th in the window: one alert, seen 3 times
+            clock.advance(1)
+            assert init(http, pt, next(valves)).status_code == 200
+        [first] = platform.admin.alerts(kind="provisioning_rate")
+        assert (first.occurrences, first.last_seen_at) == (3, clock.now())
+        assert first.evidence["initsInWindow"] == 4  # the evidence of the first finding
+
+        platform.admin.acknowledge_alert(first.id)
+        for _ in range(2):
+            assert init(http, pt, next(valves)).status_code == 200
+        second, acknowledged = platform.admin.alerts(kind="provisioning_rate")
+        assert (acknowledged.id, acknowledged.occurrences) == (first.id, 3)
+        assert second.id != first.id and second.occurrences == 2
+
+        clock.advance(61)  # the open alert goes unseen for longer than the repeat window
+        assert init(http, pt, next(valves)).status_code == 200
+        third = platform.admin.alerts(kind="provisioning_rate", state="open")
+        assert [(a.id != second.id, a.occurrences) for a in third] == [(True, 1), (False, 2)]
+
+
 def test_the_alerts_command_lists_and_acknowledges(
     platform: Platform, http: httpx.Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
