@@ -10,7 +10,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Executable, RowMapping, and_, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    RowMapping,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from ..clock import Clock
 from ..domain import operations as ops
@@ -42,6 +52,13 @@ from .limits import DeviceApiLimits
 from .registration import IssuedToken, RegistrationService
 
 MAX_BULK = 10_000
+
+_TOKEN_PAUSE = select(provisioning_tokens.c.paused_at, provisioning_tokens.c.paused_reason).where(
+    provisioning_tokens.c.id == bindparam("b_id")
+)
+"""Whether a token is paused, read in each init's transaction: built once (see
+``store/statements.py``), ~25 µs of CPU per read in-process on SQLite against ~80 µs built
+per init (load 6 on the shared 2-core machine)."""
 
 log = logging.getLogger(__name__)
 
@@ -376,10 +393,7 @@ class ProvisioningService:
             # paused? the token as it stands now, not as cached at authentication: a pause
             # by another platform process, or racing this request, is seen (a primary-key
             # read; a resume too, as paused tokens are never cached)
-            c = provisioning_tokens.c
-            paused = conn.execute(
-                select(c.paused_at, c.paused_reason).where(c.id == token.id)
-            ).first()
+            paused = conn.execute(_TOKEN_PAUSE, {"b_id": token.id}).first()
             if paused is not None and paused.paused_at is not None:
                 raise _paused(token.id, paused.paused_reason)
             self._check_open_operations(conn, operation, token.workspace_id, now)
