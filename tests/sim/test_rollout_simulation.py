@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from iiot_server.domain.convergence import rollout_order
 
@@ -166,6 +167,8 @@ def test_drift_above_the_threshold_halts_the_rollout() -> None:
     ("options", "field"),
     [
         ({"drift_probability": 1.5}, "drift_probability"),
+        ({"failure_probability": -0.1}, "failure_probability"),
+        ({"plan": {"stages": [{"count": 1}], "pendingTimeout": -1}}, "plan.pendingTimeout"),
         ({"apply_delay": -1.0}, "apply_delay"),
         ({"resolution": 0.0}, "resolution"),
         ({"plan": {"stages": []}}, "plan.stages"),
@@ -176,3 +179,52 @@ def test_bad_input_names_the_field(options: dict[str, object], field: str) -> No
     with pytest.raises(ScenarioError) as caught:
         simulate_rollout(ALWAYS_ONLINE, plan, **options)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+def row(table: pd.DataFrame, t: float, columns: list[str]) -> list[object]:
+    return [table.at[t, c] for c in columns]
+
+
+def test_devices_that_never_answer_time_out_and_the_stage_is_judged_then() -> None:
+    """Nobody applies the change within the day: with ``pendingTimeout`` 600 s each stage's
+    devices time out 600 s after it opened; the strict plan halts then, the lenient one
+    (every device may fail) leaves them behind and opens the next stage."""
+    plan = {**PLAN, "pendingTimeout": 600}
+    del plan["haltWhenDrifted"]
+    never = 10 * DAY  # apply_delay: beyond the day simulated
+
+    def run(halt: float) -> pd.DataFrame:
+        return simulate_rollout(
+            ALWAYS_ONLINE, {**plan, "haltWhenDriftedOrFailed": halt}, apply_delay=never
+        )
+
+    columns = ["admitted", "pending", "timed_out", "stage", "state"]
+    strict = run(0.2)
+    assert row(strict, 540.0, columns) == [5, 5, 0, 0, "rolling"]
+    assert row(strict, 600.0, columns) == [5, 5, 5, 0, "halted"]
+    assert strict["state"].iloc[-1] == "halted"
+
+    lenient = run(1.0)
+    assert [row(lenient, t, columns) for t in (540.0, 600.0, 1200.0, 1800.0)] == [
+        [5, 5, 0, 0, "rolling"],
+        [35, 35, 5, 1, "rolling"],  # stage 1 opens as stage 0 times out
+        [100, 100, 35, 2, "rolling"],
+        [100, 100, 100, 2, "completed"],
+    ]
+
+
+def test_failures_count_against_the_halt_threshold() -> None:
+    """Every device refuses at its first online instant 60 s after admission: the second
+    failure of stage 0 (2 of 5 > 0.2) halts the rollout at 60 s."""
+    timeline = simulate_rollout(ALWAYS_ONLINE, PLAN, failure_probability=1.0, apply_delay=60.0)
+    devices = rollout_devices(ALWAYS_ONLINE, PLAN, failure_probability=1.0, apply_delay=60.0)
+    columns = ["admitted", "pending", "converged", "failed", "stage", "state"]
+    assert row(timeline, 0.0, columns) == [5, 5, 0, 0, 0, "rolling"]
+    assert row(timeline, 60.0, columns) == [5, 0, 0, 5, 0, "halted"]
+    failed_at = devices["failed_at"].dropna()
+    assert len(failed_at) == 5 and (failed_at == 60.0).all()
+    assert devices["converged_at"].isna().all()
+    # none refuse: the same run completes, as without the option
+    calm = simulate_rollout(ALWAYS_ONLINE, PLAN, failure_probability=0.0, apply_delay=60.0)
+    assert calm.equals(simulate_rollout(ALWAYS_ONLINE, PLAN, apply_delay=60.0))
+    assert calm["state"].iloc[-1] == "completed"
