@@ -60,3 +60,60 @@ def test_async_sleep_wakes_on_advance() -> None:
         return task.done()
 
     assert asyncio.run(main()) is True
+
+
+def _waiting(
+    clock: ManualClock, seconds: float, event: threading.Event | None = None
+) -> threading.Thread:
+    t = threading.Thread(target=clock.wait, args=(seconds, event), daemon=True)
+    t.start()
+    return t
+
+
+def test_idle_threads_follow_waits_events_and_time() -> None:
+    from iiot_device.clock import WakeEvent
+
+    clock = ManualClock()
+    listenable, plain = WakeEvent(), threading.Event()
+    threads = [_waiting(clock, 60, listenable), _waiting(clock, 120, plain), _waiting(clock, 600)]
+    assert clock.wait_idle(3, timeout=5)
+    assert clock.idle_threads == 3
+    listenable.set()  # woken: no longer idle, at once (before its thread runs)
+    assert clock.idle_threads == 2
+    threads[0].join(5)
+    plain.set()  # a plain event is read when asked
+    assert clock.idle_threads == 1
+    threads[1].join(5)
+    clock.advance(600)  # the last deadline passes: nothing idle
+    assert clock.idle_threads == 0
+    threads[2].join(5)
+    assert not any(t.is_alive() for t in threads)
+    assert clock.idle_threads == 0 and clock.waiting_threads() == frozenset()
+
+
+def test_wait_idle_times_out_while_a_thread_is_busy() -> None:
+    clock = ManualClock()
+    _waiting(clock, 60)
+    assert clock.wait_idle(1, timeout=5)
+    assert not clock.wait_idle(2, timeout=0.05)  # the second thread never waits
+
+
+def test_wait_idle_wakes_when_the_last_thread_begins_waiting() -> None:
+    clock = ManualClock()
+    released = threading.Event()
+
+    def busy_then_wait() -> None:
+        released.wait(5)
+        clock.wait(60)
+
+    threading.Thread(target=busy_then_wait, daemon=True).start()
+    _waiting(clock, 60)
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(clock.wait_idle(2, timeout=5)))
+    waiter.start()
+    waiter.join(0.1)
+    assert waiter.is_alive()  # one thread is still busy
+    released.set()
+    waiter.join(5)
+    assert result == [True]
+    clock.advance(60)
