@@ -149,11 +149,13 @@ class ThrowawayCluster:
             host="127.0.0.1", port=self.port, user=USER, dbname="postgres", autocommit=True
         )
 
-    def create_database(self, name: str | None = None) -> str:
-        """Create a fresh, empty database; returns its SQLAlchemy URL."""
+    def create_database(self, name: str | None = None, *, template: str | None = None) -> str:
+        """Create a fresh database, empty or a copy of database ``template`` (which no one
+        may be connected to); returns its SQLAlchemy URL."""
         name = name or f"test_{next(self._names)}"
+        copy = f' TEMPLATE "{template}"' if template else ""
         with self._admin() as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            admin.execute(f'CREATE DATABASE "{name}"{copy}')  # type: ignore[arg-type]
         return self.url(name)
 
     def drop_database(self, url: str) -> None:

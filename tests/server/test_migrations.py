@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import multiprocessing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,17 @@ from sqlalchemy.pool import NullPool
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
 
+from ..conftest import fresh_database
 from .device_calls import refresh, register
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
+
+@pytest.fixture
+def database_url(database: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """An EMPTY PostgreSQL database (the shared fixture's is already migrated), or None."""
+    yield from fresh_database(database, request, migrated=False)
+
 
 ROWS = json.loads((Path(__file__).parent / "data" / "rows_before_migrations.json").read_text())
 
