@@ -73,8 +73,10 @@ class ManualClock:
         :class:`threading.Event`): their idleness is read when asked."""
 
     def now(self) -> datetime:
-        with self._cond:
-            return self._now
+        # No lock: one attribute read of an immutable datetime is atomic. With the lock,
+        # a hybrid run's platform thread spent 7 % of its samples queued behind the
+        # coordinator's next_deadline() and step for it (py-spy, 1,000 devices).
+        return self._now
 
     def advance(self, seconds: float) -> datetime:
         """Move time forward by ``seconds`` and wake every wait that has run out."""
