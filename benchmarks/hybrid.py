@@ -15,22 +15,38 @@ Events on a 60 s grid by default (``HybridRun(time_quantum=60)``; ``--quantum 0`
 The scenario: connectivity on ~exp(6 h) / off ~exp(20 min), Registration Tokens of 1 day
 (refreshed at 12 h), 2 technicians approving in ~exp(10 min), 1 message per device-hour.
 
-Measured 2026-11-27 on the shared 2-core machine (another session's tests ran meanwhile:
-load 3-10), quantum 60 s, every compared metric within its tolerance (in the 1,000-device
-run "messages lost" read -1: one message stored and still in its outbox, its PUBACK on the
-way, counted twice; the count is per device now, and stops at 0):
+Measured 2026-11-27, session 14, on the shared 2-core machine (two other helpers' tests
+and benchmarks ran meanwhile: wall figures move with the load by +-20 %), quantum 60 s,
+every compared metric within its tolerance in every run:
 
-| devices x days | workers | wall | steps | simulated s / wall s | peak RSS |
-|---|---|---|---|---|---|
-| 100 x 1 | 1 | 37.3 s | 1,384 | 2,317 | 632 MiB |
-| 300 x 1 | 2 | 100.9 s | 1,439 | 856 | 1,110 MiB |
-| 1,000 x 1 | 4 | 349.1 s | 1,440 | 247 | 2,410 MiB |
+| devices x days | workers | code | wall | start | steps | a step | load |
+|---|---|---|---|---|---|---|---|
+| 1,000 x 1 | 4 | before (py-spy 15 s) | 242.9 s | 46.3 s | 181.7 s | 126 ms | 6-10 |
+| 1,000 x 1 | 4 | idle detection woken, not polled | 264.7 s | 88.8 s | 160.7 s | 112 ms | 6-12 |
+| 1,000 x 1 | 4 | + proxies as protocols | 232.0 s | 65.7 s | 149.6 s | 104 ms | 7-12 |
+| 1,000 x 1 | 4 | + now() without the lock | 234.4 s | 53.6 s | 166.8 s | 116 ms | 9-13 |
+| 1,000 x 1 | 4 | after all three, machine quieter | 119.3 s | 22.6 s | 89.6 s | 62 ms | 0.7-6 |
+| 1,000 x 1 | 4 | before, right after it | 124.9 s | 24.7 s | 93.9 s | 65 ms | 6-10 |
+| 300 x 1 | 2 | before | 91.5 s | 41.8 s | 44.6 s | 31 ms | 3-7 |
+| 300 x 1 | 2 | after all three | 58.1 s | 17.5 s | 35.7 s | 25 ms | 8-9 |
 
-- 1,000 x 7 d: not run; at 247 simulated s per wall s it would take ~41 minutes, four times
-  the 10-minute target. Steps are no longer the cost (one per quantum at most); the
-  devices' own work is: 1,000 SDK clients, their proxies and the platform on two cores.
-- 8 GiB: RSS grows 1.86 MiB a device from 300 to 1,000 devices (the coordinator with the
-  platform, and the workers), so ~4,100 devices would fit: an extrapolation, not run.
+(a second run with the proxies as protocols, py-spy attached for 20 s: steps 177.7 s,
+123 ms a step; the "+ now()" run had another helper's server test suite beside it.) The
+pair run back to back on a quieter machine is the fairest comparison: steps 5 % faster,
+and the workers' CPU for the whole run 131.0 s against 145.6 s (-10 %; coordinator with
+the platform 67.4 s against 64.8 s). At 62 ms a step a week is ~10,080 x 62 ms = 625 s
+of steps, plus ~25 s of start and the result: about 11 minutes, not yet the 10. The week (``--full``) was not run
+here: the lead's quiet-machine run before these changes took 938.7 s (10,080 steps,
+~85 ms a step, both cores full: 4 workers ~30 % of a core each, the platform ~50 %).
+Every grid minute is a step at 1,000 devices (1,378-1,388 of 1,440 for connectivity,
+none empty; docs/hybrid.md), so the week's time is 10,080 x the cost of a step.
+
+- 8 GiB: ~1.6 MiB a device at 1,000 devices (coordinator with the platform, and the
+  workers): ~5,000 devices would fit; an extrapolation, not run.
+- Where a step goes (py-spy and /proc, 1,000 devices): a worker's CPU was a quarter its
+  idle-detection polling (0.67 of 2.46 CPU s per 10 s; 0.10 of 1.95 after), a third its
+  proxies' and network threads, the rest the devices (~17 messages, ~5 link changes and
+  ~50 refused retries of offline devices a step); the platform ~35 % of a core.
 - The wall of the previous figures (no CONNACK past ~170 devices on 2 workers) was paho's
   ``select()`` past descriptor 1,023 in the workers (docs/hybrid.md); before its fix 100 x 1
   took 63.6 s and 1,856 steps.
@@ -40,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -76,20 +93,34 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (/proc), None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class PeakMemory:
-    """The peak of the summed RSS of this process and the run's workers."""
+    """The peak of the summed RSS of this process and the run's workers, and the CPU
+    seconds each worker had used when last seen (CPU per step moves less with the shared
+    machine's load than wall time does)."""
 
     def __init__(self, run: HybridRun) -> None:
         self.run, self.peak = run, 0.0
+        self.worker_cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        import os
-
         while not self._stop.wait(0.5):
             pids = [os.getpid()] + [w.pid for w in self.run.workers if w.pid]
             self.peak = max(self.peak, sum(rss_mib(pid) for pid in pids))
+            for pid in pids[1:]:
+                used = cpu_seconds(pid)
+                if used is not None:
+                    self.worker_cpu[pid] = used
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -103,12 +134,14 @@ class PeakMemory:
 def measure(devices: int, days: float, processes: int | None, quantum: float) -> None:
     processes = processes or math.ceil(devices / DEVICES_PER_PROCESS)
     began = time.monotonic()
+    cpu_began = time.process_time()
     with (
         HybridRun(scenario(devices, days), processes=processes, time_quantum=quantum) as run,
         PeakMemory(run) as mem,
     ):
         result = run.run()
     wall = time.monotonic() - began
+    coordinator_cpu = time.process_time() - cpu_began
     simulated = days * 86400
     per_device = mem.peak / devices
     outside = result.comparison[result.comparison["within"].eq(False)]
@@ -131,6 +164,13 @@ def measure(devices: int, days: float, processes: int | None, quantum: float) ->
         f"{1000 * w['links'] / max(1, run.steps):.0f} ms moving clocks and links, "
         f"{1000 * w['settle'] / max(1, run.steps):.0f} ms settling), "
         f"result {w['result']:.1f} s",
+        flush=True,
+    )
+    workers_cpu = sum(mem.worker_cpu.values())
+    print(
+        f"      CPU: coordinator (platform) {coordinator_cpu:.1f} s, workers {workers_cpu:.1f} s"
+        f" (whole run; load average now "
+        f"{Path('/proc/loadavg').read_text().split()[0]})",
         flush=True,
     )
     for name, row in outside.iterrows():
