@@ -29,13 +29,18 @@ every compared metric within its tolerance in every run:
 | 1,000 x 1 | 4 | before, right after it | 124.9 s | 24.7 s | 93.9 s | 65 ms | 6-10 |
 | 300 x 1 | 2 | before | 91.5 s | 41.8 s | 44.6 s | 31 ms | 3-7 |
 | 300 x 1 | 2 | after all three | 58.1 s | 17.5 s | 35.7 s | 25 ms | 8-9 |
+| 300 x 1 | 2 | before, quieter | 39.1 s | 7.7 s | 29.4 s | 20 ms | 4-5 |
+| 300 x 1 | 2 | after, right after it | 42.4 s | 7.8 s | 32.3 s | 22 ms | 5 |
 
 (a second run with the proxies as protocols, py-spy attached for 20 s: steps 177.7 s,
 123 ms a step; the "+ now()" run had another helper's server test suite beside it.) The
 pair run back to back on a quieter machine is the fairest comparison: steps 5 % faster,
 and the workers' CPU for the whole run 131.0 s against 145.6 s (-10 %; coordinator with
 the platform 67.4 s against 64.8 s). At 62 ms a step a week is ~10,080 x 62 ms = 625 s
-of steps, plus ~25 s of start and the result: about 11 minutes, not yet the 10. The week (``--full``) was not run
+of steps, plus ~25 s of start and the result: about 11 minutes, not yet the 10. At 300
+devices the step is latency, not CPU (a chain of round trips through a proxy and the
+platform), and the changes make no difference beyond the noise (20-22 ms either way);
+``sys.setswitchinterval(0.001)`` in the workers made it worse (23 ms against 20 ms). The week (``--full``) was not run
 here: the lead's quiet-machine run before these changes took 938.7 s (10,080 steps,
 ~85 ms a step, both cores full: 4 workers ~30 % of a core each, the platform ~50 %).
 Every grid minute is a step at 1,000 devices (1,378-1,388 of 1,440 for connectivity,
