@@ -6,12 +6,13 @@ import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, RowMapping, func, insert, not_, select, update
+from sqlalchemy import ColumnElement, Connection, RowMapping, func, not_, select
 
 from ..clock import Clock
 from ..domain.errors import NotFound
 from ..domain.tokens import TokenStatus
 from ..domain.workspaces import DEFAULT_WORKSPACE, SEPARATOR, device_key, key_prefix, named_device
+from ..store import statements
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import connection_events, devices, twin_property_states
 from .registration import RegistrationService, RegistrationToken
@@ -124,22 +125,16 @@ class DeviceService:
         """Connection state as the broker saw it (a takeover is a second connection with the
         same Device ID pushing out the first)."""
         t = to_epoch(self._clock.now())
-        values: dict[str, object] = {"connected": connected}
-        values["last_connected_at" if connected else "last_disconnected_at"] = t
-        if takeover:
-            values["connection_takeovers"] = devices.c.connection_takeovers + 1
-            values["last_takeover_at"] = t
+        if not connected:
+            change = statements.DEVICE_DISCONNECTED
+        else:
+            change = statements.DEVICE_TAKEN_OVER if takeover else statements.DEVICE_CONNECTED
+        event = {"b_device_id": device_id, "b_at": t, "b_connected": connected}
 
         def record(conn: Connection) -> None:
-            changed = conn.execute(
-                update(devices).where(devices.c.device_id == device_id).values(**values)
-            )
+            changed = conn.execute(change, {"b_device_id": device_id, "b_at": t})
             if changed.rowcount:  # only provisioned devices have a connection history
-                conn.execute(
-                    insert(connection_events).values(
-                        device_id=device_id, at=t, connected=connected, takeover=takeover
-                    )
-                )
+                conn.execute(statements.INSERT_CONNECTION_EVENT, {**event, "b_takeover": takeover})
 
         await self._db.write(record)
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
-from .schema import devices, mqtt_credentials, provisioning_operations, provisioning_tokens
+from .schema import (
+    connection_events,
+    devices,
+    mqtt_credentials,
+    provisioning_operations,
+    provisioning_tokens,
+)
 from .schema import registration_tokens as rt
 
 _op = provisioning_operations.c
@@ -97,3 +103,26 @@ DEVICE_EXISTS = select(devices.c.device_id).where(devices.c.device_id == bindpar
 INSERT_DEVICE = insert(devices)
 UPDATE_DEVICE = update(devices).where(devices.c.device_id == bindparam("b_device_id"))
 DEVICE_REGISTERED = UPDATE_DEVICE.values(registered_at=bindparam("b_now"))
+
+
+_dev = devices.c
+_connected_device = update(devices).where(_dev.device_id == bindparam("b_device_id"))
+DEVICE_CONNECTED = _connected_device.values(connected=True, last_connected_at=bindparam("b_at"))
+DEVICE_TAKEN_OVER = _connected_device.values(
+    connected=True,
+    last_connected_at=bindparam("b_at"),
+    connection_takeovers=_dev.connection_takeovers + 1,
+    last_takeover_at=bindparam("b_at"),
+)
+DEVICE_DISCONNECTED = _connected_device.values(
+    connected=False, last_disconnected_at=bindparam("b_at")
+)
+INSERT_CONNECTION_EVENT = insert(connection_events).values(
+    device_id=bindparam("b_device_id"),
+    at=bindparam("b_at"),
+    connected=bindparam("b_connected"),
+    takeover=bindparam("b_takeover"),
+)
+"""Every MQTT CONNECT and disconnect writes one of the three updates and the event (a
+hybrid run of 1,000 devices does ~10 a simulated minute, ~14,000 more at each refresh
+wave): built per call they were ~11 % of the platform's CPU there."""
