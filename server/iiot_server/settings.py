@@ -84,10 +84,13 @@ class Settings(msgspec.Struct, kw_only=True):
     """Seconds a device should wait between completion polls."""
     code_lookups_per_second: float = 1.0
     code_lookup_burst: float = 20.0
-    http_keep_alive_timeout: float = 5.0
+    http_keep_alive_timeout: float = 10.0
     """Seconds (real time: they guard sockets) an HTTP connection may sit idle after a
     response before the server closes it. Devices poll every ``poll_interval`` (2 s) and
-    so reuse their connection; a silent one should not hold a socket."""
+    so reuse their connection; a silent one should not hold a socket. Longer than httpx's
+    own 5 s (the SDK's, the admin client's): a client must drop an idle connection before
+    the server does, or a request sent as the server closes is reset (at 5 s both, a
+    1,000-device hybrid start lost approvals that way: ``ReadError: connection reset``)."""
     http_header_timeout: float = 10.0
     """Seconds a connection has, from opening (or from its first byte after a response),
     to finish a request's headers. uvicorn has none (its keep-alive timer is cancelled by
