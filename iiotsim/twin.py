@@ -44,8 +44,9 @@ import pandas as pd
 from .clock import ManualClock
 from .errors import HybridWorkerFailed, PlatformError
 from .platform import Platform
-from .sim import Scenario, SimulationResult, connection_intervals, draw_fleet, simulate
+from .sim import Scenario, SimulationResult, draw_fleet, simulate
 from .sim.distributions import sample
+from .sim.fit import intervals_from_events
 from .sim.technicians import next_working_time
 from .twin_worker import serve_worker
 
@@ -746,9 +747,8 @@ class HybridRun:
             )
         ]
         frame = pd.DataFrame(log, columns=["time", "device", "kind"])
-        intervals = connection_intervals(
-            self.platform.admin,
-            [self.device_id(i) for i in range(s.fleet_size)],
+        intervals = intervals_from_events(
+            records.connection_events({self.device_id(i) for i in range(s.fleet_size)}),
             until=self.clock.now(),
         )
         hybrid_online = online_per_bin(intervals, start, s.duration, s.timeline_resolution)
@@ -933,6 +933,16 @@ class _Records:
 
     def connects(self) -> int:
         return self._count("connection_events", "at", "connected")
+
+    def connection_events(self, device_ids: set[str]) -> pd.DataFrame:
+        """Every connect and disconnect of these devices (``device_id``, ``at``,
+        ``connected``), what :func:`iiotsim.sim.connection_intervals` reads over HTTP: in
+        one query instead of a request per device (1,000 devices: 8 of a week's 10 s of
+        result)."""
+        rows = self._query("SELECT device_id, at, connected FROM connection_events ORDER BY seq")
+        frame = pd.DataFrame(rows, columns=["device_id", "at", "connected"])
+        frame = frame[frame["device_id"].isin(device_ids)]
+        return frame.assign(at=pd.to_datetime(frame["at"], unit="s", utc=True))
 
     def operations(self) -> int:
         return self._count("provisioning_operations", "created_at")
