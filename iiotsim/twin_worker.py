@@ -225,7 +225,8 @@ def _start_devices(state: WorkerState, init: dict[str, Any], hub: Any, admin: ht
     def shown(device: _Device) -> Any:
         def on_operation(op: ProvisioningOperation) -> None:
             if state.setting_up:  # the fleet's first start: approved at once
-                _approve(admin, op.id)
+                answer = admin.post(f"/api/v1/provisioning-operations/{op.id}/approve", json={})
+                answer.raise_for_status()
                 return
             with state.lock:  # a lockout: the coordinator's technicians decide when
                 state.shown.append((op.id, device.index, epoch(state.clock.now())))
@@ -259,24 +260,6 @@ def _start_device(
         http_timeout=HTTP_TIMEOUT,
         backoff=Backoff(base=backoff["base"], cap=backoff["cap"], rng=random.Random(device.index)),
     )
-
-
-def _approve(admin: httpx.Client, operation_id: str, attempts: int = 3) -> None:
-    """Approve at once (the fleet's first start), again if the request was lost on the
-    way: a device whose approval is lost waits for it for good, and the start with it."""
-    for attempt in range(attempts):
-        try:
-            answer = admin.post(f"/api/v1/provisioning-operations/{operation_id}/approve", json={})
-        except httpx.TransportError:
-            if attempt == attempts - 1:
-                raise
-            continue
-        if answer.status_code == 409 and attempt > 0:  # the lost attempt had approved it
-            state = admin.get(f"/api/v1/provisioning-operations/{operation_id}")
-            if state.is_success and state.json().get("state") in ("approved", "completed"):
-                return
-        answer.raise_for_status()
-        return
 
 
 def _wait_connected(state: WorkerState, device: _Device) -> None:
