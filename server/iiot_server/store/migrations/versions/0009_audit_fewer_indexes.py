@@ -1,11 +1,11 @@
 """Fewer audit indexes (issue 15): keep the two the trail is read by, drop three.
 
 Each audited change writes its row in the change's own transaction, so every index on
-``audit_events`` is one more B-tree page written per request. Measured in-process (SQLite
-WAL, one UPDATE per transaction as a flow step): 15-20 µs without a row, ~100 µs with one
-and the five indexes of revision 0005, ~45 µs with none; the random-keyed ones (actor,
-request id) cost ~15 µs each. On a quiet machine the rows cost the provisioning benchmark
-11-22 % of its flows/s, over the issue's 10 %.
+``audit_events`` is one more B-tree page written per request. CPU per flow-step
+transaction (one UPDATE, SQLite WAL; ``benchmarks/audit_query.py``): 24.6 µs without an
+audit row, 84.8 µs with one and revision 0005's five indexes, 59.5 µs with two. In paired
+runs on a quiet machine the five cost the provisioning benchmark 11-22 % of its flows/s,
+over the issue's 10 % (``docs/audit.md``).
 
 Kept: ``(workspace_id, id)``, the listing's order and paging, and ``(workspace_id,
 target_id, id)``, a device's (or token's) history, "what did it do since". Dropped:
