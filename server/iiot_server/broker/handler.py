@@ -171,8 +171,14 @@ class IngestingHandler(BrokerProtocolHandler):
         self._pubacks = []
         self._packet_handlers = self._handlers()
         running_tasks: deque[asyncio.Task[None]] = deque()
-        # amqtt's broker ignores a read timeout (handle_read_timeout does nothing): kept so
-        keepalive = session.keep_alive if session.keep_alive > 0 else None
+        # MQTT 3.1.1 §3.1.2.10: no packet within one and a half times the keep-alive, and
+        # the server "MUST disconnect the Network Connection to the Client as if the
+        # network had failed" (so its Will goes out). amqtt's broker read with the bare
+        # keep-alive as timeout and ignored it (handle_read_timeout does nothing): a
+        # device whose network vanished without a FIN held its session, its place in
+        # the connection limit and its "connected" state forever. Real (network) time,
+        # not the platform's clock: it is the wire's timer, as the client's PINGREQ is.
+        keepalive = 1.5 * session.keep_alive if session.keep_alive > 0 else None
         buffer = bytearray()
         first = True
         while True:
@@ -190,8 +196,12 @@ class IngestingHandler(BrokerProtocolHandler):
                     async with asyncio.timeout(keepalive):
                         chunk = await reader.read_some(READ_SIZE)
                 except TimeoutError:
-                    self.handle_read_timeout()
-                    continue
+                    log.info(
+                        "%s: nothing received in 1.5 x its keep-alive (%.0f s): closing",
+                        session.client_id,
+                        keepalive,
+                    )
+                    break
                 if not chunk:
                     log.debug("%s: EOF, reader stopping", session.client_id)
                     break
