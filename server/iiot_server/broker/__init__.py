@@ -13,6 +13,8 @@ from .plugins import BROKERS
 from .server import PlatformBroker
 
 # amqtt and its state machine log every packet at INFO; keep them to warnings.
+log = logging.getLogger(__name__)
+
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -25,7 +27,15 @@ _PLUGINS = (
 
 async def start_broker(services: Services, host: str, port: int) -> PlatformBroker:
     """Start the broker on ``host:port`` (0 = a free port) in the running event loop and
-    tell registration which port devices should use."""
+    tell registration which port devices should use. Connections the database still
+    shows from before are recorded as ended first (a broker starts with none)."""
+    stale = await services.devices.record_all_disconnected()
+    if stale:
+        log.warning(
+            "%d devices were still recorded connected (the platform ended without"
+            " recording it): recorded disconnected now",
+            len(stale),
+        )
     if services.settings.mqtt_broker == "mosquitto":
         return await _start_mosquitto(services, host, port)  # type: ignore[return-value]
     name = str(uuid.uuid4())

@@ -138,6 +138,34 @@ class DeviceService:
 
         await self._db.write(record)
 
+    async def record_all_disconnected(self) -> builtins.list[str]:
+        """Record every device the database still shows connected as disconnected now;
+        returns their Device IDs (keys). Called as a broker starts: a broker that has
+        just started has no connection, so any the database shows are left from a
+        platform that ended without recording them (killed, or its mosquitto child
+        crashed). Without this such a device stayed "connected" until it came back, and
+        forever if it never did. One platform process runs one broker (docs/scaling.md);
+        a clustered broker would scope this to its node."""
+        t = to_epoch(self._clock.now())
+        c = devices.c
+
+        def record(conn: Connection) -> list[str]:
+            stale = [r[0] for r in conn.execute(select(c.device_id).where(c.connected.is_(True)))]
+            for device_id in stale:
+                conn.execute(statements.DEVICE_DISCONNECTED, {"b_device_id": device_id, "b_at": t})
+                conn.execute(
+                    statements.INSERT_CONNECTION_EVENT,
+                    {
+                        "b_device_id": device_id,
+                        "b_at": t,
+                        "b_connected": False,
+                        "b_takeover": False,
+                    },
+                )
+            return stale
+
+        return await self._db.write(record)
+
     async def connection_events(
         self, device_id: str, *, after: int = 0, limit: int = 1000
     ) -> builtins.list[ConnectionEvent]:
