@@ -146,6 +146,39 @@ class PeakMemory:
         self._thread.join()
 
 
+class StepsCpu:
+    """CPU seconds (coordinator with the platform; workers) between the first step's end
+    and the last's, read from /proc at the run's progress calls: the steps alone, without
+    the start's provisioning (the whole run's figure mixes both)."""
+
+    def __init__(self, run: HybridRun) -> None:
+        self.run = run
+        self.first: tuple[int, float, float] | None = None
+        self.last: tuple[int, float, float] | None = None
+
+    def _now(self) -> tuple[int, float, float]:
+        workers = sum(cpu_seconds(w.pid) or 0.0 for w in self.run.workers if w.pid)
+        return self.run.steps, time.process_time(), workers
+
+    def progress(self, done: float, total: float) -> None:
+        if done <= 0:
+            return
+        if self.first is None:
+            self.first = self._now()
+        elif done >= total:
+            self.last = self._now()
+
+    def per_step_ms(self) -> tuple[float, float] | None:
+        """Milliseconds of CPU a step, coordinator and workers (all of them together)."""
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None
+        steps = self.last[0] - self.first[0]
+        return (
+            1000 * (self.last[1] - self.first[1]) / steps,
+            1000 * (self.last[2] - self.first[2]) / steps,
+        )
+
+
 def measure(devices: int, days: float, processes: int | None, quantum: float) -> None:
     processes = processes or math.ceil(devices / DEVICES_PER_PROCESS)
     began = time.monotonic()
@@ -154,7 +187,8 @@ def measure(devices: int, days: float, processes: int | None, quantum: float) ->
         HybridRun(scenario(devices, days), processes=processes, time_quantum=quantum) as run,
         PeakMemory(run) as mem,
     ):
-        result = run.run()
+        steps_cpu = StepsCpu(run)
+        result = run.run(progress=steps_cpu.progress)
     wall = time.monotonic() - began
     coordinator_cpu = time.process_time() - cpu_began
     simulated = days * 86400
@@ -188,6 +222,13 @@ def measure(devices: int, days: float, processes: int | None, quantum: float) ->
         f"{Path('/proc/loadavg').read_text().split()[0]})",
         flush=True,
     )
+    per_step = steps_cpu.per_step_ms()
+    if per_step is not None:
+        print(
+            f"      CPU a step (steps only): coordinator (platform) {per_step[0]:.1f} ms, "
+            f"workers {per_step[1]:.1f} ms",
+            flush=True,
+        )
     for name, row in outside.iterrows():
         print(
             f"      {name}: hybrid {row['hybrid']:.4g}, simulator {row['simulator']:.4g}, "
