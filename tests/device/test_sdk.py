@@ -3,12 +3,15 @@ platform and the devices sharing one ManualClock."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -418,3 +421,66 @@ def test_new_messages_do_not_cut_the_reconnect_backoff_short(
             device.close()
     finally:
         platform.stop()
+
+
+def test_a_device_retrying_a_refused_broker_reads_the_environment_for_a_proxy_once(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paho looks up a proxy in the environment at every connect (urllib scans it twice:
+    ~220 of the ~260 us of CPU a refused attempt cost); the device asks once per host."""
+    lookups: list[str] = []
+    original = urllib.request.getproxies
+
+    def counted() -> dict[str, str]:
+        lookups.append("getproxies")
+        return original()
+
+    monkeypatch.setattr(urllib.request, "getproxies", counted)
+    with socket.socket() as refusing:  # bound, never listening: every connect is refused
+        refusing.bind(("127.0.0.1", 0))
+        device = start_device(
+            platform,
+            clock,
+            pt,
+            tmp_path / "d.db",
+            device_id="sdk-proxy-1",
+            mqtt_address=refusing.getsockname(),
+        )
+        try:
+            assert run_clock_until(clock, lambda: device.connection_attempts >= 5)
+            assert device.status is Status.OFFLINE
+            assert isinstance(device.last_error, ConnectionRefusedError)
+            assert lookups == ["getproxies"]
+        finally:
+            device.close()
+
+
+def test_an_mqtt_proxy_in_the_environment_is_used_at_every_attempt(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked once, the proxy is still paho's choice (``mqtt_proxy``, as paho reads it),
+    and every later attempt goes through it."""
+    requests: list[bytes] = []
+    with socket.socket() as proxy:  # an HTTP proxy that reads the CONNECT and hangs up
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        proxy.settimeout(0.2)
+        monkeypatch.setenv("mqtt_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        device = start_device(platform, clock, pt, tmp_path / "d.db", device_id="sdk-proxy-2")
+        try:
+
+            def proxied_twice() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    accepted, _ = proxy.accept()
+                    with accepted:
+                        accepted.settimeout(5)
+                        requests.append(accepted.recv(4096))
+                return len(requests) >= 2
+
+            assert run_clock_until(clock, proxied_twice)
+            port = platform.mqtt_port
+            assert all(
+                r.startswith(f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode()) for r in requests
+            )
+        finally:
+            device.close()
