@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -245,6 +246,49 @@ def test_mosquitto_exits_when_the_platform_process_is_killed(tmp_path: Path) -> 
         child.wait()
 
 
+def test_a_mosquitto_that_dies_is_started_again_and_everything_works_after_it(
+    platform: Platform, devices: list[Device]
+) -> None:
+    reg = provision(platform, "crash-0001")
+    device = Device(platform, reg.device_id, reg.password)
+    devices.append(device)
+    assert device.connect() == 0
+    assert wait_for(lambda: platform.admin.get_device(reg.device_id).connected)
+    broker = platform.services.broker
+    dead = broker.process.pid
+    device.connected.clear()
+    os.kill(dead, signal.SIGKILL)  # an OOM kill, a crash: not the platform's doing
+    assert device.disconnected.wait(WAIT)
+    # started again; the device's own paho reconnects to it (its retry, 1-2 s)
+    assert wait_for(lambda: broker.process.pid not in (None, dead), 30)
+    assert broker.restarts == 1
+    assert device.connected.wait(30), "the device did not get back in"
+    # the end of its first connection is recorded, then the new one
+    assert wait_for(
+        lambda: (
+            [
+                e["connected"]
+                for e in httpx.get(
+                    f"{platform.http_url}/api/v1/devices/{reg.device_id}/connections",
+                    headers={"Authorization": f"Bearer {platform.admin_key}"},
+                    timeout=WAIT,
+                ).json()
+            ]
+            == [True, False, True]
+        )
+    )
+    # ingest runs again (the platform's persistent session reconnected)
+    device.publish(f"devices/{reg.device_id}/messages/probe/mid=after-1", b"after", qos=1)
+    assert wait_for(lambda: "after-1" in _stored_ids(platform, reg.device_id))
+    # control runs again (dynamic security over the admin link): a revocation still kicks
+    device.disconnected.clear()
+    platform.admin.revoke_device(reg.device_id)
+    assert device.disconnected.wait(WAIT)
+    again = Device(platform, reg.device_id, reg.password)
+    devices.append(again)
+    assert again.connect() != 0
+
+
 def test_serve_with_broker_mosquitto_runs_and_stops_it(tmp_path: Path) -> None:
     from ..server.test_standalone import start_until_ready
 
@@ -305,9 +349,15 @@ def test_tls_serves_native_devices_and_refuses_the_iot_hub_dialect(
 
 def test_register_with_mosquitto_gone_is_a_503_not_a_500(platform: Platform) -> None:
     reg = provision(platform, "gone-0001")
-    platform.services.broker.process.stop()  # mosquitto is gone (the platform is not)
-    with httpx.Client(base_url=platform.http_url, timeout=60) as http:
-        answer = http.put("/devices/register", headers={"Authorization": f"DeviceToken {reg.rt}"})
+    process = platform.services.broker.process
+    process.stop()  # mosquitto is gone (the platform is not) ...
+    # ... and stays gone: its port taken, so the platform's restarts fail (0.5 s, 1 s, ...)
+    with socket.create_server((process.host, process.port)) as squatter:
+        with httpx.Client(base_url=platform.http_url, timeout=60) as http:
+            answer = http.put(
+                "/devices/register", headers={"Authorization": f"DeviceToken {reg.rt}"}
+            )
+        squatter.close()
     assert answer.status_code == 503, answer.text
     assert answer.json()["type"] == "/problems/serviceUnavailable"
 

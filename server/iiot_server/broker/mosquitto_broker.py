@@ -56,7 +56,9 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import re
+import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
@@ -139,6 +141,18 @@ class _DeviceClient:
 
     token_id: str
     expiry: asyncio.Task[None] | None = None
+
+
+RESTART_DELAY_FIRST = 0.5
+"""Seconds before the first restart of a mosquitto that exited; doubled at each exit that
+follows within :data:`RESTART_STABLE` seconds of its start, up to :data:`RESTART_DELAY_MAX`
+(a mosquitto that cannot start is retried, not spun)."""
+RESTART_DELAY_MAX = 30.0
+RESTART_STABLE = 60.0
+RESTART_TIMEOUT = 10.0
+_BROKER_EXITED = "\x00mosquitto exited"
+"""Put in the connection-log queue when mosquitto exits: its devices' disconnects are
+recorded after every log line it sent before, in order."""
 
 
 class _Link:
@@ -224,6 +238,9 @@ class MosquittoBroker:
         """Client ids taken over whose newcomer's connect line is still to come: the peer
         of the session pushed out."""
         self._connections_task: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self.restarts = 0
+        """Times mosquitto exited on its own and was started again."""
         self._listeners: list[tuple[str, Any]] = [
             ("registration_ended", self._on_registration_ended),
             ("registration_superseded", self._on_registration_superseded),
@@ -267,13 +284,57 @@ class MosquittoBroker:
                 timeout=CONNECT_TIMEOUT,
             )
             await self._subscriber.start(self.process.internal_host, self.process.internal_port)
+            self._supervisor = asyncio.create_task(self._supervise(), name="iiot-mosquitto")
         except BaseException:
             await self.shutdown()
             raise
 
+    async def _supervise(self) -> None:
+        """Start mosquitto again whenever it exits on its own (a crash, an OOM kill, a
+        stray ``kill``): until then no device can connect and nothing is ingested. The
+        platform's own connections (the admin link and the ingest session) reconnect by
+        themselves; devices too (their SDKs retry). Their connections ended with the old
+        process, which can no longer log it: recorded here, in log order."""
+        delay = RESTART_DELAY_FIRST
+        while True:
+            process, started = self.process.process, time.monotonic()
+            if process is not None:
+                await _exited(process.pid)
+                process.wait()
+                code = process.returncode
+            else:
+                code = None
+            if time.monotonic() - started > RESTART_STABLE:
+                delay = RESTART_DELAY_FIRST
+            self.restarts += 1
+            log.error(
+                "mosquitto exited (code %s): starting it again in %.1f s (log: %s)",
+                code,
+                delay,
+                self.process.log_file,
+            )
+            self._connections.put_nowait(_BROKER_EXITED)
+            admin = self._admin
+            if admin is not None:  # reconnected first, below: see the connection log
+                await asyncio.get_running_loop().run_in_executor(None, admin.stop)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RESTART_DELAY_MAX)
+            try:
+                async with asyncio.timeout(RESTART_TIMEOUT):
+                    await self.process.restart()
+                    if admin is not None:
+                        # at once, before the devices' retries (a second or more): their
+                        # connect lines reach the platform only once it subscribes again
+                        await admin.start(self.process.internal_host, self.process.internal_port)
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                log.error("mosquitto did not start again: %s", exc)
+
     async def shutdown(self) -> None:
         """Stop ingesting (what is not committed stays unacknowledged in mosquitto's queue
         for the platform's session), then stop mosquitto (SIGTERM: it saves that queue)."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         for event, listener in self._listeners:
             self.services.events.unsubscribe(event, listener)
         if self.services.registration.on_mqtt_password == self.set_device_password:
@@ -486,7 +547,12 @@ class MosquittoBroker:
         while True:
             line = await self._connections.get()
             try:
-                if match := _TAKEOVER.search(line):
+                if line == _BROKER_EXITED:
+                    self._peers.clear()
+                    self._taken_over.clear()
+                    ended = await self.services.devices.record_all_disconnected()
+                    log.warning("mosquitto exited: %d devices recorded disconnected", len(ended))
+                elif match := _TAKEOVER.search(line):
                     client_id = match.group(1)
                     # the newcomer's address comes with its connect line, next
                     self._taken_over[client_id] = self._peers.get(client_id)
@@ -635,3 +701,25 @@ class MosquittoBroker:
         answer = await self.services.twins.device_request(device_id, reported, payload)
         if answer is not None:
             self._publish(twin_topic(device_id, "res"), answer)
+
+
+async def _exited(pid: int) -> None:
+    """Returns when process ``pid`` (a child) has exited, woken by the kernel through a
+    pidfd (Linux 5.3), without polling and without holding a thread."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

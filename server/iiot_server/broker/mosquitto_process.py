@@ -25,8 +25,8 @@ the platform died between ``fork`` and ``prctl``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
 import ctypes
 import hashlib
 import json
@@ -265,12 +265,39 @@ class MosquittoProcess:
     def start(self, timeout: float = 10.0) -> MosquittoProcess:
         """Write the files and start mosquitto; returns once its port accepts connections.
         Call it from the thread whose end should stop mosquitto (the platform's loop)."""
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.listening():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout} s")
+
+    async def restart(self) -> None:
+        """Start mosquitto again after it exited, on the same ports and files (its devices
+        are in the dynamic-security file, the platform's queue in its persistence file);
+        returns once it listens (bound it with ``asyncio.timeout``). Call it in the
+        platform's loop: its thread is the one whose end stops mosquitto."""
+        self.spawn()
+        try:
+            while not self.listening():
+                await asyncio.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
+
+    def spawn(self) -> None:
+        """Write the files and start the mosquitto process (not waiting for its port)."""
         binary = mosquitto_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         if self.port == 0:
             self.port = free_port(self.host)
-        self.internal_port = self.port if self.tls_cert is None else free_port("127.0.0.1")
+        if self.tls_cert is None:
+            self.internal_port = self.port
+        elif self.internal_port in (0, self.port):  # chosen once: a restart keeps it
+            self.internal_port = free_port("127.0.0.1")
         prepare_dynsec_file(self.dynsec_file, self.credentials.password)
         _write_private(
             self.directory / "platform-credentials.json",
@@ -293,23 +320,24 @@ class MosquittoProcess:
         finally:
             os.close(stderr)
         (self.directory / "mosquitto.pid").write_text(f"{self.process.pid}\n")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = (self.directory / "mosquitto.stderr").read_text(errors="replace")
-                raise RuntimeError(
-                    f"mosquitto exited with {self.process.returncode}: {err.strip()} "
-                    f"(log: {self.log_file})"
-                )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), 0.2),
-            ):
-                log.info("mosquitto (pid %d) on %s:%d", self.process.pid, self.host, self.port)
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} in {timeout} s")
+
+    def listening(self) -> bool:
+        """Whether mosquitto accepts connections on its port; RuntimeError if it exited."""
+        if self.process is None:
+            raise RuntimeError("mosquitto is not running")
+        if self.process.poll() is not None:
+            err = (self.directory / "mosquitto.stderr").read_text(errors="replace")
+            raise RuntimeError(
+                f"mosquitto exited with {self.process.returncode}: {err.strip()} "
+                f"(log: {self.log_file})"
+            )
+        try:
+            with socket.create_connection((self.host, self.port), 0.2):
+                pass
+        except OSError:
+            return False
+        log.info("mosquitto (pid %d) on %s:%d", self.process.pid, self.host, self.port)
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (mosquitto saves its persistence file), then SIGKILL after ``timeout``."""
