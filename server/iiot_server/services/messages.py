@@ -98,20 +98,23 @@ class MessageService:
             return await self._db.write(insert_many)
 
         def insert(conn: Connection) -> int:
-            stored = 0
-            for m in batch:  # one statement each: rowcount tells new from duplicate
-                result = conn.execute(
-                    self._insert,
+            # PostgreSQL: one executemany; SQLAlchemy sends it as multi-row INSERTs
+            # ("insertmanyvalues", up to 1,000 rows a statement) and RETURNING gives a row
+            # per message stored, none for a duplicate. It was one statement per message.
+            result = conn.execute(
+                self._insert,
+                [
                     {
                         "device_id": m.device_id,
                         "stream": m.stream,
                         "message_id": m.message_id,
                         "payload": m.payload,
                         "received_at": to_epoch(m.received_at),
-                    },
-                )
-                stored += len(result.all()) if result.returns_rows else max(0, result.rowcount)
-            return stored
+                    }
+                    for m in batch
+                ],
+            )
+            return len(result.all()) if result.returns_rows else max(0, result.rowcount)
 
         return await self._db.write(insert)
 
