@@ -68,6 +68,11 @@ class ManualClock:
         self._idle_changes = 0
         """Times a wait became idle or stopped being idle."""
         self._became_idle = threading.Condition(self._lock)
+        self._idle_targets: list[int] = []
+        """What each :meth:`wait_idle` in progress waits for; a wait becoming idle wakes
+        them only once the smallest is reached. Woken at every one, a hybrid worker's
+        main thread came back ~30 times a step to find its 250 not yet idle, each time
+        taking the GIL from the devices at work."""
         self._plain_waits = 0
         """Waits on an event that cannot tell when it is set (a plain
         :class:`threading.Event`): their idleness is read when asked."""
@@ -124,18 +129,22 @@ class ManualClock:
         thread."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
-                while self._idle_count() < threads:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+            self._idle_targets.append(threads)
+            try:
+                while True:
+                    while self._idle_count() < threads:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        self._became_idle.wait(min(left, 0.05) if self._plain_waits else left)
+                    seen = self._idle_changes
+                    self._became_idle.wait(quiet)
+                    if self._idle_changes == seen and self._idle_count() >= threads:
+                        return True
+                    if time.monotonic() > deadline:
                         return False
-                    self._became_idle.wait(min(left, 0.05) if self._plain_waits else left)
-                seen = self._idle_changes
-                self._became_idle.wait(quiet)
-                if self._idle_changes == seen and self._idle_count() >= threads:
-                    return True
-                if time.monotonic() > deadline:
-                    return False
+            finally:
+                self._idle_targets.remove(threads)
 
     def waiting_threads(self) -> frozenset[str]:
         """Names of the threads blocked in :meth:`wait` now (a stuck hybrid step names the
@@ -201,7 +210,10 @@ class ManualClock:
                 w.idle = True
                 self._idle += 1
                 self._idle_changes += 1
-                self._became_idle.notify_all()
+                # a wait_idle needs waking once its count is reached (in its quiet period
+                # it compares _idle_changes when the period ends)
+                if self._idle_targets and self._idle >= min(self._idle_targets):
+                    self._became_idle.notify_all()
             elif plain:
                 self._became_idle.notify_all()  # a plain wait's idleness is read when asked
 

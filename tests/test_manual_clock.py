@@ -98,6 +98,38 @@ def test_wait_idle_times_out_while_a_thread_is_busy() -> None:
     assert not clock.wait_idle(2, timeout=0.05)  # the second thread never waits
 
 
+def test_wait_idle_is_not_woken_by_each_wait_before_its_count() -> None:
+    """A hybrid worker's settle waits for its 250 devices: woken by each device that
+    began waiting, it took the GIL from the others ~30 times a step for nothing."""
+    from iiot_device.clock import WakeEvent
+
+    clock = ManualClock()
+    wakes: list[float | None] = []
+    condition = clock._became_idle
+    original = condition.wait
+
+    def counted(timeout: float | None = None) -> bool:
+        wakes.append(timeout)
+        return original(timeout)
+
+    condition.wait = counted  # type: ignore[method-assign]
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(clock.wait_idle(20, timeout=10)))
+    waiter.start()
+    events = [WakeEvent() for _ in range(20)]
+    for event in events:  # one at a time, each waiting before the next starts
+        seen = clock.idle_threads
+        _waiting(clock, 60, event)
+        while clock.idle_threads == seen:
+            threading.Event().wait(0.001)
+    waiter.join(10)
+    assert result == [True]
+    # woken once the 20th began waiting, then its quiet period (not 20 wake-ups)
+    assert len(wakes) <= 3, wakes
+    for event in events:
+        event.set()
+
+
 def test_wait_idle_wakes_when_the_last_thread_begins_waiting() -> None:
     clock = ManualClock()
     released = threading.Event()
