@@ -14,7 +14,6 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from iiotsim.clock import ManualClock
@@ -64,9 +63,5 @@ def test_devices_connected_when_the_platform_was_killed_are_recorded_disconnecte
         device = platform.admin.get_device("kill-0001")
         assert not device.connected
         assert device.last_disconnected_at == restarted_at
-        events = httpx.get(
-            f"{platform.http_url}/api/v1/devices/kill-0001/connections",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=WAIT,
-        ).json()
-        assert [e["connected"] for e in events] == [True, False]
+        events = platform.admin.list_device_connections("kill-0001")
+        assert [e.connected for e in events] == [True, False]

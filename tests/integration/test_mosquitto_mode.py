@@ -266,14 +266,7 @@ def test_a_mosquitto_that_dies_is_started_again_and_everything_works_after_it(
     # the end of its first connection is recorded, then the new one
     assert wait_for(
         lambda: (
-            [
-                e["connected"]
-                for e in httpx.get(
-                    f"{platform.http_url}/api/v1/devices/{reg.device_id}/connections",
-                    headers={"Authorization": f"Bearer {platform.admin_key}"},
-                    timeout=WAIT,
-                ).json()
-            ]
+            [e.connected for e in platform.admin.list_device_connections(reg.device_id)]
             == [True, False, True]
         )
     )
