@@ -62,6 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-cert", default=None, help="PEM certificate (chain) to serve")
     parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--message-retention-days",
+        type=float,
+        default=None,
+        help="delete device messages older than this (default: keep them all)",
+    )
+    parser.add_argument(
+        "--connection-history-retention-days",
+        type=float,
+        default=None,
+        help="delete devices' connection history older than this (default: keep it all)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +147,10 @@ def serve(
             mqtt_enabled=not args.no_mqtt,
             mqtt_broker=getattr(args, "broker", "amqtt"),
             mosquitto_dir=str(data_dir / "mosquitto"),
+            message_retention=_days(getattr(args, "message_retention_days", None)),
+            connection_history_retention=_days(
+                getattr(args, "connection_history_retention_days", None)
+            ),
         )
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -177,6 +193,10 @@ def serve(
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl+C: stop now
     runner.stop()
     return 0
+
+
+def _days(days: float | None) -> float | None:
+    return None if days is None else days * 86400.0
 
 
 if __name__ == "__main__":

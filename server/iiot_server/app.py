@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -99,14 +100,20 @@ def create_app(
             if settings.mqtt_enabled:
                 broker = await start_broker(services, settings.mqtt_host, settings.mqtt_port)
             services.broker = broker
+            retention: asyncio.Task[None] | None = None
             try:
                 # rollouts whose devices timed out while the platform was down, judged and
                 # their timers armed once the broker can push what an advance changes
                 await services.fleet.start_rollout_timers()
+                if services.retention.enabled:
+                    retention = asyncio.create_task(services.retention.run(), name="iiot-retention")
                 for hook in on_ready or []:
                     await hook(services)
                 yield
             finally:
+                if retention is not None:
+                    retention.cancel()
+                    await asyncio.gather(retention, return_exceptions=True)
                 for hook in on_shutdown or []:
                     await hook(services)
                 if broker is not None:

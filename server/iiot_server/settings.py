@@ -149,6 +149,15 @@ class Settings(msgspec.Struct, kw_only=True):
     hour opens ~83 per 10 minutes."""
     leak_provisioning_factor: float = 5.0
 
+    message_retention: float | None = None
+    """Seconds a device message is kept after it was received; None: for ever. Pruned at
+    start and hourly on the platform's clock (``services/retention.py``). Env
+    ``IIOT_MESSAGE_RETENTION``, ``--message-retention-days``."""
+    connection_history_retention: float | None = None
+    """Seconds devices' connects and disconnects (``/devices/{id}/connections``) are kept;
+    None: for ever. Env ``IIOT_CONNECTION_HISTORY_RETENTION``,
+    ``--connection-history-retention-days``."""
+
     @property
     def tls(self) -> bool:
         """Whether the listeners speak TLS."""
@@ -168,6 +177,10 @@ class Settings(msgspec.Struct, kw_only=True):
             if response not in allowed_responses(kind):
                 choices = ", ".join(r.value for r in allowed_responses(kind))
                 raise SettingsError(f"leak_response_{kind.value} must be one of {choices}")
+        for name in ("message_retention", "connection_history_retention"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # NaN too
+                raise SettingsError(f"{name} must be a number of seconds above 0, or unset")
         # A key without the prefix would be stored, then refused on every request
         # ("expected an API key (ak_…)"): refuse it here, where the operator sees why.
         if self.admin_key is not None and not self.admin_key.startswith("ak_"):
@@ -186,6 +199,9 @@ class Settings(msgspec.Struct, kw_only=True):
             values["database_url"] = url
         if key := os.environ.get("IIOT_SAS_SIGNING_KEY"):
             values["sas_signing_key"] = key
+        for name in ("message_retention", "connection_history_retention"):
+            if seconds := os.environ.get(f"IIOT_{name.upper()}"):
+                values[name] = _seconds(f"IIOT_{name.upper()}", seconds)
         for kind in AlertKind:
             if response := os.environ.get(f"IIOT_LEAK_RESPONSE_{kind.value.upper()}"):
                 values[f"leak_response_{kind.value}"] = response
@@ -194,3 +210,10 @@ class Settings(msgspec.Struct, kw_only=True):
             return msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:  # __post_init__'s SettingsError, wrapped
             raise SettingsError(str(exc).removesuffix(" - at `$`")) from None
+
+
+def _seconds(variable: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingsError(f"{variable} must be a number of seconds, not {text!r}") from None

@@ -24,6 +24,7 @@ from .limits import DeviceApiLimits
 from .messages import MessageService
 from .provisioning import ProvisioningService
 from .registration import RegistrationService
+from .retention import RetentionService
 from .twin import TwinService
 from .workspaces import WorkspaceService
 
@@ -47,6 +48,8 @@ class Services:
     workspaces: WorkspaceService
     alerts: AlertService
     """Leak detection: rules fed by the broker and the device API (``services/alerts.py``)."""
+    retention: RetentionService
+    """Deletes messages and connection history past their retention (off by default)."""
     broker: Any = None
     """The embedded MQTT broker (``iiot_server.broker.PlatformBroker``) once started."""
 
@@ -81,6 +84,7 @@ class Services:
             cloud_to_device=CloudToDeviceService(db, clock, events),
             workspaces=WorkspaceService(db, clock),
             alerts=alerts,
+            retention=RetentionService(db, clock, settings),
         )
 
     async def delete_workspace(self, workspace_id: str) -> None:
