@@ -531,14 +531,7 @@ class RegistrationService:
         digest = hash_secret(password)
 
         def find(conn: Connection) -> RegistrationToken | None:
-            row = conn.execute(
-                select(registration_tokens)
-                .join(
-                    mqtt_credentials,
-                    mqtt_credentials.c.registration_token_id == registration_tokens.c.id,
-                )
-                .where(mqtt_credentials.c.secret_hash == digest)
-            ).first()
+            row = conn.execute(sql.TOKEN_OF_MQTT_PASSWORD, {"b_hash": digest}).first()
             return None if row is None else _rt(row._mapping)
 
         token = await self._db.read(find)

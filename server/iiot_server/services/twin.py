@@ -26,6 +26,7 @@ from ..domain.fleet import ConfiguredLayer, layer_change
 from ..domain.twin import JSON, changes_since, merge_patch, validate_patch, with_version
 from ..domain.workspaces import named_device, split_device_key
 from ..events import PlatformEvents
+from ..store import statements
 from ..store.database import Database, from_epoch, from_epoch_required, to_epoch
 from ..store.schema import desired_patches, devices, twin_property_states, twins
 from .audit import record_audit
@@ -402,14 +403,11 @@ def _row(conn: Connection, device_id: str, *, create: bool) -> dict[str, Any]:
     one overwriting the other. On SQLite the loop runs one transaction at a time anyway; on
     PostgreSQL units of work run on several threads, and 50 reported patches sent at once
     kept 12-15 of them without the lock (tests/integration/test_messages.py)."""
-    query = select(twins).where(twins.c.device_id == device_id)
-    if create:
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    query = statements.LOCK_TWIN if create else statements.SELECT_TWIN
+    row = conn.execute(query, {"b_device_id": device_id}).first()
     if row is not None:
         return dict(row._mapping)
-    device = select(devices.c.device_id).where(devices.c.device_id == device_id)
-    if conn.execute(device).first() is None:
+    if conn.execute(statements.DEVICE_EXISTS, {"b_device_id": device_id}).first() is None:
         raise NotFound(f"no device {named_device(device_id)}", field="deviceId")
     if not create:
         return {"device_id": device_id, **_EMPTY}
@@ -422,7 +420,7 @@ def _row(conn: Connection, device_id: str, *, create: bool) -> dict[str, Any]:
     # come back with a new device of the same Device ID
     tps = twin_property_states.c
     conn.execute(delete(twin_property_states).where(tps.device_id == device_id))
-    return dict(conn.execute(query).one()._mapping)
+    return dict(conn.execute(query, {"b_device_id": device_id}).one()._mapping)
 
 
 def _section(m: dict[str, Any] | RowMapping, name: str) -> TwinSection:

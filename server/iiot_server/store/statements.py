@@ -17,6 +17,7 @@ from .schema import (
     mqtt_credentials,
     provisioning_operations,
     provisioning_tokens,
+    twins,
 )
 from .schema import registration_tokens as rt
 
@@ -72,6 +73,12 @@ SELECT_PROVISIONING_TOKEN = select(provisioning_tokens).where(
 
 INSERT_REGISTRATION_TOKEN = insert(rt)
 FIND_REGISTRATION_TOKEN = select(rt).where(rt.c.secret_hash == bindparam("b_hash"))
+TOKEN_OF_MQTT_PASSWORD = (
+    select(rt)
+    .join(mqtt_credentials, mqtt_credentials.c.registration_token_id == rt.c.id)
+    .where(mqtt_credentials.c.secret_hash == bindparam("b_hash"))
+)
+"""Every MQTT CONNECT's credential check."""
 LOCK_REGISTRATION_TOKEN = FIND_REGISTRATION_TOKEN.with_for_update()
 """A refresh reads the token, decides (first refresh or retry) and writes: simultaneous
 refreshes of one token queue on its row (PostgreSQL; SQLite runs one at a time anyway)."""
@@ -126,3 +133,9 @@ INSERT_CONNECTION_EVENT = insert(connection_events).values(
 """Every MQTT CONNECT and disconnect writes one of the three updates and the event (a
 hybrid run of 1,000 devices does ~10 a simulated minute, ~14,000 more at each refresh
 wave): built per call they were ~11 % of the platform's CPU there."""
+
+SELECT_TWIN = select(twins).where(twins.c.device_id == bindparam("b_device_id"))
+LOCK_TWIN = SELECT_TWIN.with_for_update()
+"""Every MQTT CONNECT's twin request reads the twin (and, for a device without one, that
+the device exists) twice: built per call, these and the credential check cost ~0.5 ms of
+the platform's CPU per reconnect (~5 a step in a 1,000-device hybrid run)."""
