@@ -170,3 +170,48 @@ def test_a_message_that_comes_before_the_suback_is_acknowledged() -> None:
         assert b"\x40\x02\x00\x07" in sent, f"no PUBACK for packet 7 in {bytes(sent)!r}"
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("answers_pings", [False, True])
+def test_a_broker_that_stops_answering_pings_is_left_and_connected_again(
+    answers_pings: bool,
+) -> None:
+    """A scripted broker answers CONNECT and SUBSCRIBE, then PINGREQs or nothing (a stopped
+    mosquitto, a half-open link). With a 1 s keep-alive the subscriber pings every 0.5 s;
+    a ping unanswered by the next tick ends the connection and a new one is made."""
+
+    async def main() -> None:
+        connections: list[bytearray] = []
+
+        async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen = bytearray()
+            connections.append(seen)
+            await reader.read(1024)  # CONNECT
+            writer.write(b"\x20\x02\x00\x00")  # CONNACK
+            seen.extend(await reader.read(1024))  # SUBSCRIBE
+            writer.write(b"\x90\x03\x00\x01\x01")  # SUBACK
+            while data := await reader.read(1024):
+                seen.extend(data)
+                if answers_pings and b"\xc0\x00" in data:
+                    writer.write(b"\xd0\x00")  # PINGRESP
+            writer.close()
+
+        server = await asyncio.start_server(broker, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        subscriber = PersistentSubscriber(
+            "t", ("u", "p"), ["devices/+/messages/#"], lambda *m: None, keepalive=1
+        )
+        await subscriber.start("127.0.0.1", port)
+        try:
+            if answers_pings:
+                # four ping intervals answered: still the first connection
+                await until(lambda: connections[0].count(b"\xc0\x00") >= 4, "four pings")
+                assert len(connections) == 1
+            else:
+                await until(lambda: len(connections) == 2, "a second connection")
+                assert connections[0].count(b"\xc0\x00") == 1  # one ping, unanswered
+        finally:
+            await subscriber.stop()
+            server.close()
+
+    asyncio.run(main())

@@ -94,11 +94,14 @@ class _Connection(asyncio.Protocol):
         self.connack: asyncio.Future[int] = owner.loop.create_future()
         self.suback: asyncio.Future[bytes] = owner.loop.create_future()
         self.closed: asyncio.Future[None] = owner.loop.create_future()
+        self.reads = 0
+        """Chunks received: unchanged for a whole ping interval, mosquitto is not answering."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         buffer = self.buffer
         buffer += data
         offset = 0
@@ -204,10 +207,26 @@ class PersistentSubscriber:
         while True:
             connection = self._connection
             if connection is not None:
+                # A PINGREQ every half keep-alive; nothing at all received in the half
+                # after one (no PINGRESP, no message) and the link is taken for dead, as
+                # paho does: a mosquitto stopped (SIGSTOP, a hung host) or a half-open
+                # connection would otherwise hold the ingest silent for ever.
+                reads_at_ping: int | None = None
                 while not connection.closed.done():
                     await asyncio.wait({connection.closed}, timeout=self.keepalive / 2)
-                    if not connection.closed.done() and connection.transport is not None:
-                        connection.transport.write(_PINGREQ_PACKET)
+                    transport = connection.transport
+                    if connection.closed.done() or transport is None:
+                        break
+                    if reads_at_ping is not None and connection.reads == reads_at_ping:
+                        log.warning(
+                            "mosquitto did not answer the ingest's PINGREQ in %.0f s",
+                            self.keepalive / 2,
+                        )
+                        transport.abort()  # close() would wait to flush to a silent peer
+                        await asyncio.wait({connection.closed}, timeout=self.timeout)
+                        break
+                    reads_at_ping = connection.reads
+                    transport.write(_PINGREQ_PACKET)
                 self._connection = None
                 log.warning("the ingest connection to mosquitto was lost: reconnecting")
             try:
