@@ -65,6 +65,31 @@ none empty; docs/hybrid.md), so the week's time is 10,080 x the cost of a step.
 - The wall of the previous figures (no CONNACK past ~170 devices on 2 workers) was paho's
   ``select()`` past descriptor 1,023 in the workers (docs/hybrid.md); before its fix 100 x 1
   took 63.6 s and 1,856 steps.
+
+Session 15 (2026-11-27): the CPU of the steps alone ("CPU a step", printed since), each
+change in a pair of runs of the tree before and after it at the same time, from git
+archives, ``--devices 1000 --days 1 --processes 4``; the shared machine was busy (two
+runs at once plus another helper's browser tests: load 12-22), so a step costs more CPU
+and far more wall than on a quiet machine, and only the pair's difference counts. Every
+compared metric within tolerance in every run, 0 lockouts:
+
+| change | workers, ms CPU a step | platform, ms CPU a step | a step (wall) | load |
+|---|---|---|---|---|
+| SDK finds its MQTT proxy once per host | 91.8 -> 81.5 | 45.7 -> 44.4 | 185 -> 183 ms | 4 -> 14-22 |
+| wait_idle woken at its count | 79.7 -> 76.3 | 45.0 -> 43.2 | 181 -> 177 ms | 5 -> 12-15 |
+| CONNECT's statements built once | 78.4 -> 79.9 | 51.8 -> 46.1 | 208 -> 196 ms | 4 -> 14-21 |
+| session start (af950ab) -> all three | 94.9 -> 79.7 | 46.0 -> 41.4 | 157 -> 151 ms | 8 -> 14-19 |
+
+(The unchanged side of each pair moved by up to ~2 ms: that is the noise.) The first is
+most of it: a refused connect cost ~260 us of CPU, ~220 of them paho having urllib read
+the environment twice for a proxy, and ~50 offline devices retry each step. Over the
+session: workers -16 %, platform -10 %, 141 -> 121 ms of CPU a step at that load (the
+last pair's "after" tree also holds other helpers' commits of the same hour: PostgreSQL
+batch inserts and retention, off here). The week (``--full``) was not run here (the lead
+runs it on a quiet machine); scaled to session 14's quiet figures (workers ~67, platform
+~31 ms CPU a step, ~60 ms wall), that is ~84 ms of CPU a step, ~51-54 ms of wall on 2
+cores if the step stays CPU-bound: a week of ~520-550 s of steps plus ~30 s of start and
+result, inside 10 minutes but short of the ~480 s wanted for margin.
 """
 
 from __future__ import annotations
