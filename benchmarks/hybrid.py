@@ -90,6 +90,22 @@ runs it on a quiet machine); scaled to session 14's quiet figures (workers ~67, 
 ~31 ms CPU a step, ~60 ms wall), that is ~84 ms of CPU a step, ~51-54 ms of wall on 2
 cores if the step stays CPU-bound: a week of ~520-550 s of steps plus ~30 s of start and
 result, inside 10 minutes but short of the ~480 s wanted for margin.
+
+**The week, measured after those cuts** (the lead, nothing else running; load 1.7 and 5.4
+at the start, the second a minute after other runs ended), every compared metric within
+tolerance, 0 lockouts, peak RSS 1,793 and 1,811 MiB:
+
+| start | wall | a step | CPU a step: platform, workers | whole run's CPU: platform, workers |
+|---|---|---|---|---|
+| 08:11 | 684.9 s | 65 ms | 36.2, 69.6 ms | 385.2, 741.8 s |
+| 08:34 | 751.7 s | 71 ms | 40.2, 75.9 ms | 424.5, 805.6 s |
+
+Slower than session 14's 606.0 s, with more CPU for the same 10,080 steps than the
+paired runs predicted (~31 + ~67 ms quiet): the host's speed moves between runs (one code
+took 24 % more CPU in session 14), so the cuts above do not show through it. Between
+them, 1,000 x 1 d runs on 2, 4 and 3 workers (08:24-08:30, load 3-8): 74, 62 and 65 ms a
+step, 35.3 + 80.2, 34.1 + 67.6 and 35.2 + 70.7 ms of CPU a step: four workers stay best.
+Over five weeks in two sessions, 606-752 s: the 10-minute target is not met reliably.
 """
 
 from __future__ import annotations
