@@ -180,7 +180,10 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("message_retention", "connection_history_retention"):
             value = getattr(self, name)
             if value is not None and not value > 0:  # NaN too
-                raise SettingsError(f"{name} must be a number of seconds above 0, or unset")
+                flag = "--" + name.replace("_", "-") + "-days"
+                raise SettingsError(
+                    f"{name} ({flag}, IIOT_{name.upper()}) must be above 0, or unset to keep all"
+                )
         # A key without the prefix would be stored, then refused on every request
         # ("expected an API key (ak_…)"): refuse it here, where the operator sees why.
         if self.admin_key is not None and not self.admin_key.startswith("ak_"):

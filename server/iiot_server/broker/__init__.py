@@ -12,9 +12,9 @@ from .mosquitto_broker import MosquittoBroker
 from .plugins import BROKERS
 from .server import PlatformBroker
 
-# amqtt and its state machine log every packet at INFO; keep them to warnings.
 log = logging.getLogger(__name__)
 
+# amqtt and its state machine log every packet at INFO; keep them to warnings.
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 

@@ -240,7 +240,8 @@ class MosquittoBroker:
         self._connections_task: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self.restarts = 0
-        """Times mosquitto exited on its own and was started again."""
+        """Times the platform started mosquitto again after it exited on its own (a start
+        that failed, and was retried, counts too)."""
         self._listeners: list[tuple[str, Any]] = [
             ("registration_ended", self._on_registration_ended),
             ("registration_superseded", self._on_registration_superseded),
