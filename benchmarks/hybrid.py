@@ -196,18 +196,41 @@ class StepsCpu:
         self.run = run
         self.first: tuple[int, float, float] | None = None
         self.last: tuple[int, float, float] | None = None
+        self.days: list[tuple[int, float, float, float]] = []  # at each simulated day's end
+        self.stamp: float | None = None
+        self.step_walls: list[tuple[float, float]] = []  # each step's wall s, simulated s
 
     def _now(self) -> tuple[int, float, float]:
         workers = sum(cpu_seconds(w.pid) or 0.0 for w in self.run.workers if w.pid)
         return self.run.steps, time.process_time(), workers
 
     def progress(self, done: float, total: float) -> None:
+        now = time.monotonic()
+        if self.stamp is not None and done > 0:
+            self.step_walls.append((now - self.stamp, done))
+        self.stamp = now
         if done <= 0:
             return
         if self.first is None:
             self.first = self._now()
+            self.days.append((*self.first, time.monotonic()))
         elif done >= total:
             self.last = self._now()
+        if done >= 86400 * len(self.days) or (done >= total and self.days[-1][0] < self.run.steps):
+            self.days.append((*self._now(), time.monotonic()))
+
+    def per_day(self) -> list[str]:
+        """Each simulated day's steps: wall and CPU (coordinator, workers) a step, in ms;
+        what grows with the run's history shows here."""
+        lines = []
+        for k, (a, b) in enumerate(zip(self.days, self.days[1:], strict=False)):
+            steps = b[0] - a[0]
+            if steps > 0:
+                lines.append(
+                    f"day {k + 1}: {1000 * (b[3] - a[3]) / steps:.0f} ms wall, CPU"
+                    f" {1000 * (b[1] - a[1]) / steps:.1f} + {1000 * (b[2] - a[2]) / steps:.1f} ms"
+                )
+        return lines
 
     def per_step_ms(self) -> tuple[float, float] | None:
         """Milliseconds of CPU a step, coordinator and workers (all of them together)."""
@@ -270,6 +293,18 @@ def measure(devices: int, days: float, processes: int | None, quantum: float) ->
             f"workers {per_step[1]:.1f} ms",
             flush=True,
         )
+    walls = sorted(steps_cpu.step_walls, reverse=True)
+    if walls:
+        top = walls[: max(1, len(walls) // 100)]
+        print(
+            f"      slowest 1 % of steps: {sum(w for w, _ in top):.1f} s of"
+            f" {sum(w for w, _ in walls):.1f} s (median {1000 * walls[len(walls) // 2][0]:.0f}"
+            f" ms); longest at simulated hours: "
+            + ", ".join(f"{at / 3600:.1f} h {w:.2f} s" for w, at in walls[:8]),
+            flush=True,
+        )
+    if len(steps_cpu.days) > 2:
+        print(f"      a step by simulated day: {'; '.join(steps_cpu.per_day())}", flush=True)
     for name, row in outside.iterrows():
         print(
             f"      {name}: hybrid {row['hybrid']:.4g}, simulator {row['simulator']:.4g}, "

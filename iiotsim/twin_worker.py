@@ -321,6 +321,7 @@ def _step(state: WorkerState, request: dict[str, Any], hub: Any) -> None:
     do at the new instant they do with the links of that instant, and settle once.
     (Time first and links after a second settle cost 40-70 % of a 1,000-device step, and
     a device whose retry fell due at the instant its link came back failed it.)"""
+    changes: list[tuple[_Device, bool]] = []
     if request.get("links"):
         by_index = {d.index: d for d in state.devices}
         changes = [(by_index[index], up) for index, up in request["links"]]
@@ -331,6 +332,11 @@ def _step(state: WorkerState, request: dict[str, Any], hub: Any) -> None:
     with state.lock:
         for operation_id in request.get("approved", ()):
             state.awaiting.pop(operation_id, None)
+    # a device learns its network is back, as from its modem, once the clock is at the
+    # instant it came back: it retries then, not at its back-off's next delay
+    for device, up in changes:
+        if up and device.client is not None:
+            device.client.network_available()
 
 
 async def _change_links(changes: list[tuple[_Device, bool]]) -> None:

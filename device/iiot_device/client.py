@@ -305,6 +305,8 @@ class DeviceClient:
 
         self._stop = WakeEvent()
         self._wake = WakeEvent()
+        self._network_up = WakeEvent()
+        """set by :meth:`network_available` (and by closing): cuts a back-off wait short"""
         self._sent = threading.Condition()
         self._status = Status.STARTING
         self.last_error: BaseException | None = None
@@ -478,10 +480,20 @@ class DeviceClient:
                 timeout,
             )
 
+    def network_available(self) -> None:
+        """Tell the device its network came back (the modem attached, the link came up:
+        what an operating system's connectivity callback reports): a reconnect or HTTP
+        retry waiting out its back-off delay is made now instead. The back-off sequence is
+        not reset (if the platform itself is down, the fleet still spreads its retries).
+        Connected, it does nothing: a signal is dropped once the device finds itself
+        connected."""
+        self._network_up.set()
+
     def close(self) -> None:
         """Stop the background work; anything not yet sent stays in the database."""
         self._stop.set()
         self._wake.set()
+        self._network_up.set()
         self._callback_wake.set()
         for thread in self._threads:
             if thread is not threading.current_thread():
@@ -608,12 +620,15 @@ class DeviceClient:
                 failure = exc
             self.last_error = failure
             log.warning("platform unreachable (%s); retrying", failure)
-            self._wait_or_stop(backoff.next())
+            self._wait_or_stop(backoff.next(), self._network_up)
+            self._network_up.clear()
 
-    def _wait_or_stop(self, seconds: float) -> None:
+    def _wait_or_stop(self, seconds: float, event: threading.Event | None = None) -> None:
+        """Wait ``seconds`` of clock time, or until ``event`` (one that closing also sets;
+        by default the stop itself); raises ClientClosed on close."""
         if self._stop.is_set():
             raise ClientClosed("the client is closed")
-        self._clock.wait(seconds, self._stop)
+        self._clock.wait(seconds, self._stop if event is None else event)
         if self._stop.is_set():
             raise ClientClosed("the client is closed")
 
@@ -690,9 +705,11 @@ class DeviceClient:
         )
 
     def _backoff_wait(self) -> None:
-        """Wait out the back-off delay: only closing cuts it short (new messages do not,
-        or an offline device that keeps sending would retry without pause)."""
-        self._clock.wait(self._backoff.next(), self._stop)
+        """Wait out the back-off delay: only closing and :meth:`network_available` cut it
+        short (new messages do not, or an offline device that keeps sending would retry
+        without pause)."""
+        self._clock.wait(self._backoff.next(), self._network_up)
+        self._network_up.clear()
         self._wake.clear()
 
     def _step(self) -> None:
@@ -717,6 +734,7 @@ class DeviceClient:
             self.last_error = None
             return
         self._wake.clear()
+        self._network_up.clear()  # connected: nothing to retry
         self._handle_events()
         if self._mqtt is None:  # lost the connection
             self._status = Status.OFFLINE

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from iiot_device import (
+    Backoff,
     DatabaseInUse,
     DesiredProperties,
     DeviceClient,
@@ -27,6 +28,7 @@ from iiot_device import (
 
 from iiotsim.clock import ManualClock
 from iiotsim.platform import Platform
+from iiotsim.twin import ProxyHub
 
 from ..integration.brokers import BOTH_BROKERS
 from ..integration.mqtt import wait_for
@@ -421,6 +423,49 @@ def test_new_messages_do_not_cut_the_reconnect_backoff_short(
             device.close()
     finally:
         platform.stop()
+
+
+def test_a_device_told_its_network_is_back_reconnects_at_once(
+    platform: Platform, clock: ManualClock, pt: str, tmp_path: Path
+) -> None:
+    """Behind a cut link, with the clock standing still, a device waits out its back-off;
+    told its network is back (``network_available``) it retries at once: while the link
+    is still cut that is one refused attempt and back to waiting, and once it is up, a
+    connection, all without a second of clock time passing."""
+    hub = ProxyHub()
+    try:
+        link = hub.link(platform.mqtt_port)
+        device = start_device(
+            platform,
+            clock,
+            pt,
+            tmp_path / "d.db",
+            device_id="sdk-net-1",
+            mqtt_address=("127.0.0.1", link.port),
+            backoff=Backoff(base=300, cap=600),
+        )
+        try:
+            assert wait_for(lambda: device.status is Status.CONNECTED)
+            device.network_available()  # connected: nothing to do, and not kept for later
+            hub.call(link.down())
+            assert wait_for(lambda: device.status is Status.OFFLINE)
+            assert wait_for(lambda: clock.idle_threads >= 1)  # in its back-off
+            attempts = device.connection_attempts
+            assert attempts == 1  # the signal while connected cut no back-off short
+            now = clock.now()
+            device.network_available()  # a false alarm: still cut
+            assert wait_for(lambda: device.connection_attempts == attempts + 1)
+            assert wait_for(lambda: clock.idle_threads >= 1)
+            assert device.status is Status.OFFLINE
+            hub.call(link.up())
+            device.network_available()
+            assert wait_for(lambda: device.status is Status.CONNECTED)
+            assert device.connection_attempts == attempts + 2
+            assert clock.now() == now
+        finally:
+            device.close()
+    finally:
+        hub.close()
 
 
 def test_a_device_retrying_a_refused_broker_reads_the_environment_for_a_proxy_once(
