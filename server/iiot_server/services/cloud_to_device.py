@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, Connection, RowMapping, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    RowMapping,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from ..clock import Clock
 from ..domain.errors import NotFound, TooManyRequests, ValidationError
@@ -153,8 +162,13 @@ class CloudToDeviceService:
         t = to_epoch(self._clock.now())
 
         def read(conn: Connection) -> list[CloudToDeviceMessage]:
-            query = select(c2d).where(*_pending(device_id, t)).order_by(c2d.c.seq).limit(limit)
-            return [_message(row, t) for row in conn.execute(query).mappings()]
+            if limit == MAX_PENDING_PER_DEVICE:  # every CONNECT asks: a statement built once
+                rows = conn.execute(_PENDING, {"b_device_id": device_id, "b_now": t})
+            else:
+                rows = conn.execute(
+                    select(c2d).where(*_pending(device_id, t)).order_by(c2d.c.seq).limit(limit)
+                )
+            return [_message(row, t) for row in rows.mappings()]
 
         return await self._db.read(read)
 
@@ -197,6 +211,21 @@ class CloudToDeviceService:
 
 def _pending(device_id: str, t: float) -> tuple[ColumnElement[bool], ...]:
     return (c2d.c.device_id == device_id, c2d.c.delivered_at.is_(None), c2d.c.expires_at > t)
+
+
+_PENDING = (
+    select(c2d)
+    .where(
+        c2d.c.device_id == bindparam("b_device_id"),
+        c2d.c.delivered_at.is_(None),
+        c2d.c.expires_at > bindparam("b_now"),
+    )
+    .order_by(c2d.c.seq)
+    .limit(MAX_PENDING_PER_DEVICE)
+)
+"""What :meth:`CloudToDeviceService.pending` reads on every CONNECT, built once: building a
+statement and its cache key costs more than SQLite takes to run it
+(``store/statements.py``)."""
 
 
 def _message(row: RowMapping | dict[str, object], now: float) -> CloudToDeviceMessage:
