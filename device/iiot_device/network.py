@@ -48,6 +48,8 @@ class NetworkLoop:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._changes: deque[tuple[str, mqtt.Client, Any]] = deque()
         self._sockets: dict[Any, mqtt.Client] = {}
+        self._watching: dict[Any, int] = {}  # socket -> the events registered for it
+        self._ident: int | None = None  # the loop thread's
         self._closing: dict[mqtt.Client, threading.Event] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -86,8 +88,9 @@ class NetworkLoop:
 
     def _change(self, kind: str, client: mqtt.Client, sock: Any) -> None:
         self._changes.append((kind, client, sock))
-        with contextlib.suppress(BlockingIOError):
-            self._wake_w.send(b"\0")
+        if threading.get_ident() != self._ident:  # the loop applies its own before it waits
+            with contextlib.suppress(BlockingIOError):
+                self._wake_w.send(b"\0")
 
     def _on_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._change("open", client, sock)
@@ -107,14 +110,26 @@ class NetworkLoop:
     # the loop's thread --------------------------------------------------------------
 
     def _apply(self) -> None:
-        selector, sockets = self._selector, self._sockets
+        """The queued changes, in order. A packet to write is written at once: it nearly
+        always fits the socket's buffer, and only what does not waits for the socket to
+        be writable (registering for that, and off again once written, cost two
+        ``epoll_ctl`` calls and a pass of the loop per PUBLISH)."""
+        selector, sockets, watching = self._selector, self._sockets, self._watching
         while self._changes:
             kind, client, sock = self._changes.popleft()
             if kind == "close":
+                watching.pop(sock, None)
                 if sockets.pop(sock, None) is not None:
                     with contextlib.suppress(KeyError, ValueError, OSError):
                         selector.unregister(sock)
                 continue
+            if kind == "write" and sock in sockets and client.socket() is sock:
+                try:
+                    client.loop_write()  # its "unregister write" queues a "read" change
+                except Exception:
+                    log.exception("MQTT client %s failed on the network thread", client)
+                if not client.want_write():
+                    continue
             events = selectors.EVENT_READ
             if kind == "write" or (kind == "open" and client.want_write()):
                 events |= selectors.EVENT_WRITE
@@ -122,13 +137,16 @@ class NetworkLoop:
                 sockets[sock] = client
                 try:
                     selector.register(sock, events, client)
+                    watching[sock] = events
                 except (ValueError, OSError):  # closed meanwhile: its close follows
                     sockets.pop(sock, None)
-            elif sock in sockets:
+            elif sock in sockets and watching.get(sock) != events:
                 with contextlib.suppress(KeyError, ValueError, OSError):
                     selector.modify(sock, events, client)
+                    watching[sock] = events
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
         next_misc = time.monotonic() + MISC_INTERVAL
         while True:
             self._apply()
