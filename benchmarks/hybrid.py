@@ -106,6 +106,42 @@ took 24 % more CPU in session 14), so the cuts above do not show through it. Bet
 them, 1,000 x 1 d runs on 2, 4 and 3 workers (08:24-08:30, load 3-8): 74, 62 and 65 ms a
 step, 35.3 + 80.2, 34.1 + 67.6 and 35.2 + 70.7 ms of CPU a step: four workers stay best.
 Over five weeks in two sessions, 606-752 s: the 10-minute target is not met reliably.
+
+Session 16 (2026-11-27, the lead, machine otherwise idle; docs/hybrid.md has the why of
+each change). The benchmark also prints each simulated day's cost and the slowest steps:
+every 12 h the 1,000 devices refresh in one step (the fleet started together), 7-10 s
+each, ~20-25 % of a week's steps. 1,000 x 1 d after each change, every compared metric
+within tolerance, 0 lockouts:
+
+| code | wall | a step | median step | CPU a step: platform, workers |
+|---|---|---|---|---|
+| bc1981b (session 15's end) | 107.0 s | 54 ms | 39-42 ms | 30.1, 58.2 ms |
+| proxies on uvloop | 101.3 s | 51 ms | | 28.4, 54.9 ms |
+| + network_available at link-up, the scenario's 300 s back-off | 98.1 s | 48 ms | 32 ms | 29.7, 48.0 ms |
+| + CONNECT's own filters only, C2D read built once (c735c8a) | 82.9 s | 42 ms | 29 ms | 23.6, 44.4 ms |
+| + a PUBLISH written at once (30fc0e1) | 74.3 s | 36 ms | 24 ms | 20.5, 37.3 ms |
+
+The week (``--full``), one at a time on the idle machine, every compared metric within
+tolerance, 0 lockouts:
+
+| code | start (UTC) | wall | a step | refresh storms (every 12 h) | peak RSS |
+|---|---|---|---|---|---|
+| bc1981b | 09:33 | 654.3 s | 62 ms | | 1,828 MiB |
+| f783fde | 10:14 | 509.3 s | 48 ms | the 7 longest 6.3-9.1 s | 1,842 MiB |
+| c735c8a | 10:32 | 455.9 s | 43 ms | the 7 longest 5.1-7.2 s | 1,829 MiB |
+| 30fc0e1 | 10:45 | 424.3 s | 40 ms | the 7 longest 4.9-5.7 s | 1,829 MiB |
+
+At 30fc0e1: start 17.9 s, steps 400.6 s, result 5.6 s; CPU a step 22.2 ms (platform) and
+41.5 ms (workers); the days cost 33-47 ms a step (the host, not the run's history: no
+trend over the week). **1,000 real devices x 7 simulated days in 424 s, within the 10
+minutes with 29 % to spare**; a host 24 % slower (the spread measured in session 14)
+would take ~530 s.
+
+Simulated seconds per wall second (1 simulated day each, start included; default run,
+10:55): 100 devices 6,288 (1 worker, 6 ms a step), 300 devices 3,296 (2 workers, 13 ms
+a step), 1,000 devices 1,138 (4 workers, 38 ms a step). Peak RSS 558, 921 and 1,712
+MiB. The largest fleet in 8 GiB stays session 14's measure: 5,000 devices peaked at 6,616
+MiB (1.3 MiB a device), ~6,000 by the slope.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@
 #
 # **At 1,000 devices:** `HybridRun(scenario.replace(fleet_size=1000), processes=4,
 # time_quantum=60)` (about 250 devices per worker process; events on a one-minute grid, each
-# at most a minute late). One simulated day took about 6 minutes and 2.4 GiB on the 2-core
-# machine (`.venv/bin/python benchmarks/hybrid.py --devices 1000 --days 1`; `--full` runs 7
-# days). `dask=client` places the workers on a Dask cluster instead.
+# at most a minute late). One simulated day takes about 75 s and 1.7 GiB on the 2-core
+# machine (`.venv/bin/python benchmarks/hybrid.py --devices 1000 --days 1`), a week about 7
+# minutes (`--full`). `dask=client` places the workers on a Dask cluster instead.
 
 # %% tags=["parameters"]
 DEVICES = 60          # real devices (CI size)
