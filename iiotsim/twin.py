@@ -876,10 +876,10 @@ class _Technicians:
     """The simulator's technicians (``scenario.provisioning``) for real devices: first
     come first served by ``technicians`` people, starting within working hours, each
     approval taking the time the simulator drew for the same device's same lockout
-    (:func:`~iiotsim.sim.model.approval_handling_times`). A request is a device's: an operation that
-    expires while it waits is replaced by the device's next one, and the technician
-    approves whichever is open when done, as the simulator's queue counts one wait per
-    lockout however many operations it spans."""
+    (:func:`~iiotsim.sim.model.approval_handling_times`). A request is a device's: an
+    operation that expires while it waits is replaced by the device's next one, and the
+    technician approves whichever is open when done, as the simulator's queue counts one
+    wait per lockout however many operations it spans."""
 
     def __init__(self, scenario: Scenario, *, start: float, quantum: float = 0.0) -> None:
         self.quantum = quantum
