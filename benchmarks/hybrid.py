@@ -130,12 +130,14 @@ tolerance, 0 lockouts:
 | f783fde | 10:14 | 509.3 s | 48 ms | the 7 longest 6.3-9.1 s | 1,842 MiB |
 | c735c8a | 10:32 | 455.9 s | 43 ms | the 7 longest 5.1-7.2 s | 1,829 MiB |
 | 30fc0e1 | 10:45 | 424.3 s | 40 ms | the 7 longest 4.9-5.7 s | 1,829 MiB |
+| 28c5fd3 (30fc0e1 + docs) | 10:56 | 471.3 s | 44 ms | the 7 longest 5.6-7.3 s | 1,837 MiB |
 
 At 30fc0e1: start 17.9 s, steps 400.6 s, result 5.6 s; CPU a step 22.2 ms (platform) and
 41.5 ms (workers); the days cost 33-47 ms a step (the host, not the run's history: no
-trend over the week). **1,000 real devices x 7 simulated days in 424 s, within the 10
-minutes with 29 % to spare**; a host 24 % slower (the spread measured in session 14)
-would take ~530 s.
+trend over the week). The run after it, same code, took 11 % more CPU a step (25.2 +
+46.2 ms: the host again) and 471.3 s. **1,000 real devices x 7 simulated days in 424-471
+s, within the 10 minutes with 21-29 % to spare**; a host 24 % slower than the faster run
+(the spread measured in session 14) would take ~530 s.
 
 Simulated seconds per wall second (1 simulated day each, start included; default run,
 10:55): 100 devices 6,288 (1 worker, 6 ms a step), 300 devices 3,296 (2 workers, 13 ms
