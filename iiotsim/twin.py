@@ -22,6 +22,7 @@ import heapq
 import json
 import math
 import multiprocessing
+import os
 import queue
 import secrets
 import socket
@@ -48,7 +49,7 @@ from .sim import Scenario, SimulationResult, draw_fleet, simulate
 from .sim.fit import intervals_from_events
 from .sim.model import approval_handling_times
 from .sim.technicians import next_working_time
-from .twin_worker import serve_worker
+from .twin_worker import serve_local_worker, serve_worker
 
 
 class _Relay(asyncio.Protocol):
@@ -423,8 +424,8 @@ class HybridRun:
             context = multiprocessing.get_context("spawn")
             for w in self.workers:
                 w.process = context.Process(
-                    target=serve_worker,
-                    args=(address, authkey, w.index),
+                    target=serve_local_worker,
+                    args=(address, authkey, w.index, os.getpid()),
                     name=f"iiotsim-hybrid-worker-{w.index}",
                     daemon=True,
                 )

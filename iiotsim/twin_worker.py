@@ -29,12 +29,15 @@ waits for is in the answer, the coordinator never moves time past one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import heapq
 import json
 import logging
 import math
 import os
 import random
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -122,6 +125,26 @@ def serve_worker(address: tuple[str, int], authkey: bytes, index: int) -> None:
             conn.send({"kind": "failed", "error": repr(exc)})
     finally:
         conn.close()
+
+
+def serve_local_worker(
+    address: tuple[str, int], authkey: bytes, index: int, coordinator_pid: int
+) -> None:
+    """:func:`serve_worker` in a process the coordinator spawned on this machine, which
+    ends with the coordinator: a worker whose coordinator was killed while its devices
+    were starting would wait forever (their provisioning retries on a clock nobody moves
+    any more). On Linux the kernel sends it SIGTERM when the coordinator's process (the
+    thread that spawned it) ends; elsewhere it relies on the connection's end, as a Dask
+    worker does."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != coordinator_pid:  # it ended before the request took hold
+            return
+    serve_worker(address, authkey, index)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class _CoordinatorGone(Exception):

@@ -7,6 +7,10 @@ import contextlib
 import itertools
 import os
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +176,69 @@ def test_workers_on_a_local_dask_cluster() -> None:
     assert placed == dask_pids and os.getpid() not in placed  # one worker per Dask worker
     assert result.off_periods > 0
     assert result.comparison.loc["lockouts per off period", "within"]
+
+
+COORDINATOR = """
+from iiotsim.sim import Connectivity, Distribution, Scenario
+from iiotsim.twin import HybridRun
+
+if __name__ == "__main__":
+    scenario = Scenario(
+        fleet_size=60,
+        duration_days=0.5,
+        connectivity=Connectivity(
+            on=Distribution.exponential(7200), off=Distribution.exponential(7200)
+        ),
+    )
+    with HybridRun(scenario, processes=2) as run:
+        run.run()
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+                    found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal")
+def test_workers_end_with_a_coordinator_killed_while_their_devices_start(
+    tmp_path: Path,
+) -> None:
+    """A coordinator killed (a notebook kernel restarted) while its workers start their
+    devices: the workers end too, instead of retrying a dead platform forever on a clock
+    nobody moves."""
+    script = tmp_path / "coordinator.py"
+    script.write_text(COORDINATOR)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    coordinator = subprocess.Popen(
+        [sys.executable, str(script)], env={**os.environ, "TMPDIR": str(temp)}
+    )
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        # devices starting: a worker's directory holds a device database
+        while not list(temp.glob("iiotsim-hybrid-worker-*/*.db")):
+            assert coordinator.poll() is None, "the coordinator ended by itself"
+            assert time.monotonic() < deadline, "no worker started its devices"
+            time.sleep(0.05)
+        workers = _children(coordinator.pid)
+        assert len(workers) == 2
+        coordinator.kill()
+        coordinator.wait(10)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived the coordinator"
+            time.sleep(0.05)
+    finally:
+        coordinator.kill()
+        for pid in workers | _children(coordinator.pid):  # orphans are no longer its children
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
