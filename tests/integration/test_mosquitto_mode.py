@@ -246,6 +246,33 @@ def test_mosquitto_exits_when_the_platform_process_is_killed(tmp_path: Path) -> 
         child.wait()
 
 
+def test_what_a_device_sends_before_the_ingest_is_back_after_a_crash_is_stored(
+    platform: Platform, devices: list[Device]
+) -> None:
+    """mosquitto killed seconds after the platform started (inside its 10 s autosave):
+    the ingest session's subscriptions were saved when it subscribed, so what a device
+    sends after the restart, before the ingest is back, is queued for the session and
+    stored. It was dropped: the restarted mosquitto knew no subscriber for it, and the
+    device had its PUBACK."""
+    reg = provision(platform, "crash-0002")
+    device = Device(platform, reg.device_id, reg.password)
+    devices.append(device)
+    assert device.connect() == 0
+    broker = platform.services.broker
+    subscriber = broker._subscriber
+    platform.runner.call(subscriber.stop())  # the ingest away (its own retry, 1 s)
+    dead = broker.process.pid
+    device.connected.clear()
+    os.kill(dead, signal.SIGKILL)
+    assert device.disconnected.wait(WAIT)
+    assert wait_for(lambda: broker.process.pid not in (None, dead), 30)
+    assert device.connected.wait(30), "the device did not get back in"
+    device.publish(f"devices/{reg.device_id}/messages/probe/mid=away-1", b"away", qos=1)
+    process = broker.process
+    platform.runner.call(subscriber.start(process.internal_host, process.internal_port))
+    assert wait_for(lambda: "away-1" in _stored_ids(platform, reg.device_id))
+
+
 def test_a_mosquitto_that_dies_is_started_again_and_everything_works_after_it(
     platform: Platform, devices: list[Device]
 ) -> None:

@@ -285,6 +285,7 @@ class MosquittoBroker:
                 timeout=CONNECT_TIMEOUT,
             )
             await self._subscriber.start(self.process.internal_host, self.process.internal_port)
+            self.process.save()  # the ingest session survives a kill from now on
             self._supervisor = asyncio.create_task(self._supervise(), name="iiot-mosquitto")
         except BaseException:
             await self.shutdown()

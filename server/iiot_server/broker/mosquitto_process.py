@@ -339,6 +339,16 @@ class MosquittoProcess:
         log.info("mosquitto (pid %d) on %s:%d", self.process.pid, self.host, self.port)
         return True
 
+    def save(self) -> None:
+        """Have mosquitto write its persistence file now (SIGUSR1), not at its next
+        ``autosave_interval``: once the platform's ingest session has subscribed, a
+        mosquitto killed and started again knows the session and queues for it what
+        devices send before it reconnects. Saved only every 10 s, a kill within them lost
+        the session's subscriptions, and with them every message a device sent (and had
+        acknowledged) before the ingest subscribed again."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (mosquitto saves its persistence file), then SIGKILL after ``timeout``."""
         process, self.process = self.process, None
