@@ -237,6 +237,7 @@ class StepsCpu:
         self.days: list[tuple[int, float, float, float]] = []  # at each simulated day's end
         self.stamp: float | None = None
         self.step_walls: list[tuple[float, float]] = []  # each step's wall s, simulated s
+        """from the second step on"""
 
     def _now(self) -> tuple[int, float, float]:
         workers = sum(cpu_seconds(w.pid) or 0.0 for w in self.run.workers if w.pid)
@@ -244,9 +245,10 @@ class StepsCpu:
 
     def progress(self, done: float, total: float) -> None:
         now = time.monotonic()
-        if self.stamp is not None and done > 0:
+        if self.stamp is not None:
             self.step_walls.append((now - self.stamp, done))
-        self.stamp = now
+        # from the first step's end: before it lies the start (provisioning the fleet)
+        self.stamp = now if done > 0 else None
         if done <= 0:
             return
         if self.first is None:

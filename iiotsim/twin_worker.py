@@ -127,6 +127,9 @@ def serve_worker(address: tuple[str, int], authkey: bytes, index: int) -> None:
         conn.close()
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def serve_local_worker(
     address: tuple[str, int], authkey: bytes, index: int, coordinator_pid: int
 ) -> None:
@@ -142,9 +145,6 @@ def serve_local_worker(
         if os.getppid() != coordinator_pid:  # it ended before the request took hold
             return
     serve_worker(address, authkey, index)
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class _CoordinatorGone(Exception):

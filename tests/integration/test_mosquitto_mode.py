@@ -246,6 +246,18 @@ def test_mosquitto_exits_when_the_platform_process_is_killed(tmp_path: Path) -> 
         child.wait()
 
 
+def _crash_mosquitto(platform: Platform, device: Device) -> None:
+    """SIGKILL the platform's mosquitto (an OOM kill, a crash: not the platform's doing);
+    return once it was started again and ``device`` (its own paho retry, 1-2 s) is back."""
+    broker = platform.services.broker
+    dead = broker.process.pid
+    device.connected.clear()
+    os.kill(dead, signal.SIGKILL)
+    assert device.disconnected.wait(WAIT)
+    assert wait_for(lambda: broker.process.pid not in (None, dead), 30)
+    assert device.connected.wait(30), "the device did not get back in"
+
+
 def test_what_a_device_sends_before_the_ingest_is_back_after_a_crash_is_stored(
     platform: Platform, devices: list[Device]
 ) -> None:
@@ -261,12 +273,7 @@ def test_what_a_device_sends_before_the_ingest_is_back_after_a_crash_is_stored(
     broker = platform.services.broker
     subscriber = broker._subscriber
     platform.runner.call(subscriber.stop())  # the ingest away (its own retry, 1 s)
-    dead = broker.process.pid
-    device.connected.clear()
-    os.kill(dead, signal.SIGKILL)
-    assert device.disconnected.wait(WAIT)
-    assert wait_for(lambda: broker.process.pid not in (None, dead), 30)
-    assert device.connected.wait(30), "the device did not get back in"
+    _crash_mosquitto(platform, device)
     device.publish(f"devices/{reg.device_id}/messages/probe/mid=away-1", b"away", qos=1)
     process = broker.process
     platform.runner.call(subscriber.start(process.internal_host, process.internal_port))
@@ -282,14 +289,8 @@ def test_a_mosquitto_that_dies_is_started_again_and_everything_works_after_it(
     assert device.connect() == 0
     assert wait_for(lambda: platform.admin.get_device(reg.device_id).connected)
     broker = platform.services.broker
-    dead = broker.process.pid
-    device.connected.clear()
-    os.kill(dead, signal.SIGKILL)  # an OOM kill, a crash: not the platform's doing
-    assert device.disconnected.wait(WAIT)
-    # started again; the device's own paho reconnects to it (its retry, 1-2 s)
-    assert wait_for(lambda: broker.process.pid not in (None, dead), 30)
+    _crash_mosquitto(platform, device)
     assert broker.restarts == 1
-    assert device.connected.wait(30), "the device did not get back in"
     # the end of its first connection is recorded, then the new one
     assert wait_for(
         lambda: (
